@@ -1,0 +1,131 @@
+// paramgeom._C: thin nanobind bindings of the CPU kernels. Checks, then one call; the
+// kernels themselves know nothing of Python (csrc/cpu/).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <omp.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/diff_stats_cpu.h"
+#include "paramgeom/diff_stats.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using HostArray = nb::ndarray<nb::device::cpu>;
+using I64Vec = nb::ndarray<int64_t, nb::device::cpu, nb::ndim<1>, nb::c_contig>;
+using F64Vec = nb::ndarray<double, nb::device::cpu, nb::ndim<1>, nb::c_contig>;
+
+#define PG_CHECK(cond, msg)                                      \
+  do {                                                           \
+    if (!(cond)) throw nb::value_error(std::string(msg).c_str()); \
+  } while (0)
+
+std::string shape_str(const HostArray& a) {
+  std::string s = "(";
+  for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + ")";
+}
+
+void check_bits_view(const HostArray& a, const char* name, int dtype) {
+  PG_CHECK(a.ndim() == 2, std::string(name) + " must be a 2-D bit view, got ndim " +
+                              std::to_string(a.ndim()));
+  PG_CHECK(a.shape(1) <= 1 || a.stride(1) == 1,
+           std::string(name) + " must have contiguous rows (inner stride 1), got stride " +
+               std::to_string(a.stride(1)));
+  PG_CHECK(static_cast<int>(a.itemsize()) == paramgeom::dtype_size(dtype),
+           std::string(name) + " item size " + std::to_string(a.itemsize()) +
+               " does not match dtype code " + std::to_string(dtype));
+}
+
+paramgeom::DiffStatsParams make_params(const std::vector<double>& rel,
+                                       const std::vector<double>& abs, bool cast_bf16,
+                                       int changed_index) {
+  PG_CHECK(rel.size() <= paramgeom::kMaxTols && abs.size() <= paramgeom::kMaxTols,
+           "at most " + std::to_string(paramgeom::kMaxTols) + " tolerances of each kind");
+  PG_CHECK(changed_index == paramgeom::kEqual || (changed_index == paramgeom::kRel0 && !rel.empty()),
+           "changed_index must be kEqual, or kRel0 with a relative tolerance");
+  paramgeom::DiffStatsParams p{};
+  p.n_rel = static_cast<int>(rel.size());
+  p.n_abs = static_cast<int>(abs.size());
+  p.cast_bf16 = cast_bf16 ? 1 : 0;
+  p.changed_index = changed_index;
+  for (size_t i = 0; i < rel.size(); ++i) p.rel_tols[i] = rel[i];
+  for (size_t i = 0; i < abs.size(); ++i) p.abs_tols[i] = abs[i];
+  return p;
+}
+
+void diff_stats(HostArray w0, HostArray w1, int dtype, const std::vector<double>& rel_tols,
+                const std::vector<double>& abs_tols, bool cast_bf16, int changed_index,
+                I64Vec counts, F64Vec sums, std::optional<I64Vec> row_changed,
+                std::optional<F64Vec> row_sq_delta, int num_threads, const std::string& isa) {
+  check_bits_view(w0, "w0", dtype);
+  check_bits_view(w1, "w1", dtype);
+  PG_CHECK(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1),
+           "shape mismatch: w0 " + shape_str(w0) + " vs w1 " + shape_str(w1));
+  PG_CHECK(counts.shape(0) == paramgeom::kNumCounts && sums.shape(0) == paramgeom::kNumSums,
+           "counts/sums have the wrong length");
+  PG_CHECK(row_changed.has_value() == row_sq_delta.has_value(),
+           "row_changed and row_sq_delta come together");
+  const int64_t rows = static_cast<int64_t>(w0.shape(0));
+  if (row_changed) {
+    PG_CHECK(static_cast<int64_t>(row_changed->shape(0)) == rows &&
+                 static_cast<int64_t>(row_sq_delta->shape(0)) == rows,
+             "per-row outputs need one entry per row (" + std::to_string(rows) + ")");
+  }
+  paramgeom::DiffStatsArgs args{};
+  args.w0 = w0.data();
+  args.w1 = w1.data();
+  args.dtype = dtype;
+  args.rows = rows;
+  args.cols = static_cast<int64_t>(w0.shape(1));
+  args.stride0 = rows > 1 ? static_cast<int64_t>(w0.stride(0)) : args.cols;
+  args.stride1 = rows > 1 ? static_cast<int64_t>(w1.stride(0)) : args.cols;
+  args.params = make_params(rel_tols, abs_tols, cast_bf16, changed_index);
+  args.counts = counts.data();
+  args.sums = sums.data();
+  args.row_changed = row_changed ? row_changed->data() : nullptr;
+  args.row_sq_delta = row_sq_delta ? row_sq_delta->data() : nullptr;
+  int status;
+  {
+    nb::gil_scoped_release release;
+    status = paramgeom::diff_stats_cpu(args, num_threads, isa.c_str());
+  }
+  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
+  if (status == paramgeom::kBadDType)
+    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
+  if (status != paramgeom::kOk)
+    throw nb::value_error(("diff_stats_cpu failed (status " + std::to_string(status) +
+                           ", isa '" + isa + "')").c_str());
+}
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() = "paramgeom CPU kernels (C++17, OpenMP)";
+  m.attr("MAX_TOLS") = static_cast<int>(paramgeom::kMaxTols);
+  m.attr("NUM_COUNTS") = static_cast<int>(paramgeom::kNumCounts);
+  m.attr("NUM_SUMS") = static_cast<int>(paramgeom::kNumSums);
+  m.attr("GROUP_ELEMS") = static_cast<int64_t>(paramgeom::kGroupElems);
+  m.attr("REL0") = static_cast<int>(paramgeom::kRel0);
+  m.attr("ABS0") = static_cast<int>(paramgeom::kAbs0);
+  m.attr("EQUAL") = static_cast<int>(paramgeom::kEqual);
+  m.def("best_isa", &paramgeom::diff_stats_cpu_best_isa,
+        "Instruction set the CPU kernels use on this machine (avx512, avx2 or generic).");
+  m.def("max_threads", &omp_get_max_threads, "OpenMP's default thread count.");
+  m.def("diff_stats", &diff_stats, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "rel_tols"_a,
+        "abs_tols"_a, "cast_bf16"_a, "changed_index"_a, "counts"_a, "sums"_a,
+        "row_changed"_a = nb::none(), "row_sq_delta"_a = nb::none(), "num_threads"_a = 0,
+        "isa"_a = "",
+        "Fused diff statistics of two 2-D bit views (see paramgeom/diff_stats.h). Writes "
+        "totals into counts/sums and, when given, per-row outputs.");
+}

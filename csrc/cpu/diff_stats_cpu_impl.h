@@ -1,0 +1,289 @@
+// The OpenMP diff-statistics kernel, compiled once per instruction set: each
+// diff_stats_cpu_<isa>.cpp defines PG_ISA_NS and includes this file with its own -m flags,
+// and diff_stats_cpu.cpp picks one at run time. Counts are exact and identical across
+// variants; float64 sums are reduced in a vector-width-dependent lane order, so their
+// last bits depend on the variant (each variant is deterministic on its own).
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "paramgeom/diff_stats.h"
+
+#ifndef PG_ISA_NS
+#error "define PG_ISA_NS before including diff_stats_cpu_impl.h"
+#endif
+
+namespace paramgeom {
+namespace PG_ISA_NS {
+
+constexpr int kBlock = 2048;  // elements per block: both inputs' block stays in L1
+
+template <int kDType>
+inline float decode_bits(typename BitTraits<kDType>::U u) {
+  if constexpr (kDType == kFloat32) {
+    return bits_to_float(u);
+  } else {
+    return Storage<kDType>::decode(u);
+  }
+}
+
+// Pass 1: counts from the bits alone (equal, non-finite, finite-and-equal). Integer lanes
+// only, so it runs at memory speed.
+template <int kDType>
+inline void count_bits(const typename BitTraits<kDType>::U* __restrict x,
+                       const typename BitTraits<kDType>::U* __restrict y, int n, pg_u32& eq,
+                       pg_u32& nf0, pg_u32& nf1, pg_u32& feq) {
+  pg_u32 c_eq = 0, c_nf0 = 0, c_nf1 = 0, c_feq = 0;
+  for (int i = 0; i < n; ++i) {
+    const pg_u32 a = x[i], b = y[i];
+    const pg_u32 na = bits_nonfinite<kDType>(a), nb = bits_nonfinite<kDType>(b);
+    const pg_u32 e = bits_equal<kDType>(a, b);
+    c_eq += e;
+    c_nf0 += na;
+    c_nf1 += nb;
+    c_feq += e & (na ^ 1u);
+  }
+  eq = c_eq;
+  nf0 = c_nf0;
+  nf1 = c_nf1;
+  feq = c_feq;
+}
+
+// Pass 2: the float64 sums and max |d| over finite pairs (classify()'s rule). kMasked is
+// only needed when the block holds a non-finite value; kStage keeps |d| (NaN for
+// non-finite pairs) and max(|a|, |b|) for the tolerance counts that are not bit tests.
+template <int kDType, bool kMasked, bool kStage>
+inline void sum_block(const typename BitTraits<kDType>::U* __restrict x,
+                      const typename BitTraits<kDType>::U* __restrict y, int n, double* sums,
+                      double* __restrict ad_buf, double* __restrict m_buf) {
+  double d2 = 0.0, a2 = 0.0, b2 = 0.0, ab = 0.0, mx = 0.0;
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+#pragma omp simd reduction(+ : d2, a2, b2, ab) reduction(max : mx)
+  for (int i = 0; i < n; ++i) {
+    const double a = decode_bits<kDType>(x[i]);
+    const double b = decode_bits<kDType>(y[i]);
+    const double d = b - a;
+    const double ad = d < 0.0 ? -d : d;
+    if constexpr (kMasked) {
+      const double aa = a < 0.0 ? -a : a, abb = b < 0.0 ? -b : b;
+      const bool fin = (aa < inf) & (abb < inf);
+      d2 += fin ? d * d : 0.0;
+      a2 += fin ? a * a : 0.0;
+      b2 += fin ? b * b : 0.0;
+      ab += fin ? a * b : 0.0;
+      mx = (fin & (ad > mx)) ? ad : mx;
+      if constexpr (kStage) {
+        ad_buf[i] = fin ? ad : nan;
+        m_buf[i] = aa > abb ? aa : abb;
+      }
+    } else {
+      d2 += d * d;
+      a2 += a * a;
+      b2 += b * b;
+      ab += a * b;
+      mx = ad > mx ? ad : mx;
+      if constexpr (kStage) {
+        const double aa = a < 0.0 ? -a : a, abb = b < 0.0 ? -b : b;
+        ad_buf[i] = ad;
+        m_buf[i] = aa > abb ? aa : abb;
+      }
+    }
+  }
+  sums[kSumSqDelta] += d2;
+  sums[kSumSqW0] += a2;
+  sums[kSumSqW1] += b2;
+  sums[kSumW0W1] += ab;
+  sums[kMaxAbsDelta] = mx > sums[kMaxAbsDelta] ? mx : sums[kMaxAbsDelta];
+}
+
+// Which tolerance counts are bit tests: a relative tolerance at or below the format's
+// equality bound (common.h) counts exactly the finite equal pairs.
+struct TolPlan {
+  bool rel_is_equality[kMaxTols];
+  bool stage;  // some count needs the staged |d| and max
+};
+
+template <int kDType>
+inline TolPlan plan_tols(const DiffStatsParams& p) {
+  TolPlan plan{};
+  const double bound = rel_tol_equality_bound(BitTraits<kDType>::kPrecision);
+  plan.stage = p.n_abs > 0;
+  for (int r = 0; r < p.n_rel; ++r) {
+    plan.rel_is_equality[r] = p.rel_tols[r] < bound;
+    plan.stage |= !plan.rel_is_equality[r];
+  }
+  return plan;
+}
+
+// One block of n <= kBlock elements, given as bits of format kDType.
+template <int kDType>
+inline void block_terms(const typename BitTraits<kDType>::U* x,
+                        const typename BitTraits<kDType>::U* y, int n, const DiffStatsParams& p,
+                        const TolPlan& plan, DiffAccum& acc) {
+  alignas(64) double ad_buf[kBlock];
+  alignas(64) double m_buf[kBlock];
+  pg_u32 eq, nf0, nf1, feq;
+  count_bits<kDType>(x, y, n, eq, nf0, nf1, feq);
+  const bool masked = (nf0 | nf1) != 0;
+  if (masked) {
+    if (plan.stage) sum_block<kDType, true, true>(x, y, n, acc.sums, ad_buf, m_buf);
+    else sum_block<kDType, true, false>(x, y, n, acc.sums, ad_buf, m_buf);
+  } else {
+    if (plan.stage) sum_block<kDType, false, true>(x, y, n, acc.sums, ad_buf, m_buf);
+    else sum_block<kDType, false, false>(x, y, n, acc.sums, ad_buf, m_buf);
+  }
+  for (int r = 0; r < p.n_rel; ++r) {
+    if (plan.rel_is_equality[r]) {
+      acc.counts[kRel0 + r] += feq;
+      continue;
+    }
+    const double eta = p.rel_tols[r];
+    pg_u32 c = 0;
+    for (int j = 0; j < n; ++j) c += ad_buf[j] <= eta * m_buf[j];
+    acc.counts[kRel0 + r] += c;
+  }
+  for (int r = 0; r < p.n_abs; ++r) {
+    const double tol = p.abs_tols[r];
+    pg_u32 c = 0;
+    for (int j = 0; j < n; ++j) c += ad_buf[j] <= tol;
+    acc.counts[kAbs0 + r] += c;
+  }
+  acc.counts[kCount] += n;
+  acc.counts[kEqual] += eq;
+  acc.counts[kNonFinite0] += nf0;
+  acc.counts[kNonFinite1] += nf1;
+}
+
+// Accumulates n contiguous storage elements into acc, block by block. With kCast the
+// block is first rounded to bf16 bits, then handled as bf16.
+template <int kDType, bool kCast>
+void accumulate_span(const typename BitTraits<kDType>::U* a, const typename BitTraits<kDType>::U* b,
+                     pg_i64 n, const DiffStatsParams& p, DiffAccum& acc) {
+  constexpr int kBits = kCast ? int(kBFloat16) : kDType;
+  const TolPlan plan = plan_tols<kBits>(p);
+  for (pg_i64 base = 0; base < n; base += kBlock) {
+    const int len = static_cast<int>(std::min<pg_i64>(kBlock, n - base));
+    if constexpr (kCast) {
+      alignas(64) pg_u16 ra[kBlock];
+      alignas(64) pg_u16 rb[kBlock];
+      for (int i = 0; i < len; ++i) {
+        ra[i] = static_cast<pg_u16>(float_to_bits(round_to_bf16(decode_bits<kDType>(a[base + i]))) >> 16);
+        rb[i] = static_cast<pg_u16>(float_to_bits(round_to_bf16(decode_bits<kDType>(b[base + i]))) >> 16);
+      }
+      block_terms<kBFloat16>(ra, rb, len, p, plan, acc);
+    } else {
+      block_terms<kDType>(a + base, b + base, len, p, plan, acc);
+    }
+  }
+}
+
+// The per-element rule exactly as the CUDA threads run it (classify + accumulate_terms),
+// so that CPU tests cover the GPU's arithmetic. Slow; selected with isa="scalar".
+template <int kDType, bool kCast>
+void accumulate_span_scalar(const typename BitTraits<kDType>::U* a,
+                            const typename BitTraits<kDType>::U* b, pg_i64 n,
+                            const DiffStatsParams& p, DiffAccum& acc) {
+  for (pg_i64 i = 0; i < n; ++i)
+    accumulate_terms(acc, p, classify(decode_bits<kDType>(a[i]), decode_bits<kDType>(b[i]), kCast));
+}
+
+template <int kDType, bool kCast, bool kScalar>
+int run(const DiffStatsArgs& args, int num_threads) {
+  using T = typename BitTraits<kDType>::U;
+  const T* a = static_cast<const T*>(args.w0);
+  const T* b = static_cast<const T*>(args.w1);
+  const pg_i64 rows = args.rows, cols = args.cols;
+  const pg_i64 groups = num_groups(rows, cols);
+  const pg_i64 n = rows * cols;
+  const bool per_row = args.row_changed != nullptr;
+  const DiffStatsParams& p = args.params;
+
+  std::vector<DiffAccum> partials;
+  std::vector<PartialRow> slots;
+  try {
+    partials.resize(static_cast<size_t>(groups));
+    if (per_row) slots.resize(static_cast<size_t>(2 * groups));
+  } catch (const std::bad_alloc&) {
+    return kOutOfMemory;
+  }
+  if (per_row) {
+    std::fill(args.row_changed, args.row_changed + rows, pg_i64(0));
+    std::fill(args.row_sq_delta, args.row_sq_delta + rows, 0.0);
+  }
+  if (num_threads <= 0) num_threads = omp_get_max_threads();
+
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (groups > 1)
+  for (pg_i64 g = 0; g < groups; ++g) {
+    DiffAccum gacc;
+    gacc.clear();
+    const pg_i64 start = g * kGroupElems;
+    const pg_i64 end = std::min(n, start + kGroupElems);
+    if (per_row) slots[2 * g].row = slots[2 * g + 1].row = -1;
+    pg_i64 r = start / cols, c = start % cols;
+    for (pg_i64 pos = start; pos < end; ++r, c = 0) {
+      const pg_i64 len = std::min(cols - c, end - pos);
+      DiffAccum pacc;
+      pacc.clear();
+      const T* pa = a + r * args.stride0 + c;
+      const T* pb = b + r * args.stride1 + c;
+      if constexpr (kScalar) {
+        accumulate_span_scalar<kDType, kCast>(pa, pb, len, p, pacc);
+      } else {
+        accumulate_span<kDType, kCast>(pa, pb, len, p, pacc);
+      }
+      if (per_row) {
+        const pg_i64 changed = len - pacc.unchanged(p);
+        const double sq = pacc.sums[kSumSqDelta];
+        if (c == 0 && len == cols) {
+          args.row_changed[r] = changed;
+          args.row_sq_delta[r] = sq;
+        } else {
+          PartialRow& s = slots[pos == start ? 2 * g : 2 * g + 1];
+          s.row = r;
+          s.changed = changed;
+          s.sq_delta = sq;
+        }
+      }
+      gacc.merge(pacc);
+      pos += len;
+    }
+    partials[g] = gacc;
+  }
+
+  DiffAccum total;
+  total.clear();
+  for (const DiffAccum& part : partials) total.merge(part);
+  for (const PartialRow& s : slots) {  // group order: a split row's partial sums keep one order
+    if (s.row < 0) continue;
+    args.row_changed[s.row] += s.changed;
+    args.row_sq_delta[s.row] += s.sq_delta;
+  }
+  std::copy(total.counts, total.counts + kNumCounts, args.counts);
+  std::copy(total.sums, total.sums + kNumSums, args.sums);
+  return kOk;
+}
+
+template <int kDType, bool kScalar>
+int run_dtype(const DiffStatsArgs& args, int num_threads) {
+  return args.params.cast_bf16 ? run<kDType, true, kScalar>(args, num_threads)
+                               : run<kDType, false, kScalar>(args, num_threads);
+}
+
+template <bool kScalar>
+int diff_stats(const DiffStatsArgs& args, int num_threads) {
+  switch (args.dtype) {
+    case kFloat32: return run_dtype<kFloat32, kScalar>(args, num_threads);
+    case kBFloat16: return run_dtype<kBFloat16, kScalar>(args, num_threads);
+    case kFloat16: return run_dtype<kFloat16, kScalar>(args, num_threads);
+    case kFloat8E4M3: return run_dtype<kFloat8E4M3, kScalar>(args, num_threads);
+    case kFloat8E5M2: return run_dtype<kFloat8E5M2, kScalar>(args, num_threads);
+    default: return kBadDType;
+  }
+}
+
+}  // namespace PG_ISA_NS
+}  // namespace paramgeom

@@ -1,0 +1,1 @@
+"""The public API layer: one module per op; ``paramgeom`` re-exports the functions."""
