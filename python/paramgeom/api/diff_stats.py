@@ -48,15 +48,15 @@ def _check_pair(w0: torch.Tensor, w1: torch.Tensor) -> None:
         raise ValueError(f"device mismatch: w0 is on {w0.device}, w1 is on {w1.device}")
 
 
-def _rows_view(t: torch.Tensor, per_row: bool) -> torch.Tensor:
+def _rows_view(t: torch.Tensor, flat: bool) -> torch.Tensor:
     """A 2-D (rows, cols) view with contiguous rows, copying only when no view exists.
 
-    Without per-row outputs a contiguous tensor is one long row; with them, rows are all
-    dims but the last, flattened (a 0-d tensor is one row of one element).
+    ``flat`` (contiguous input, no per-row outputs) gives one long row; otherwise rows are
+    all dims but the last, flattened (a 0-d tensor is one row of one element).
     """
     if t.dim() == 0:
         t = t.reshape(1, 1)
-    if not per_row and t.is_contiguous():
+    if flat:
         return t.view(1, t.numel())
     cols = t.shape[-1]
     rows = math.prod(t.shape[:-1])
@@ -66,6 +66,14 @@ def _rows_view(t: torch.Tensor, per_row: bool) -> torch.Tensor:
         except RuntimeError:
             pass  # leading dims do not merge into one stride: fall through to a copy
     return t.contiguous().view(rows, cols)
+
+
+def _rows_views(
+    w0: torch.Tensor, w1: torch.Tensor, per_row: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both inputs as 2-D views of one logical shape (their row strides may differ)."""
+    flat = not per_row and w0.is_contiguous() and w1.is_contiguous()
+    return _rows_view(w0, flat), _rows_view(w1, flat)
 
 
 def _result(raw: DiffStatsRaw, job: DiffStatsJob, backend: str, row_shape) -> DiffStats:
@@ -143,9 +151,10 @@ def diff_stats(
         raise ValueError(f"cast must be None or 'bf16', got {cast!r}")
     name, impl = resolve(backend, w0.device)
     row_shape = tuple(w0.shape[:-1])
+    v0, v1 = _rows_views(w0, w1, per_row)
     job = DiffStatsJob(
-        w0=_dtypes.bits_view(_rows_view(w0, per_row)),
-        w1=_dtypes.bits_view(_rows_view(w1, per_row)),
+        w0=_dtypes.bits_view(v0),
+        w1=_dtypes.bits_view(v1),
         dtype_code=_dtypes.dtype_code(w0.dtype),
         rel_tols=rel,
         abs_tols=abs_,
