@@ -37,4 +37,3 @@ except ImportError:  # hypothesis is in the [test] extra; property tests skip wi
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-

@@ -47,10 +47,7 @@ def diff_stats_oracle(a, b, rel_tols=(1e-3,), abs_tols=(), per_row_shape=None):
         }
         if per_row_shape is not None:
             rows, cols = per_row_shape
-            if rel_tols:
-                same = fin & (ad <= rel_tols[0] * m)
-            else:
-                same = a == b
+            same = fin & (ad <= rel_tols[0] * m) if rel_tols else a == b
             out["row_changed"] = cols - same.reshape(rows, cols).sum(axis=1)
             out["row_sq_delta"] = np.where(fin, d * d, 0.0).reshape(rows, cols).sum(axis=1)
     return out
@@ -58,18 +55,31 @@ def diff_stats_oracle(a, b, rel_tols=(1e-3,), abs_tols=(), per_row_shape=None):
 
 def assert_matches(stats, expected: dict, rtol: float = 1e-12) -> None:
     """Counts and max exactly, sums to ``rtol`` relative (absolute floor 1e-300)."""
-    for key in ("numel", "n_equal", "n_within_rel", "n_within_abs", "n_nonfinite_w0",
-                "n_nonfinite_w1", "max_abs_delta"):
+    for key in (
+        "numel",
+        "n_equal",
+        "n_within_rel",
+        "n_within_abs",
+        "n_nonfinite_w0",
+        "n_nonfinite_w1",
+        "max_abs_delta",
+    ):
         got = getattr(stats, key)
         assert got == expected[key], f"{key}: got {got}, expected {expected[key]}"
     for key in ("sum_sq_delta", "sum_sq_w0", "sum_sq_w1", "sum_w0w1"):
         got, want = getattr(stats, key), expected[key]
+        err = abs(got - want) / max(abs(want), 1e-300)
         assert abs(got - want) <= rtol * abs(want) + 1e-300, (
-            f"{key}: got {got!r}, expected {want!r} (rel err {abs(got - want) / max(abs(want), 1e-300):.3g})"
+            f"{key}: got {got!r}, expected {want!r} (relative error {err:.3g})"
         )
     if "row_changed" in expected:
         assert stats.row_changed is not None
-        np.testing.assert_array_equal(stats.row_changed.cpu().numpy().reshape(-1), expected["row_changed"])
+        np.testing.assert_array_equal(
+            stats.row_changed.cpu().numpy().reshape(-1), expected["row_changed"]
+        )
         np.testing.assert_allclose(
-            stats.row_sq_delta.cpu().numpy().reshape(-1), expected["row_sq_delta"], rtol=rtol, atol=1e-300
+            stats.row_sq_delta.cpu().numpy().reshape(-1),
+            expected["row_sq_delta"],
+            rtol=rtol,
+            atol=1e-300,
         )

@@ -6,10 +6,9 @@ import json
 import subprocess
 import sys
 
+import paramgeom
 import pytest
 import torch
-
-import paramgeom
 from paramgeom import _layout, _native
 
 
@@ -43,17 +42,26 @@ def test_missing_extension_is_a_reason_not_an_error():
 
 
 def test_cli_backends_table_and_json():
-    out = subprocess.run([sys.executable, "-m", "paramgeom.cli", "backends", "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "paramgeom.cli", "backends", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     data = json.loads(out.stdout)
     assert set(data) == {"cuda", "cupy", "triton", "cpu", "torch"}
     assert data["torch"]["available"] is True
-    table = subprocess.run([sys.executable, "-m", "paramgeom.cli", "backends"],
-                           capture_output=True, text=True, check=True)
+    table = subprocess.run(
+        [sys.executable, "-m", "paramgeom.cli", "backends"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "cpu" in table.stdout and "torch" in table.stdout
 
 
 def test_cli_bad_usage_exits_2():
-    out = subprocess.run([sys.executable, "-m", "paramgeom.cli", "no-such-command"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "paramgeom.cli", "no-such-command"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr

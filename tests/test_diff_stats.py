@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import paramgeom
 import pytest
 import torch
 from oracle import assert_matches, diff_stats_oracle, round_bf16, to_f64
-
-import paramgeom
 from paramgeom import _dtypes
 from paramgeom._backends import cpu as cpu_backend
 from paramgeom.api import diff_stats as api
@@ -24,8 +23,18 @@ ABSS = (1e-5, 1e-2)
 
 def _specials(dtype: torch.dtype) -> list[float]:
     info = torch.finfo(dtype)
-    vals = [0.0, -0.0, 1.0, -1.0, info.max, -info.max, info.tiny, info.tiny * 0.5,
-            info.smallest_normal * 2.0**-2, float("nan")]
+    vals = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        info.max,
+        -info.max,
+        info.tiny,
+        info.tiny * 0.5,
+        info.smallest_normal * 2.0**-2,
+        float("nan"),
+    ]
     if dtype not in (torch.float8_e4m3fn,):
         vals += [float("inf"), float("-inf")]
     return vals
@@ -114,8 +123,9 @@ def test_cast_bf16(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-@pytest.mark.parametrize("shape", [(), (1,), (19,), (4, 19), (2, 3, 7), (3, 0), (0, 5), (2, 70_000)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape", [(), (1,), (19,), (4, 19), (2, 3, 7), (3, 0), (0, 5), (2, 70_000)], ids=str
+)
 @pytest.mark.parametrize("rel", [(1e-3,), ()], ids=["rel", "equality"])
 def test_per_row(backend, shape, rel):
     w0, w1 = make_pair(shape, torch.bfloat16)
@@ -171,7 +181,9 @@ def test_every_fp8_pair(dtype):
     w0 = bits.repeat_interleave(256).view(dtype)
     w1 = bits.repeat(256).view(dtype)
     for backend in ("cpu", "torch"):
-        assert_matches(paramgeom.diff_stats(w0, w1, RELS, ABSS, backend=backend), oracle_for(w0, w1))
+        assert_matches(
+            paramgeom.diff_stats(w0, w1, RELS, ABSS, backend=backend), oracle_for(w0, w1)
+        )
 
 
 def test_paper_fact_bf16_rel_rule_is_bit_compare():
@@ -206,7 +218,7 @@ def test_variants_agree_and_are_deterministic():
     isas = ["generic", "scalar"] + [i for i in ("avx2", "avx512") if i in best or "avx512" in best]
     results = {isa: run_cpu_isa(w0, w1, isa, per_row=True) for isa in isas}
     ref = results["generic"]
-    for isa, r in results.items():
+    for r in results.values():
         assert_matches(r, oracle_for(w0, w1, per_row=True))
         assert r.n_within_rel == ref.n_within_rel and r.n_equal == ref.n_equal
     for isa in isas:

@@ -3,11 +3,10 @@ signed zeros, NaN, Inf, subnormals, huge and tiny values, odd sizes."""
 
 from __future__ import annotations
 
+import paramgeom
 import pytest
 import torch
 from oracle import assert_matches, diff_stats_oracle, round_bf16, to_f64
-
-import paramgeom
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given  # noqa: E402
@@ -18,8 +17,22 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, tor
 
 def _edge_values(dtype):
     info = torch.finfo(dtype)
-    return [0.0, -0.0, float("nan"), float("inf"), float("-inf"), info.max, -info.max,
-            info.tiny, -info.tiny, info.tiny / 4, info.eps, 1.0, -1.0, 1.0 + info.eps]
+    return [
+        0.0,
+        -0.0,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        info.max,
+        -info.max,
+        info.tiny,
+        -info.tiny,
+        info.tiny / 4,
+        info.eps,
+        1.0,
+        -1.0,
+        1.0 + info.eps,
+    ]
 
 
 @st.composite
@@ -28,8 +41,8 @@ def pairs(draw):
     n = draw(st.integers(0, 300))
     value = st.one_of(
         st.sampled_from(_edge_values(dtype)),
-        st.floats(-2.0**14, 2.0**14, allow_nan=False, width=32),
-        st.floats(-2.0**-20, 2.0**-20, allow_nan=False, width=32),
+        st.floats(-(2.0**14), 2.0**14, allow_nan=False, width=32),
+        st.floats(-(2.0**-20), 2.0**-20, allow_nan=False, width=32),
     )
     a = draw(st.lists(value, min_size=n, max_size=n))
     # w1 either copies w0, nudges it, or draws afresh: equal-heavy and change-heavy mixes.
@@ -39,7 +52,7 @@ def pairs(draw):
     else:
         scale = 0.0 if mode == "copy" else draw(st.sampled_from([1e-4, 1e-3, 2.0**-8, 0.1]))
         flips = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-        b = [x * (1 + scale) if f else x for x, f in zip(a, flips)]
+        b = [x * (1 + scale) if f else x for x, f in zip(a, flips, strict=True)]
     w0 = torch.tensor(a, dtype=torch.float32).to(dtype)
     w1 = torch.tensor(b, dtype=torch.float32).to(dtype)
     rel = tuple(draw(st.lists(st.sampled_from([1e-3, 2.0**-8, 1e-2, 0.5, 0.0]), max_size=3)))
@@ -64,7 +77,11 @@ def test_property_symmetric_counts(case):
     w0, w1, rel, abs_ = case
     s = paramgeom.diff_stats(w0, w1, rel, abs_)
     t = paramgeom.diff_stats(w1, w0, rel, abs_)
-    assert (s.n_equal, s.n_within_rel, s.n_within_abs) == (t.n_equal, t.n_within_rel, t.n_within_abs)
+    assert (s.n_equal, s.n_within_rel, s.n_within_abs) == (
+        t.n_equal,
+        t.n_within_rel,
+        t.n_within_abs,
+    )
     assert (s.n_nonfinite_w0, s.n_nonfinite_w1) == (t.n_nonfinite_w1, t.n_nonfinite_w0)
     assert s.max_abs_delta == t.max_abs_delta
 
