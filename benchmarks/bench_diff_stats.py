@@ -157,7 +157,11 @@ def sweep(sizes: list[int], dtypes: list[str], reps: int, backend: str, device: 
                         p80_ms=_quantile(v, 0.8) * 1e3,
                         gbps=nbytes / med[k] / 1e9,
                         x_copy=med[k] / med["copy_one_input"],
-                        speedup_vs={o: med[o] / med[k] for o in med if o != k and k == "paramgeom"},
+                        speedup_vs={
+                            o: med[o] / med[k]
+                            for o in med
+                            if k == "paramgeom" and o.startswith("torch_")
+                        },
                     )
                 )
             del w0, w1

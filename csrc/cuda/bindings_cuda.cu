@@ -1,0 +1,208 @@
+// nanobind module paramgeom._C_cuda: argument checks and a call into diff_stats_cuda.h.
+// Arrays arrive through DLPack with no copy; the inputs are integer bit views of the
+// storage dtype (python/paramgeom/_dtypes.py), all arrays live on one CUDA device, and
+// the kernels run on the caller's stream (an integer cudaStream_t, 0 = legacy default).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "diff_stats_cuda.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using Array = nb::ndarray<>;
+using InArray = nb::ndarray<nb::ro>;
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw nb::value_error(message.c_str());
+}
+
+bool is_cuda(int device_type) { return device_type == nb::device::cuda::value; }
+
+// A contiguous 1-D CUDA vector of T with `count` elements (at least `count` unless exact).
+template <typename T>
+T* vector_ptr(const Array& a, const char* name, size_t count, bool exact, int device_id) {
+  const std::string n(name);
+  require(is_cuda(a.device_type()), n + ": expected a CUDA array");
+  require(a.device_id() == device_id, n + ": on another device than w0");
+  require(a.dtype() == nb::dtype<T>(),
+          n + (std::is_same_v<T, double> ? ": expected float64" : ": expected int64"));
+  require(a.ndim() == 1 && (a.shape(0) <= 1 || a.stride(0) == 1),
+          n + ": expected a contiguous 1-D array");
+  require(exact ? a.shape(0) == count : a.shape(0) >= count,
+          n + ": expected " + (exact ? "" : "at least ") + std::to_string(count) + " elements");
+  return static_cast<T*>(a.data());
+}
+
+// w0 / w1: a 2-D CUDA integer bit view of `width`-byte elements, columns contiguous.
+void check_input(const InArray& a, const char* name, size_t width, int dtype) {
+  const std::string n(name);
+  require(is_cuda(a.device_type()), n + ": expected a CUDA array");
+  require(a.ndim() == 2, n + ": expected a 2-D (rows, cols) view");
+  const auto code = a.dtype().code;
+  require((code == uint8_t(nb::dlpack::dtype_code::Int) ||
+           code == uint8_t(nb::dlpack::dtype_code::UInt)) &&
+              a.itemsize() == width && a.dtype().lanes == 1,
+          n + ": expected an integer bit view of " + std::to_string(width) +
+              "-byte elements for dtype code " + std::to_string(dtype));
+  require(a.shape(1) <= 1 || a.stride(1) == 1, n + ": columns must be contiguous");
+}
+
+// Restores the caller's current device after the launch.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+    if (previous_ != device) cudaSetDevice(device);
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_)
+      cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+void diff_stats(const InArray& w0, const InArray& w1, int dtype,
+                const std::vector<double>& rel_tols, const std::vector<double>& abs_tols,
+                bool cast_bf16, int changed_index, const Array& counts, const Array& sums,
+                const std::optional<Array>& row_changed,
+                const std::optional<Array>& row_sq_delta, const Array& workspace,
+                std::uintptr_t stream) {
+  using namespace paramgeom;
+  require(dtype >= kFloat32 && dtype <= kFloat8E5M2,
+          "dtype: unknown dtype code " + std::to_string(dtype));
+  const size_t width = static_cast<size_t>(dtype_size(dtype));
+  check_input(w0, "w0", width, dtype);
+  check_input(w1, "w1", width, dtype);
+  require(w1.device_id() == w0.device_id(), "w1: on another device than w0");
+  require(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1),
+          "w1: shape differs from w0");
+  require(rel_tols.size() <= kMaxTols, "rel_tols: at most 8 tolerances");
+  require(abs_tols.size() <= kMaxTols, "abs_tols: at most 8 tolerances");
+  require(changed_index == kEqual || (changed_index == kRel0 && !rel_tols.empty()),
+          "changed_index: must be EQUAL, or REL0 with a relative tolerance");
+  require(row_changed.has_value() == row_sq_delta.has_value(),
+          "row_changed: give row_changed and row_sq_delta together");
+
+  const int device = w0.device_id();
+  const pg_i64 rows = static_cast<pg_i64>(w0.shape(0));
+  const pg_i64 cols = static_cast<pg_i64>(w0.shape(1));
+  DiffStatsArgs args{};
+  args.w0 = w0.data();
+  args.w1 = w1.data();
+  args.dtype = dtype;
+  args.rows = rows;
+  args.cols = cols;
+  args.stride0 = w0.stride(0);
+  args.stride1 = w1.stride(0);
+  args.params.n_rel = static_cast<int>(rel_tols.size());
+  args.params.n_abs = static_cast<int>(abs_tols.size());
+  args.params.cast_bf16 = cast_bf16 ? 1 : 0;
+  args.params.changed_index = changed_index;
+  for (size_t i = 0; i < rel_tols.size(); ++i) args.params.rel_tols[i] = rel_tols[i];
+  for (size_t i = 0; i < abs_tols.size(); ++i) args.params.abs_tols[i] = abs_tols[i];
+  args.counts = vector_ptr<pg_i64>(counts, "counts", kNumCounts, false, device);
+  args.sums = vector_ptr<double>(sums, "sums", kNumSums, false, device);
+  const bool per_row = row_changed.has_value();
+  if (per_row) {
+    args.row_changed = vector_ptr<pg_i64>(*row_changed, "row_changed", rows, true, device);
+    args.row_sq_delta = vector_ptr<double>(*row_sq_delta, "row_sq_delta", rows, true, device);
+  }
+  const size_t needed = diff_stats_cuda_workspace_bytes(rows, cols, per_row);
+  require(is_cuda(workspace.device_type()) && workspace.device_id() == device,
+          "workspace: expected a CUDA array on the device of w0");
+  require(workspace.ndim() == 1 && (workspace.shape(0) <= 1 || workspace.stride(0) == 1),
+          "workspace: expected a contiguous 1-D array");
+  require(workspace.nbytes() >= needed, "workspace: needs " + std::to_string(needed) +
+                                            " bytes, got " +
+                                            std::to_string(workspace.nbytes()));
+
+  int status = kOk;
+  cudaError_t err = cudaSuccess;
+  {
+    nb::gil_scoped_release release;
+    DeviceGuard guard(device);
+    status = diff_stats_cuda(args, workspace.data(), workspace.nbytes(),
+                             reinterpret_cast<cudaStream_t>(stream), &err);
+  }
+  if (status == kCudaError)
+    throw std::runtime_error(std::string("paramgeom diff_stats CUDA launch failed: ") +
+                             cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  if (status != kOk)
+    throw nb::value_error(("diff_stats: rejected arguments (status " +
+                           std::to_string(status) + ")")
+                              .c_str());
+}
+
+std::pair<bool, std::string> runtime_status() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    const std::string detail =
+        std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+    if (err == cudaErrorInsufficientDriver)
+      return {false, "no CUDA driver, or one older than the CUDA runtime " +
+                         std::to_string(CUDART_VERSION / 1000) + "." +
+                         std::to_string(CUDART_VERSION % 1000 / 10) +
+                         " this module was built with (" + detail + ")"};
+    if (err == cudaErrorNoDevice) return {false, "no GPU (" + detail + ")"};
+    return {false, "CUDA runtime unusable (" + detail + ")"};
+  }
+  if (count == 0) return {false, "no GPU (cudaGetDeviceCount found 0 devices)"};
+  return {true, ""};
+}
+
+}  // namespace
+
+NB_MODULE(_C_cuda, m) {
+  using namespace paramgeom;
+  m.doc() = "paramgeom CUDA kernels (nvcc build); see csrc/cuda/diff_stats_cuda.h";
+  m.def("diff_stats", &diff_stats, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "rel_tols"_a,
+        "abs_tols"_a, "cast_bf16"_a, "changed_index"_a, "counts"_a, "sums"_a,
+        "row_changed"_a = nb::none(), "row_sq_delta"_a = nb::none(), "workspace"_a,
+        "stream"_a = 0,
+        "Fused diff statistics of two (rows, cols) integer bit views on one CUDA device; "
+        "writes counts (int64), sums (float64) and the optional per-row outputs in place.");
+  m.def(
+      "workspace_bytes",
+      [](pg_i64 rows, pg_i64 cols, bool per_row) {
+        return diff_stats_cuda_workspace_bytes(rows, cols, per_row);
+      },
+      "rows"_a, "cols"_a, "per_row"_a, "Bytes of device workspace diff_stats needs.");
+  m.def("num_blocks", &diff_stats_cuda_num_blocks, "rows"_a, "cols"_a, "sm_count"_a);
+  m.def("fixup_blocks", &diff_stats_cuda_fixup_blocks, "rows"_a, "cols"_a, "sm_count"_a);
+  m.def(
+      "kernel_name",
+      [](int dtype, bool cast_bf16, int n_rel, int n_abs) -> std::optional<std::string> {
+        const char* name = diff_stats_cuda_kernel_name(dtype, cast_bf16, n_rel, n_abs);
+        return name ? std::optional<std::string>(name) : std::nullopt;
+      },
+      "dtype"_a, "cast_bf16"_a, "n_rel"_a, "n_abs"_a);
+  m.def("runtime_status", &runtime_status,
+        "(usable, reason): whether the CUDA runtime finds a driver and a GPU.");
+  m.attr("NUM_COUNTS") = int(kNumCounts);
+  m.attr("NUM_SUMS") = int(kNumSums);
+  m.attr("MAX_TOLS") = kMaxTols;
+  m.attr("GROUP_ELEMS") = kGroupElems;
+  m.attr("THREADS") = kDiffStatsThreads;
+  m.attr("BLOCKS_PER_SM") = kDiffStatsBlocksPerSm;
+}
