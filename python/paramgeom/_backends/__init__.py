@@ -7,6 +7,7 @@ with the reason; probing one never raises.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
@@ -41,6 +42,7 @@ class BackendInfo:
     devices: tuple[str, ...]
 
 
+@functools.cache
 def module(name: str) -> ModuleType:
     return importlib.import_module(f"paramgeom._backends.{_MODULES[name]}")
 

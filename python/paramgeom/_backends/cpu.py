@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from paramgeom import _layout, _native
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 
 
+@functools.cache
 def status() -> tuple[bool, str]:
     module, why = _native.load("_C")
     if module is None:
