@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "paramgeom/diff_stats.h"
@@ -31,20 +32,24 @@ inline float decode_bits(typename BitTraits<kDType>::U u) {
 }
 
 // Pass 1: counts from the bits alone (equal, non-finite, finite-and-equal). Integer lanes
-// only, so it runs at memory speed.
+// as narrow as the format allows (16 bits for bf16/fp16/fp8: a block's counts fit), so it
+// runs at memory speed and leaves the cores to the float64 pass.
 template <int kDType>
 inline void count_bits(const typename BitTraits<kDType>::U* __restrict x,
                        const typename BitTraits<kDType>::U* __restrict y, int n, pg_u32& eq,
                        pg_u32& nf0, pg_u32& nf1, pg_u32& feq) {
-  pg_u32 c_eq = 0, c_nf0 = 0, c_nf1 = 0, c_feq = 0;
+  using U = typename BitTraits<kDType>::U;
+  using C = typename std::conditional<sizeof(U) >= 2, U, pg_u16>::type;
+  static_assert(kBlock <= 0xffff, "block counts must fit 16-bit lanes");
+  C c_eq = 0, c_nf0 = 0, c_nf1 = 0, c_feq = 0;
   for (int i = 0; i < n; ++i) {
-    const pg_u32 a = x[i], b = y[i];
-    const pg_u32 na = bits_nonfinite<kDType>(a), nb = bits_nonfinite<kDType>(b);
-    const pg_u32 e = bits_equal<kDType>(a, b);
-    c_eq += e;
-    c_nf0 += na;
-    c_nf1 += nb;
-    c_feq += e & (na ^ 1u);
+    const C a = x[i], b = y[i];
+    const C na = bits_nonfinite<kDType, C>(a), nb = bits_nonfinite<kDType, C>(b);
+    const C e = bits_equal<kDType, C>(a, b);
+    c_eq = static_cast<C>(c_eq + e);
+    c_nf0 = static_cast<C>(c_nf0 + na);
+    c_nf1 = static_cast<C>(c_nf1 + nb);
+    c_feq = static_cast<C>(c_feq + (e & (na ^ 1u)));
   }
   eq = c_eq;
   nf0 = c_nf0;
@@ -67,9 +72,9 @@ inline void sum_block(const typename BitTraits<kDType>::U* __restrict x,
     const double a = decode_bits<kDType>(x[i]);
     const double b = decode_bits<kDType>(y[i]);
     const double d = b - a;
-    const double ad = d < 0.0 ? -d : d;
+    const double ad = __builtin_fabs(d);
     if constexpr (kMasked) {
-      const double aa = a < 0.0 ? -a : a, abb = b < 0.0 ? -b : b;
+      const double aa = __builtin_fabs(a), abb = __builtin_fabs(b);
       const bool fin = (aa < inf) & (abb < inf);
       d2 += fin ? d * d : 0.0;
       a2 += fin ? a * a : 0.0;
@@ -87,7 +92,7 @@ inline void sum_block(const typename BitTraits<kDType>::U* __restrict x,
       ab += a * b;
       mx = ad > mx ? ad : mx;
       if constexpr (kStage) {
-        const double aa = a < 0.0 ? -a : a, abb = b < 0.0 ? -b : b;
+        const double aa = __builtin_fabs(a), abb = __builtin_fabs(b);
         ad_buf[i] = ad;
         m_buf[i] = aa > abb ? aa : abb;
       }

@@ -168,24 +168,29 @@ struct BitTraits<kFloat8E5M2> {
   static constexpr int kPrecision = 3;
 };
 
-// All return 0 or 1 as unsigned so that vectorised loops can add them up directly.
-template <int kDType>
-PG_HD pg_u32 bits_nonfinite(pg_u32 x) {
-  return (x & BitTraits<kDType>::kExp) == BitTraits<kDType>::kExp;
+// All return 0 or 1 in the lane type C (at least as wide as the storage bits), so that
+// vectorised loops can add them up directly and stay in C-wide lanes: the CPU kernel runs
+// them on 16-bit lanes for the 16-bit formats, 32 values per AVX-512 instruction.
+template <int kDType, class C = pg_u32>
+PG_HD C bits_nonfinite(C x) {
+  return static_cast<C>(static_cast<C>(x & static_cast<C>(BitTraits<kDType>::kExp)) ==
+                        static_cast<C>(BitTraits<kDType>::kExp));
 }
-template <int kDType>
-PG_HD pg_u32 bits_nan(pg_u32 x) {
+template <int kDType, class C = pg_u32>
+PG_HD C bits_nan(C x) {
+  const C mag = static_cast<C>(x & static_cast<C>(BitTraits<kDType>::kMag));
   if constexpr (kDType == kFloat8E4M3) {
-    return (x & BitTraits<kDType>::kMag) == BitTraits<kDType>::kExp;
+    return static_cast<C>(mag == static_cast<C>(BitTraits<kDType>::kExp));
   } else {
-    return (x & BitTraits<kDType>::kMag) > BitTraits<kDType>::kExp;
+    return static_cast<C>(mag > static_cast<C>(BitTraits<kDType>::kExp));
   }
 }
-template <int kDType>
-PG_HD pg_u32 bits_equal(pg_u32 x, pg_u32 y) {
-  const pg_u32 same = (x == y) & (bits_nan<kDType>(x) ^ 1u);
-  const pg_u32 zeros = ((x | y) & BitTraits<kDType>::kMag) == 0u;
-  return same | zeros;
+template <int kDType, class C = pg_u32>
+PG_HD C bits_equal(C x, C y) {
+  const C same = static_cast<C>(static_cast<C>(x == y) & static_cast<C>(bits_nan<kDType, C>(x) ^ 1u));
+  const C zeros = static_cast<C>(static_cast<C>((x | y) & static_cast<C>(BitTraits<kDType>::kMag)) ==
+                                 static_cast<C>(0));
+  return static_cast<C>(same | zeros);
 }
 
 // For a format with p significand bits, distinct finite values differ by at least 2^-p of
