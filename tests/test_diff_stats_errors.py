@@ -28,6 +28,17 @@ def test_device_mismatch():
         paramgeom.diff_stats(torch.zeros(3), torch.zeros(3, device="meta"))
 
 
+def test_sparse_input():
+    sparse = torch.zeros(3).to_sparse()
+    with pytest.raises(TypeError, match="w0 has layout torch.sparse_coo"):
+        paramgeom.diff_stats(sparse, sparse)
+
+
+def test_parameters_and_grad_tensors_are_read_as_is():
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    assert paramgeom.diff_stats(p, p.detach().clone()).n_equal == 16
+
+
 def test_not_a_tensor():
     with pytest.raises(TypeError, match="w1 must be a torch.Tensor, got list"):
         paramgeom.diff_stats(torch.zeros(3), [0.0, 0.0, 0.0])

@@ -4,6 +4,9 @@
 // variants; float64 sums are reduced in a vector-width-dependent lane order, so their
 // last bits depend on the variant (each variant is deterministic on its own).
 #include <omp.h>
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <limits>
@@ -105,6 +108,74 @@ inline void sum_block(const typename BitTraits<kDType>::U* __restrict x,
   sums[kMaxAbsDelta] = mx > sums[kMaxAbsDelta] ? mx : sums[kMaxAbsDelta];
 }
 
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+// The bf16 hot path on AVX-512 (the paper's dtype and rule: every tolerance a bit test):
+// one loop that runs the bit pass on 32 16-bit lanes (mask compares and popcounts) and the
+// float64 pass on the same registers, so the integer work hides under the float64 work
+// instead of running as a second loop. Same rule as count_bits + sum_block; lanes are
+// visited in unpack order, which fixes (and so keeps deterministic) the summation order.
+// Returns false when the block holds a non-finite value: the caller then redoes the sums
+// with the masked loop (the counts stay valid).
+inline bool fused_bf16_block(const pg_u16* x, const pg_u16* y, int n, pg_u32& eq, pg_u32& nf0,
+                             pg_u32& nf1, pg_u32& feq, double* sums) {
+  const __m512i kExp = _mm512_set1_epi16(0x7f80);
+  const __m512i kMag = _mm512_set1_epi16(0x7fff);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512d sign = _mm512_set1_pd(-0.0);
+  __m512d d2[2], a2[2], b2[2], ab[2], mx[2];
+  for (int h = 0; h < 2; ++h) d2[h] = a2[h] = b2[h] = ab[h] = mx[h] = _mm512_setzero_pd();
+  pg_u32 c_eq = 0, c_nf0 = 0, c_nf1 = 0, c_feq = 0;
+  __mmask32 any_nf = 0;
+  for (int i = 0; i < n; i += 32) {
+    const __mmask32 live = n - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - i)) - 1;
+    const __m512i va = _mm512_maskz_loadu_epi16(live, x + i);
+    const __m512i vb = _mm512_maskz_loadu_epi16(live, y + i);
+    const __mmask32 nfa = _mm512_cmpeq_epi16_mask(_mm512_and_si512(va, kExp), kExp);
+    const __mmask32 nfb = _mm512_cmpeq_epi16_mask(_mm512_and_si512(vb, kExp), kExp);
+    const __mmask32 nan_a = _mm512_cmpgt_epu16_mask(_mm512_and_si512(va, kMag), kExp);
+    const __mmask32 same = _mm512_cmpeq_epi16_mask(va, vb) & ~nan_a;
+    const __mmask32 zeros = _mm512_testn_epi16_mask(_mm512_or_si512(va, vb), kMag);
+    const __mmask32 e = (same | zeros) & live;
+    c_eq += static_cast<pg_u32>(__builtin_popcount(e));
+    c_nf0 += static_cast<pg_u32>(__builtin_popcount(nfa));
+    c_nf1 += static_cast<pg_u32>(__builtin_popcount(nfb));
+    c_feq += static_cast<pg_u32>(__builtin_popcount(e & ~nfa));
+    any_nf |= nfa | nfb;
+    // bf16 bits into the high half of 32-bit lanes = the fp32 value; padding lanes are 0.
+    const __m512i wa[2] = {_mm512_unpacklo_epi16(zero, va), _mm512_unpackhi_epi16(zero, va)};
+    const __m512i wb[2] = {_mm512_unpacklo_epi16(zero, vb), _mm512_unpackhi_epi16(zero, vb)};
+    for (int h = 0; h < 2; ++h) {
+      const __m512 fa = _mm512_castsi512_ps(wa[h]);
+      const __m512 fb = _mm512_castsi512_ps(wb[h]);
+      const __m512d a[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(fa)),
+                            _mm512_cvtps_pd(_mm512_extractf32x8_ps(fa, 1))};
+      const __m512d b[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(fb)),
+                            _mm512_cvtps_pd(_mm512_extractf32x8_ps(fb, 1))};
+      for (int q = 0; q < 2; ++q) {
+        const __m512d d = _mm512_sub_pd(b[q], a[q]);
+        d2[h] = _mm512_fmadd_pd(d, d, d2[h]);
+        a2[h] = _mm512_fmadd_pd(a[q], a[q], a2[h]);
+        b2[h] = _mm512_fmadd_pd(b[q], b[q], b2[h]);
+        ab[h] = _mm512_fmadd_pd(a[q], b[q], ab[h]);
+        mx[h] = _mm512_max_pd(mx[h], _mm512_andnot_pd(sign, d));
+      }
+    }
+  }
+  eq = c_eq;
+  nf0 = c_nf0;
+  nf1 = c_nf1;
+  feq = c_feq;
+  if (any_nf) return false;
+  sums[kSumSqDelta] += _mm512_reduce_add_pd(_mm512_add_pd(d2[0], d2[1]));
+  sums[kSumSqW0] += _mm512_reduce_add_pd(_mm512_add_pd(a2[0], a2[1]));
+  sums[kSumSqW1] += _mm512_reduce_add_pd(_mm512_add_pd(b2[0], b2[1]));
+  sums[kSumW0W1] += _mm512_reduce_add_pd(_mm512_add_pd(ab[0], ab[1]));
+  const double m = _mm512_reduce_max_pd(_mm512_max_pd(mx[0], mx[1]));
+  sums[kMaxAbsDelta] = m > sums[kMaxAbsDelta] ? m : sums[kMaxAbsDelta];
+  return true;
+}
+#endif
+
 // Which tolerance counts are bit tests: a relative tolerance at or below the format's
 // equality bound (common.h) counts exactly the finite equal pairs.
 struct TolPlan {
@@ -124,23 +195,10 @@ inline TolPlan plan_tols(const DiffStatsParams& p) {
   return plan;
 }
 
-// One block of n <= kBlock elements, given as bits of format kDType.
-template <int kDType>
-inline void block_terms(const typename BitTraits<kDType>::U* x,
-                        const typename BitTraits<kDType>::U* y, int n, const DiffStatsParams& p,
-                        const TolPlan& plan, DiffAccum& acc) {
-  alignas(64) double ad_buf[kBlock];
-  alignas(64) double m_buf[kBlock];
-  pg_u32 eq, nf0, nf1, feq;
-  count_bits<kDType>(x, y, n, eq, nf0, nf1, feq);
-  const bool masked = (nf0 | nf1) != 0;
-  if (masked) {
-    if (plan.stage) sum_block<kDType, true, true>(x, y, n, acc.sums, ad_buf, m_buf);
-    else sum_block<kDType, true, false>(x, y, n, acc.sums, ad_buf, m_buf);
-  } else {
-    if (plan.stage) sum_block<kDType, false, true>(x, y, n, acc.sums, ad_buf, m_buf);
-    else sum_block<kDType, false, false>(x, y, n, acc.sums, ad_buf, m_buf);
-  }
+// Tolerance counts (bit tests, or passes over the staged |d| and max) and the plain counts.
+inline void finish_block(const DiffStatsParams& p, const TolPlan& plan, int n, pg_u32 eq,
+                         pg_u32 nf0, pg_u32 nf1, pg_u32 feq, const double* ad_buf,
+                         const double* m_buf, DiffAccum& acc) {
   for (int r = 0; r < p.n_rel; ++r) {
     if (plan.rel_is_equality[r]) {
       acc.counts[kRel0 + r] += feq;
@@ -161,6 +219,36 @@ inline void block_terms(const typename BitTraits<kDType>::U* x,
   acc.counts[kEqual] += eq;
   acc.counts[kNonFinite0] += nf0;
   acc.counts[kNonFinite1] += nf1;
+}
+
+// One block of n <= kBlock elements, given as bits of format kDType.
+template <int kDType>
+inline void block_terms(const typename BitTraits<kDType>::U* x,
+                        const typename BitTraits<kDType>::U* y, int n, const DiffStatsParams& p,
+                        const TolPlan& plan, DiffAccum& acc) {
+  alignas(64) double ad_buf[kBlock];
+  alignas(64) double m_buf[kBlock];
+  pg_u32 eq, nf0, nf1, feq;
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+  if constexpr (kDType == kBFloat16) {
+    if (!plan.stage) {
+      if (!fused_bf16_block(x, y, n, eq, nf0, nf1, feq, acc.sums))
+        sum_block<kDType, true, false>(x, y, n, acc.sums, ad_buf, m_buf);
+      finish_block(p, plan, n, eq, nf0, nf1, feq, ad_buf, m_buf, acc);
+      return;
+    }
+  }
+#endif
+  count_bits<kDType>(x, y, n, eq, nf0, nf1, feq);
+  const bool masked = (nf0 | nf1) != 0;
+  if (masked) {
+    if (plan.stage) sum_block<kDType, true, true>(x, y, n, acc.sums, ad_buf, m_buf);
+    else sum_block<kDType, true, false>(x, y, n, acc.sums, ad_buf, m_buf);
+  } else {
+    if (plan.stage) sum_block<kDType, false, true>(x, y, n, acc.sums, ad_buf, m_buf);
+    else sum_block<kDType, false, false>(x, y, n, acc.sums, ad_buf, m_buf);
+  }
+  finish_block(p, plan, n, eq, nf0, nf1, feq, ad_buf, m_buf, acc);
 }
 
 // Accumulates n contiguous storage elements into acc, block by block. With kCast the

@@ -34,6 +34,8 @@ def _check_pair(w0: torch.Tensor, w1: torch.Tensor) -> None:
     for name, w in (("w0", w0), ("w1", w1)):
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+        if w.layout != torch.strided:
+            raise TypeError(f"{name} has layout {w.layout}: pass a dense (strided) tensor")
     if w0.shape != w1.shape:
         raise ValueError(
             f"shape mismatch: w0 has shape {tuple(w0.shape)}, w1 has shape {tuple(w1.shape)}"
@@ -149,7 +151,7 @@ def diff_stats(
     abs_ = _check_tols(abs_tols, "abs_tols")
     if cast not in CASTS:
         raise ValueError(f"cast must be None or 'bf16', got {cast!r}")
-    name, impl = resolve(backend, w0.device)
+    name, impl = resolve(backend, w0.device, op="diff_stats")
     row_shape = tuple(w0.shape[:-1])
     v0, v1 = _rows_views(w0, w1, per_row)
     job = DiffStatsJob(
