@@ -24,9 +24,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import paramgeom
 import pytest
 import torch
+
+import paramgeom
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 

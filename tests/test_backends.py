@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
-import paramgeom
 import pytest
 import torch
+
+import paramgeom
 from paramgeom import _layout, _native
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import paramgeom
 import pytest
 import torch
 from oracle import assert_matches, diff_stats_oracle, round_bf16, to_f64
+
+import paramgeom
 from paramgeom import _dtypes
 from paramgeom._backends import cpu as cpu_backend
 from paramgeom.api import diff_stats as api

@@ -17,16 +17,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import paramgeom
 import pytest
 import torch
 from oracle import assert_matches
+from test_diff_stats import ABSS, DTYPES, RELS, make_pair, oracle_for
+
+import paramgeom
 from paramgeom import _dtypes, _layout, _native
 from paramgeom._backends import cuda as cuda_backend
 from paramgeom._backends import cupy as cupy_backend
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 from paramgeom.api import diff_stats as api
-from test_diff_stats import ABSS, DTYPES, RELS, make_pair, oracle_for
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "csrc" / "cuda" / "diff_stats_kernels.cuh"

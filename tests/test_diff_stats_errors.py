@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import paramgeom
 import pytest
 import torch
+
+import paramgeom
 
 
 def test_shape_mismatch_names_both_shapes():

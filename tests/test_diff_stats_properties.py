@@ -3,10 +3,11 @@ signed zeros, NaN, Inf, subnormals, huge and tiny values, odd sizes."""
 
 from __future__ import annotations
 
-import paramgeom
 import pytest
 import torch
 from oracle import assert_matches, diff_stats_oracle, round_bf16, to_f64
+
+import paramgeom
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given  # noqa: E402

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from paramgeom._backends import cupy as cupy_backend
 
 
