@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/diff_stats_cpu.h"
+#include "cpu/diff_tile_cpu.h"
 #include "paramgeom/diff_stats.h"
 
 namespace nb = nanobind;
@@ -108,6 +109,31 @@ void diff_stats(HostArray w0, HostArray w1, int dtype, const std::vector<double>
                            ", isa '" + isa + "')").c_str());
 }
 
+using F32Matrix = nb::ndarray<float, nb::device::cpu, nb::ndim<2>>;
+
+void diff_tile(HostArray w0, HostArray w1, int dtype, F32Matrix out, int num_threads) {
+  check_bits_view(w0, "w0", dtype);
+  check_bits_view(w1, "w1", dtype);
+  PG_CHECK(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1) &&
+               out.shape(0) == w0.shape(0) && out.shape(1) == w0.shape(1),
+           "shape mismatch: w0 " + shape_str(w0) + ", w1 " + shape_str(w1) + ", out (" +
+               std::to_string(out.shape(0)) + ", " + std::to_string(out.shape(1)) + ")");
+  PG_CHECK(out.shape(1) <= 1 || out.stride(1) == 1, "out must have contiguous rows");
+  const int64_t rows = static_cast<int64_t>(w0.shape(0));
+  const int64_t cols = static_cast<int64_t>(w0.shape(1));
+  int status;
+  {
+    nb::gil_scoped_release release;
+    status = paramgeom::diff_tile_cpu(w0.data(), w1.data(), dtype, rows, cols,
+                                      static_cast<int64_t>(w0.stride(0)),
+                                      static_cast<int64_t>(w1.stride(0)), out.data(),
+                                      static_cast<int64_t>(out.stride(0)), num_threads);
+  }
+  if (status == paramgeom::kBadDType)
+    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
+  if (status != paramgeom::kOk) throw nb::value_error("diff_tile_cpu: bad arguments");
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -128,4 +154,8 @@ NB_MODULE(_C, m) {
         "isa"_a = "",
         "Fused diff statistics of two 2-D bit views (see paramgeom/diff_stats.h). Writes "
         "totals into counts/sums and, when given, per-row outputs.");
+  m.def("diff_tile", &diff_tile, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "out"_a,
+        "num_threads"_a = 0,
+        "out = fp32(w1) - fp32(w0) for two 2-D bit views: exact widening, one fp32 "
+        "subtraction, one pass (the tile diff_matmul hands to a GEMM).");
 }

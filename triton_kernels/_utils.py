@@ -91,3 +91,58 @@ def plan_2d(rows: int, cols: int) -> Plan2D:
         grid=(cdiv(rows, rows_per_prog), col_progs),
         num_warps=num_warps_for(block_r * block_c),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# GEMM-shaped kernels (diff_matmul, gram_update): fp32 CUDA-core dots (input_precision
+# "ieee"), so tiles are moderate. A reduction is split across programs only when the
+# output tiles alone would leave the GPU idle; the splits' fp32 partials are then summed
+# in float64, in split order (deterministic, and "fp64 across blocks").
+
+# Programs a launch aims for before it splits the reduction dimension.
+TARGET_PROGRAMS = 512
+# A split walks at least this many BLOCK_K steps.
+MIN_STEPS_PER_SPLIT = 8
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """Tiles of one GEMM-shaped launch: ``out[M, N] = sum over K``, ``split`` ways in K.
+
+    Split ``s`` takes K steps ``[s * steps_per_split, (s + 1) * steps_per_split)`` of
+    ``block_k`` each.
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    split: int
+    steps_per_split: int
+    num_warps: int
+    num_stages: int
+
+
+def gemm_plan(m: int, n: int, k: int, *, block_m: int = 64, block_k: int = 32) -> GemmPlan:
+    """Tiles for ``out[m, n] = A[m, k] @ B[k, n]`` (all sizes >= 1); ``n`` is usually narrow
+    (the k columns of a sketch), so ``block_n`` shrinks to it (16 at least, for tl.dot)."""
+    if m < 1 or n < 1 or k < 1:
+        raise ValueError(f"gemm_plan needs positive sizes, got ({m}, {n}, {k})")
+    block_n = max(16, min(64, next_power_of_2(n)))
+    block_m = max(16, min(block_m, next_power_of_2(m)))
+    block_k = max(16, min(block_k, next_power_of_2(k)))
+    tiles = cdiv(m, block_m) * cdiv(n, block_n)
+    steps = cdiv(k, block_k)
+    split = max(1, min(cdiv(TARGET_PROGRAMS, tiles), steps // MIN_STEPS_PER_SPLIT))
+    steps_per_split = cdiv(steps, split)
+    split = cdiv(steps, steps_per_split)
+    return GemmPlan(
+        block_m=block_m,
+        block_n=block_n,
+        block_k=block_k,
+        group_m=8,
+        split=split,
+        steps_per_split=steps_per_split,
+        num_warps=4,
+        num_stages=3,
+    )

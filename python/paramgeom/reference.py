@@ -119,3 +119,32 @@ def diff_stats_ref(
         row_changed=row_changed,
         row_sq_delta=row_sq,
     )
+
+
+def diff_matmul_ref(
+    w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool = False
+) -> torch.Tensor:
+    """Reference for :func:`paramgeom.diff_matmul` (DESIGN.md contract 3), in float64.
+
+    ``(w1 - w0) @ x``, or ``(w1 - w0)^T @ x`` with ``transpose``, with every input widened
+    exactly to float64 except ``x``, which is first rounded to float32 as the kernels read
+    it. Returns float64.
+    """
+    d = w1.to(torch.float64) - w0.to(torch.float64)
+    if transpose:
+        d = d.T
+    return d @ x.to(torch.float32).to(torch.float64)
+
+
+def gram_update_ref(
+    G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None = None, alpha: float = 1.0
+) -> torch.Tensor:
+    """Reference for :func:`paramgeom.gram_update` (DESIGN.md contract 2), in float64.
+
+    Returns a new float64 tensor ``G + alpha * (x - x0)^T (x - x0)`` (``x0 is None`` means
+    zero); ``G`` itself is left unchanged.
+    """
+    d = x.to(torch.float64)
+    if x0 is not None:
+        d = d - x0.to(torch.float64)
+    return G.to(torch.float64) + alpha * (d.T @ d)

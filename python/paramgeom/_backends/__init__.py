@@ -2,7 +2,9 @@
 
 Order for ``backend="auto"`` (DESIGN.md, Backends): ``cuda`` > ``cupy`` > ``triton`` for CUDA
 tensors, ``cpu`` > ``torch`` for CPU tensors. A backend that cannot run here is reported
-with the reason; probing one never raises.
+with the reason; probing one never raises. Backends implement ops one at a time: an op is a
+module-level function of the op's name (``diff_stats``, ``diff_matmul``, ``gram_update``;
+see ``job.py`` for their contracts), and ``auto`` skips backends that lack it.
 """
 
 from __future__ import annotations
@@ -81,18 +83,34 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve(name: str, device: torch.device) -> tuple[str, ModuleType]:
-    """The backend that runs a call on tensors of ``device``: (name, module).
+def implements(name: str, op: str) -> bool:
+    """Whether backend ``name`` defines ``op`` (a function of that name in its module).
 
-    ``ValueError`` for an unknown name or a device the backend cannot take;
-    ``RuntimeError`` (with the reason) for a backend that is not usable here.
+    Importing a backend module never needs its native code, so this never raises for a
+    known backend; an unknown one raises ``KeyError``.
+    """
+    try:
+        return callable(getattr(module(name), op, None))
+    except Exception:  # a broken optional module: status() gives the reason
+        return False
+
+
+def resolve(name: str, device: torch.device, op: str = "diff_stats") -> tuple[str, ModuleType]:
+    """The backend that runs ``op`` on tensors of ``device``: (name, module).
+
+    ``auto`` takes the first usable backend of the DESIGN.md order for the device that
+    implements ``op``. ``ValueError`` for an unknown name, a device the backend cannot
+    take, or an explicit backend that does not implement ``op``; ``RuntimeError`` (with the
+    reason) for a backend that is not usable here.
     """
     if name == "auto":
         for candidate in _AUTO.get(device.type, ("torch",)):
+            if not implements(candidate, op):
+                continue
             ok, _ = _status(candidate)
             if ok:
                 return candidate, module(candidate)
-        raise RuntimeError(f"no backend can run on device {device}")  # torch always can
+        raise RuntimeError(f"no backend can run {op} on device {device}")  # torch always can
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(NAMES)}")
     if not _runs_on(name, device):
@@ -102,4 +120,6 @@ def resolve(name: str, device: torch.device) -> tuple[str, ModuleType]:
     ok, reason = _status(name)
     if not ok:
         raise RuntimeError(f"backend {name!r} is not usable here: {reason}")
+    if not implements(name, op):
+        raise ValueError(f"backend {name!r} does not implement {op}")
     return name, module(name)

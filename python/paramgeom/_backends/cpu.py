@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from paramgeom import _layout, _native
+from paramgeom import _dtypes, _layout, _native
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 
 
@@ -45,3 +45,85 @@ def diff_stats(job: DiffStatsJob, *, num_threads: int | None = None, isa: str = 
         isa=isa,
     )
     return DiffStatsRaw(counts, sums, row_changed, row_sq)
+
+
+# ---------------------------------------------------------------------------------------
+# Linear algebra (DESIGN.md kernels 2 and 3; contracts in job.py). Pure torch on top of
+# its BLAS: the difference is formed one cache-sized fp32 (diff_matmul) or fp64
+# (gram_update) tile at a time and handed straight to the GEMM, so the full difference is
+# never stored. Tile sizes are chosen by measurement (benchmarks/bench_diff_matmul.py).
+
+# diff_matmul tiles: DM_BLOCK_C columns by DM_TILE_ELEMS // DM_BLOCK_C rows of fp32
+# (2 MiB). On a 2-core AVX-512 EPYC (4096 x 14336 bf16, k = 64) this measured 68 ms
+# against 80 ms for full-width row blocks of 32 rows and 112 ms for one whole GEMM.
+DM_TILE_ELEMS = 1 << 19
+DM_BLOCK_C = 2048
+# gram_update row blocks: float64 difference blocks of about GRAM_TILE_ELEMS elements,
+# and never fewer than GRAM_MIN_ROWS rows (each block reads and writes all of G).
+GRAM_TILE_ELEMS = 1 << 21
+GRAM_MIN_ROWS = 256
+
+
+def _diff_tile(w0: torch.Tensor, w1: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """``buf[:rows, :cols] = w1 - w0`` in fp32: exact widening, then one subtraction, in one
+    pass of the C++ kernel (``torch`` needs two: ``copy_`` then ``sub_``)."""
+    tile = buf[: w0.shape[0], : w0.shape[1]]
+    module, why = _native.load("_C")
+    if module is None:
+        raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    module.diff_tile(
+        _dtypes.bits_view(w0),
+        _dtypes.bits_view(w1),
+        dtype=_dtypes.dtype_code(w0.dtype),
+        out=tile,
+        num_threads=torch.get_num_threads(),
+    )
+    return tile
+
+
+def diff_matmul(
+    w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool, out: torch.Tensor
+) -> None:
+    """``out = (w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``) through fp32 difference tiles."""
+    m, n = w0.shape
+    block_c = min(n, DM_BLOCK_C)
+    block_r = min(m, max(1, DM_TILE_ELEMS // block_c))
+    buf = torch.empty(block_r, block_c, dtype=torch.float32)
+    if not transpose:
+        # out[rows] = sum over column blocks of D[rows, cols] @ x[cols]
+        for r0 in range(0, m, block_r):
+            r1 = min(m, r0 + block_r)
+            o = out[r0:r1]
+            for c0 in range(0, n, block_c):
+                c1 = min(n, c0 + block_c)
+                tile = _diff_tile(w0[r0:r1, c0:c1], w1[r0:r1, c0:c1], buf)
+                if c0 == 0:
+                    torch.mm(tile, x[c0:c1], out=o)
+                else:
+                    o.addmm_(tile, x[c0:c1])
+    else:
+        # out[cols] = sum over row blocks of D[rows, cols]^T @ x[rows]
+        for c0 in range(0, n, block_c):
+            c1 = min(n, c0 + block_c)
+            o = out[c0:c1]
+            for r0 in range(0, m, block_r):
+                r1 = min(m, r0 + block_r)
+                tile = _diff_tile(w0[r0:r1, c0:c1], w1[r0:r1, c0:c1], buf)
+                if r0 == 0:
+                    torch.mm(tile.T, x[r0:r1], out=o)
+                else:
+                    o.addmm_(tile.T, x[r0:r1])
+
+
+def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float) -> None:
+    """``G += alpha * (x - x0)^T (x - x0)`` through float64 row blocks (fp64 accumulation)."""
+    r, n = x.shape
+    block_r = min(r, max(GRAM_MIN_ROWS, GRAM_TILE_ELEMS // n))
+    buf = torch.empty(block_r, n, dtype=torch.float64)
+    for r0 in range(0, r, block_r):
+        r1 = min(r, r0 + block_r)
+        d = buf[: r1 - r0]
+        d.copy_(x[r0:r1])
+        if x0 is not None:
+            d.sub_(x0[r0:r1])
+        G.addmm_(d.T, d, alpha=alpha)

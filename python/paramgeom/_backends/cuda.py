@@ -75,3 +75,60 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
     return DiffStatsRaw(
         counts=counts.cpu(), sums=sums.cpu(), row_changed=row_changed, row_sq_delta=row_sq_delta
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Linear algebra (DESIGN.md kernels 2 and 3; contracts in job.py): csrc/cuda/linalg_cuda.h.
+
+
+def _ext():
+    ext, reason = _load()
+    if ext is None:
+        raise RuntimeError(f"paramgeom cuda backend unavailable: {reason}")
+    return ext
+
+
+def diff_matmul(
+    w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool, out: torch.Tensor
+) -> None:
+    """``out = (w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``): fp32 SIMT tiles, the difference
+    formed in registers; split-K partials summed in fp64 in a fixed order."""
+    from paramgeom import _dtypes
+
+    ext = _ext()
+    m, n = w0.shape
+    device = w0.device
+    with torch.cuda.device(device):
+        nbytes = ext.diff_matmul_workspace_bytes(m, n, x.shape[1], transpose)
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        ext.diff_matmul(
+            _dtypes.bits_view(w0),
+            _dtypes.bits_view(w1),
+            x,
+            out,
+            dtype=_dtypes.dtype_code(w0.dtype),
+            transpose=bool(transpose),
+            workspace=workspace,
+            stream=torch.cuda.current_stream(device).cuda_stream,
+        )
+
+
+def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float) -> None:
+    """In place ``G += alpha * (x - x0)^T (x - x0)`` (G float32 or float64)."""
+    from paramgeom import _dtypes
+
+    ext = _ext()
+    r, n = x.shape
+    device = x.device
+    with torch.cuda.device(device):
+        nbytes = ext.gram_update_workspace_bytes(r, n)
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        ext.gram_update(
+            G,
+            _dtypes.bits_view(x),
+            None if x0 is None else _dtypes.bits_view(x0),
+            dtype=_dtypes.dtype_code(x.dtype),
+            alpha=float(alpha),
+            workspace=workspace,
+            stream=torch.cuda.current_stream(device).cuda_stream,
+        )

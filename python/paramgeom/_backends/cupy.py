@@ -270,3 +270,240 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
     return DiffStatsRaw(
         counts=counts.cpu(), sums=sums.cpu(), row_changed=row_changed, row_sq_delta=row_sq_delta
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Linear algebra (DESIGN.md kernels 2 and 3; contracts in job.py): the kernels of
+# csrc/cuda/diff_matmul_kernels.cuh and gram_update_kernels.cuh, compiled by NVRTC one
+# kernel per module, launched with the plan of csrc/cuda/linalg_cuda.cu (mirrored here from
+# paramgeom/linalg_tiles.h; a test compares the two).
+
+LINALG_THREADS = 256
+LINALG_TILE_P, LINALG_TILE_Q, LINALG_TILE_R = 128, 64, 32
+LINALG_TARGET_BLOCKS = 256
+LINALG_MIN_SPLIT_STEPS = 8
+LINALG_MAX_GRID_YZ = 65535
+# Epilogue modes (paramgeom::linalg::Epilogue).
+STORE, PARTIAL, ACCUMULATE32, ACCUMULATE64 = 0, 1, 2, 3
+
+DIFF_MATMUL_SOURCE = "diff_matmul_kernels.cuh"
+GRAM_UPDATE_SOURCE = "gram_update_kernels.cuh"
+DIFF_MATMUL_FINAL = "paramgeom_diff_matmul_final"
+GRAM_UPDATE_FINAL = "paramgeom_gram_update_final"
+_LINALG_DTYPES = {_dtypes.FLOAT32: "f32", _dtypes.BFLOAT16: "bf16", _dtypes.FLOAT16: "f16"}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def linalg_plan(P: int, Q: int, R: int) -> tuple[int, int, int, int]:
+    """(tiles_p, tiles_q, splits, tiles_per_split) of C (P x Q) = A (P x R) B (R x Q)
+    (``paramgeom::linalg::split_plan``)."""
+    tiles_p, tiles_q = _cdiv(P, LINALG_TILE_P), _cdiv(Q, LINALG_TILE_Q)
+    steps = _cdiv(R, LINALG_TILE_R)
+    tiles = tiles_p * tiles_q
+    want = _cdiv(LINALG_TARGET_BLOCKS, tiles) if tiles > 0 else 1
+    want = max(1, min(want, steps // LINALG_MIN_SPLIT_STEPS, LINALG_MAX_GRID_YZ))
+    per = _cdiv(steps, want)
+    return tiles_p, tiles_q, (_cdiv(steps, per) if per > 0 else 1), per
+
+
+def _split_bytes(P: int, Q: int, R: int) -> int:
+    splits = linalg_plan(P, Q, R)[2]
+    return splits * P * Q * 4 if splits > 1 else 0
+
+
+def diff_matmul_workspace_bytes(m: int, n: int, k: int, transpose: bool) -> int:
+    return _split_bytes(n, k, m) if transpose else _split_bytes(m, k, n)
+
+
+def gram_update_workspace_bytes(r: int, n: int) -> int:
+    return _split_bytes(n, n, r)
+
+
+def linalg_final_blocks(P: int, Q: int) -> int:
+    return min(max(_cdiv(P * Q, LINALG_THREADS), 1), 1 << 16)
+
+
+def diff_matmul_kernel_id(dtype: int, transpose: bool) -> int:
+    return dtype * 2 + int(bool(transpose))
+
+
+def diff_matmul_kernel_name(dtype: int, transpose: bool) -> str:
+    return f"paramgeom_diff_matmul_{_LINALG_DTYPES[dtype]}" + ("_t" if transpose else "")
+
+
+def gram_update_kernel_name(dtype: int) -> str:
+    return f"paramgeom_gram_update_{_LINALG_DTYPES[dtype]}"
+
+
+def linalg_kernels() -> list[tuple[str, int, str, str]]:
+    """Every linear-algebra kernel as (source file, id, name, final kernel of its module)."""
+    out = []
+    for dtype in _LINALG_DTYPES:
+        for transpose in (False, True):
+            kid = diff_matmul_kernel_id(dtype, transpose)
+            name = diff_matmul_kernel_name(dtype, transpose)
+            out.append((DIFF_MATMUL_SOURCE, kid, name, DIFF_MATMUL_FINAL))
+    for dtype in _LINALG_DTYPES:
+        out.append((GRAM_UPDATE_SOURCE, dtype, gram_update_kernel_name(dtype), GRAM_UPDATE_FINAL))
+    return out
+
+
+@functools.cache
+def linalg_source(filename: str) -> str:
+    """The code of one linear-algebra kernel file (installed copy, else the source tree's),
+    prefixed with a digest of the paramgeom headers (cupy's cache keys on the code only)."""
+    paths = _source_paths()
+    if paths is None:
+        raise RuntimeError("paramgeom cupy backend: kernel sources not found")
+    kernel = paths[0].parent / filename
+    if not kernel.is_file():
+        raise RuntimeError(f"paramgeom cupy backend: {filename} not found")
+    digest = hashlib.sha256()
+    for header in sorted((paths[1] / "paramgeom").glob("*.h")):
+        digest.update(header.read_bytes())
+    return f"// paramgeom headers sha256 {digest.hexdigest()}\n" + kernel.read_text()
+
+
+def linalg_nvrtc_options(filename: str, kid: int) -> tuple[str, ...]:
+    """NVRTC options of the module holding kernel ``kid`` of ``filename`` (cupy adds -arch)."""
+    macro = "PG_DIFF_MATMUL_ONLY" if filename == DIFF_MATMUL_SOURCE else "PG_GRAM_UPDATE_ONLY"
+    return ("--std=c++17", f"-I{_source()[1]}", "--fmad=false", f"-D{macro}={kid}")
+
+
+_linalg_functions: dict[tuple[int, str], object] = {}
+
+
+def _linalg_function(device_index: int, filename: str, kid: int, name: str):
+    """Kernel ``name`` of the module of kernel ``kid`` of ``filename``, on the current device."""
+    import cupy
+
+    with _lock:
+        key = (device_index, name)
+        if key not in _linalg_functions:
+            module = cupy.RawModule(
+                code=linalg_source(filename), options=linalg_nvrtc_options(filename, kid)
+            )
+            _linalg_functions[key] = module.get_function(name).kernel
+        return _linalg_functions[key]
+
+
+def linalg_plan_launches(
+    kernel: str,
+    final: str,
+    a1,
+    a0,
+    lda1: int,
+    lda0: int,
+    b1,
+    b0,
+    ldb1: int,
+    ldb0: int,
+    P: int,
+    Q: int,
+    R: int,
+    out,
+    ldo: int,
+    mode: int,
+    alpha: float,
+    workspace,
+) -> list:
+    """The launches of ``linalg_cuda.cu``'s ``launch``, in stream order: (kernel name, grid,
+    kernel arguments as ctypes values). Tensors may be None (null pointers)."""
+    if P == 0 or Q == 0:
+        return []
+    tiles_p, tiles_q, splits, per = linalg_plan(P, Q, R)
+    i64, f64 = ctypes.c_longlong, ctypes.c_double
+    split = splits > 1
+    target = workspace if split else out
+    main = [_ptr(a1), _ptr(a0), i64(lda1), i64(lda0), _ptr(b1), _ptr(b0), i64(ldb1), i64(ldb0)]
+    main += [i64(P), i64(Q), i64(R), i64(per), _ptr(target), i64(ldo)]
+    main += [ctypes.c_int(PARTIAL if split else mode), f64(alpha)]
+    plan = [(kernel, (tiles_p, tiles_q, splits), main)]
+    if split:
+        fin = [_ptr(workspace), i64(splits), i64(P), i64(Q), _ptr(out), i64(ldo)]
+        fin += [ctypes.c_int(mode), f64(alpha)]
+        plan.append((final, (linalg_final_blocks(P, Q), 1, 1), fin))
+    return plan
+
+
+def _run_linalg(device: torch.device, filename: str, kid: int, plan: list) -> None:
+    import cupy
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(index), cupy.cuda.Device(index):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        for name, grid, args in plan:
+            function = _linalg_function(index, filename, kid, name)
+            params = _param_array(args)
+            cupy.cuda.driver.launchKernel(
+                function.ptr, *grid, LINALG_THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0
+            )
+
+
+def diff_matmul(
+    w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool, out: torch.Tensor
+) -> None:
+    """``out = (w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``), the same kernels as ``cuda``."""
+    code = _dtypes.dtype_code(w0.dtype)
+    m, n = w0.shape
+    k = x.shape[1]
+    P, R = (n, m) if transpose else (m, n)
+    workspace = torch.empty(
+        diff_matmul_workspace_bytes(m, n, k, transpose), dtype=torch.uint8, device=w0.device
+    )
+    plan = linalg_plan_launches(
+        diff_matmul_kernel_name(code, transpose),
+        DIFF_MATMUL_FINAL,
+        w1,
+        w0,
+        w1.stride(0),
+        w0.stride(0),
+        x,
+        None,
+        k,
+        0,
+        P,
+        k,
+        R,
+        out,
+        k,
+        STORE,
+        1.0,
+        workspace,
+    )
+    _run_linalg(w0.device, DIFF_MATMUL_SOURCE, diff_matmul_kernel_id(code, transpose), plan)
+
+
+def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float) -> None:
+    """In place ``G += alpha * (x - x0)^T (x - x0)`` (G float32 or float64)."""
+    code = _dtypes.dtype_code(x.dtype)
+    r, n = x.shape
+    if r == 0:
+        return
+    ld0 = 0 if x0 is None else x0.stride(0)
+    mode = ACCUMULATE64 if G.dtype == torch.float64 else ACCUMULATE32
+    workspace = torch.empty(gram_update_workspace_bytes(r, n), dtype=torch.uint8, device=x.device)
+    plan = linalg_plan_launches(
+        gram_update_kernel_name(code),
+        GRAM_UPDATE_FINAL,
+        x,
+        x0,
+        x.stride(0),
+        ld0,
+        x,
+        x0,
+        x.stride(0),
+        ld0,
+        n,
+        n,
+        r,
+        G,
+        n,
+        mode,
+        float(alpha),
+        workspace,
+    )
+    _run_linalg(x.device, GRAM_UPDATE_SOURCE, code, plan)

@@ -56,3 +56,52 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
                 row_changed[r0:r1] += changed
                 row_sq[r0:r1] += sq
     return DiffStatsRaw(counts, sums, row_changed, row_sq)
+
+
+# ---------------------------------------------------------------------------------------
+# Linear algebra (DESIGN.md kernels 2 and 3; contracts in job.py): the float64 rule of
+# paramgeom.reference in row chunks of about _CHUNK_ELEMS elements, on any device.
+
+
+def _chunk_rows(cols: int) -> int:
+    return max(1, _CHUNK_ELEMS // max(1, cols))
+
+
+def _diff64(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    return w1.to(torch.float64) - w0.to(torch.float64)
+
+
+def diff_matmul(
+    w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool, out: torch.Tensor
+) -> None:
+    """``out = (w1 - w0) @ x`` (or the transpose) in float64, rounded once to fp32."""
+    m, n = w0.shape
+    step = _chunk_rows(n)
+    x64 = x.to(torch.float64)
+    if not transpose:
+        for r0 in range(0, m, step):
+            r1 = min(m, r0 + step)
+            out[r0:r1] = _diff64(w0[r0:r1], w1[r0:r1]) @ x64
+        return
+    acc = torch.zeros(n, x.shape[1], dtype=torch.float64, device=out.device)
+    for r0 in range(0, m, step):
+        r1 = min(m, r0 + step)
+        acc.addmm_(_diff64(w0[r0:r1], w1[r0:r1]).T, x64[r0:r1])
+    out.copy_(acc)
+
+
+def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float) -> None:
+    """``G += alpha * (x - x0)^T (x - x0)`` in float64, added to ``G`` with one rounding."""
+    r, n = x.shape
+    step = _chunk_rows(n)
+    acc = torch.zeros(n, n, dtype=torch.float64, device=G.device)
+    for r0 in range(0, r, step):
+        r1 = min(r, r0 + step)
+        d = x[r0:r1].to(torch.float64)
+        if x0 is not None:
+            d = d - x0[r0:r1].to(torch.float64)
+        acc.addmm_(d.T, d)
+    if G.dtype == torch.float64:
+        G.add_(acc, alpha=alpha)
+    else:
+        G.add_((acc * alpha).to(G.dtype))

@@ -70,3 +70,17 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
     return DiffStatsRaw(
         counts=counts, sums=sums, row_changed=row_changed, row_sq_delta=row_sq_delta
     )
+
+
+def diff_matmul(w0, w1, x, transpose: bool, out) -> None:
+    """``out = (w1 - w0) @ x`` (or the transpose) with the Triton kernel (job.py contract)."""
+    from paramgeom.triton_kernels import diff_matmul_triton
+
+    diff_matmul_triton(w0, w1, x, bool(transpose), out)
+
+
+def gram_update(G, x, x0, alpha: float) -> None:
+    """``G += alpha * (x - x0)^T (x - x0)`` with the Triton kernel (job.py contract)."""
+    from paramgeom.triton_kernels import gram_update_triton
+
+    gram_update_triton(G, x, x0, float(alpha))
