@@ -21,6 +21,8 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
+void register_linalg(nb::module_& m);  // bindings_linalg.cu: diff_matmul, gram_update
+
 namespace {
 
 using Array = nb::ndarray<>;
@@ -205,4 +207,5 @@ NB_MODULE(_C_cuda, m) {
   m.attr("GROUP_ELEMS") = kGroupElems;
   m.attr("THREADS") = kDiffStatsThreads;
   m.attr("BLOCKS_PER_SM") = kDiffStatsBlocksPerSm;
+  register_linalg(m);
 }
