@@ -3,11 +3,27 @@
 Implements the diagnostics of "Geometry of On-Policy Distillation: A Parameter-Space
 Analysis" (arXiv 2606.07082) with one kernel source per op and five backends
 (cuda, cupy, triton, cpu, torch); see ``paramgeom.backends()``.
+
+Kernels (DESIGN.md, kernel contracts 1-3): :func:`diff_stats`, :func:`gram_update`,
+:func:`diff_matmul`. Linear algebra on implicit differences (contracts 4-5):
+:mod:`paramgeom.linalg`. The paper's metrics: :mod:`paramgeom.metrics`.
 """
 
+from paramgeom import linalg, metrics
 from paramgeom._backends import BackendInfo, backends
+from paramgeom.api.diff_matmul import diff_matmul
 from paramgeom.api.diff_stats import diff_stats
+from paramgeom.api.gram_update import gram_update
 from paramgeom.results import DiffStats
 
-__all__ = ["BackendInfo", "DiffStats", "backends", "diff_stats"]
+__all__ = [
+    "BackendInfo",
+    "DiffStats",
+    "backends",
+    "diff_matmul",
+    "diff_stats",
+    "gram_update",
+    "linalg",
+    "metrics",
+]
 __version__ = "0.1.0"

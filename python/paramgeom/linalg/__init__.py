@@ -1,0 +1,27 @@
+"""Linear algebra on implicit weight differences: randomized SVD, subspaces, sketches.
+
+DESIGN.md "Kernels (the contract)" items 4 and 5 and the "Subspace rotation" metric. Weights
+are read only through ``diff_matmul`` and ``gram_update``.
+"""
+
+from paramgeom.linalg.randomized_svd import randomized_svd
+from paramgeom.linalg.sketch import Sketch
+from paramgeom.linalg.subspaces import (
+    PrincipalAngles,
+    SubspaceRotation,
+    TopSubspaces,
+    principal_angles,
+    subspace_rotation,
+    top_subspaces,
+)
+
+__all__ = [
+    "PrincipalAngles",
+    "Sketch",
+    "SubspaceRotation",
+    "TopSubspaces",
+    "principal_angles",
+    "randomized_svd",
+    "subspace_rotation",
+    "top_subspaces",
+]

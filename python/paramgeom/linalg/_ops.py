@@ -1,0 +1,128 @@
+"""The only two ways :mod:`paramgeom.linalg` touches weights: ``diff_matmul`` and ``gram_update``.
+
+Both forward to the public kernels of DESIGN.md "Kernels (the contract)" items 2 and 3
+(:func:`paramgeom.api.diff_matmul.diff_matmul` and
+:func:`paramgeom.api.gram_update.gram_update`). Results come back in float64 on the
+weights' device, whatever the kernel's output dtype.
+
+Float64 weights are not a kernel storage dtype: for them (the tests use them as exact
+oracles) an exact float64 torch path forms the difference one row block at a time. It is
+exact but neither fused nor fast.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from paramgeom.api.diff_matmul import diff_matmul as _kernel_diff_matmul
+from paramgeom.api.gram_update import gram_update as _kernel_gram_update
+
+__all__ = ["diff_matmul", "gram", "matmul"]
+
+_BLOCK_ROWS = 1024  # row block of the float64 path (bounds its temporaries)
+
+
+def _use_float64_path(w: torch.Tensor) -> bool:
+    return w.dtype == torch.float64
+
+
+_BLOCK_ELEMS = 1 << 22  # elements per block of a blocked single-matrix product or Gram
+
+
+def _block_rows(cols: int) -> int:
+    return max(1, _BLOCK_ELEMS // max(1, cols))
+
+
+def _float64_diff_matmul(w0, w1, x, transpose):
+    x = x.to(device=w1.device, dtype=torch.float64)
+    m = w1.shape[0]
+    if transpose:
+        out = torch.zeros(w1.shape[1], x.shape[1], dtype=torch.float64, device=w1.device)
+    else:
+        out = torch.empty(m, x.shape[1], dtype=torch.float64, device=w1.device)
+    for r in range(0, m, _BLOCK_ROWS):
+        d = w1[r : r + _BLOCK_ROWS].to(torch.float64)
+        if w0 is not None:
+            d = d - w0[r : r + _BLOCK_ROWS].to(torch.float64)
+        if transpose:
+            out += d.T @ x[r : r + _BLOCK_ROWS]
+        else:
+            out[r : r + _BLOCK_ROWS] = d @ x
+    return out
+
+
+def diff_matmul(
+    w0: torch.Tensor | None, w1: torch.Tensor, x: torch.Tensor, transpose: bool = False
+) -> torch.Tensor:
+    """``(w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``) in float64, ``w0=None`` meaning zero.
+
+    The kernel takes ``x`` in float32 and forms the difference in fp32 (DESIGN.md contract
+    3), returning float32 within 1e-5 relative of the float64 product. A single matrix
+    (``w0=None``) runs as ``diff_matmul(0, w_b, x_b)`` over row blocks ``w_b`` against one
+    reused zero block of at most ``2^22`` elements, so no full-size zero matrix exists.
+    """
+    if _use_float64_path(w1):
+        return _float64_diff_matmul(w0, w1, x, transpose)
+    dm = _kernel_diff_matmul
+    xf = x.to(device=w1.device, dtype=torch.float32).contiguous()
+    if w0 is not None:
+        return dm(w0, w1, xf, transpose=transpose).to(torch.float64)
+    m, n = w1.shape
+    b = _block_rows(n)
+    zero = torch.zeros(min(b, m), n, dtype=w1.dtype, device=w1.device)
+    if transpose:
+        out = torch.zeros(n, x.shape[1], dtype=torch.float64, device=w1.device)
+    else:
+        out = torch.empty(m, x.shape[1], dtype=torch.float64, device=w1.device)
+    for r in range(0, m, b):
+        wb = w1[r : r + b]
+        zb = zero[: wb.shape[0]]
+        if transpose:
+            out += dm(zb, wb, xf[r : r + b], transpose=True)
+        else:
+            out[r : r + b] = dm(zb, wb, xf)
+    return out
+
+
+def matmul(w: torch.Tensor, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``w @ x`` (or ``w^T @ x``) of a single matrix, as ``diff_matmul(None, w, x)``."""
+    return diff_matmul(None, w, x, transpose)
+
+
+def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
+    """Gram matrix of ``d = w1 - w0`` (``w0=None``: zero) in float64.
+
+    ``side="right"`` gives ``d^T d`` (n x n) in one ``gram_update`` call. ``side="left"``
+    gives ``d d^T`` (m x m) as the sum over column blocks ``d_j`` of ``d_j d_j^T``: each block
+    is handed to ``gram_update`` as a contiguous copy of ``w[:, j]^T`` (at most ``2^22``
+    elements of the weight dtype), since the kernel reads rows. The accumulator is float64 on
+    CPU and float32 on CUDA (DESIGN.md contract 2); the result is returned in float64.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if _use_float64_path(w1):
+        if side == "left":
+            w1 = w1.T
+            w0 = None if w0 is None else w0.T
+        n = w1.shape[1]
+        g = torch.zeros(n, n, dtype=torch.float64, device=w1.device)
+        for r in range(0, w1.shape[0], _BLOCK_ROWS):
+            d = w1[r : r + _BLOCK_ROWS].to(torch.float64)
+            if w0 is not None:
+                d = d - w0[r : r + _BLOCK_ROWS].to(torch.float64)
+            g += d.T @ d
+        return g
+    gu = _kernel_gram_update
+    acc = torch.float64 if w1.device.type == "cpu" else torch.float32
+    m, n = w1.shape
+    if side == "right":
+        g = torch.zeros(n, n, dtype=acc, device=w1.device)
+        gu(g, w1, w0)
+        return g.to(torch.float64)
+    g = torch.zeros(m, m, dtype=acc, device=w1.device)
+    b = _block_rows(m)
+    for c in range(0, n, b):
+        x = w1[:, c : c + b].T.contiguous()
+        x0 = None if w0 is None else w0[:, c : c + b].T.contiguous()
+        gu(g, x, x0)
+    return g.to(torch.float64)

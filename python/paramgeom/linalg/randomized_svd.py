@@ -1,0 +1,242 @@
+"""``randomized_svd``: truncated SVD of the implicit difference ``dW = w1 - w0``.
+
+DESIGN.md "Kernels (the contract)" item 4: the randomized range finder of Halko, Martinsson
+and Tropp ("Finding structure with randomness", SIAM Review 53(2), 2011; Alg. 4.4 with the
+small SVD of Sec. 5.1) on the implicit difference, and an exact path through the Gram matrix
+when ``min(m, n)`` is small. ``dW`` is never materialised: every product goes through
+``diff_matmul`` and every Gram through ``gram_update`` (:mod:`paramgeom.linalg._ops`).
+
+Range finder, with ``l = k + p`` columns and ``q`` power iterations::
+
+    Omega ~ N(0, 1)^{n x l}          (seeded torch.Generator, or the caller's ``init``)
+    Q = qr(dW Omega)
+    repeat q times:  Q = qr(dW qr(dW^T Q))      (re-orthonormalised every half step)
+    B^T = dW^T Q  (n x l);  B^T = U_b S V_b^T  (float64 SVD)
+    dW ~= (Q V_b) S U_b^T
+
+Each pass over the weights costs one fused product; the total is ``2 q + 2`` passes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from paramgeom.linalg import _ops
+
+__all__ = ["randomized_svd"]
+
+
+# ---------------------------------------------------------------------------------------
+# helpers shared with subspaces.py and sketch.py
+
+
+def check_matrix(w: torch.Tensor, name: str) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if w.dim() != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(w.shape)}")
+    if not (w.is_floating_point()):
+        raise TypeError(f"{name} must be a floating-point tensor, got {w.dtype}")
+
+
+def check_pair(w0: torch.Tensor, w1: torch.Tensor) -> tuple[int, int]:
+    """Validate a weight pair; return ``(m, n)``."""
+    check_matrix(w0, "w0")
+    check_matrix(w1, "w1")
+    if w0.shape != w1.shape:
+        raise ValueError(
+            f"shape mismatch: w0 has shape {tuple(w0.shape)}, w1 has shape {tuple(w1.shape)}"
+        )
+    if w0.device != w1.device:
+        raise ValueError(f"device mismatch: w0 is on {w0.device}, w1 is on {w1.device}")
+    return int(w1.shape[0]), int(w1.shape[1])
+
+
+def check_k(k: int, m: int, n: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    if k > min(m, n):
+        raise ValueError(f"{name} = {k} exceeds min(m, n) = {min(m, n)} for a {m} x {n} matrix")
+    return k
+
+
+def generator(seed: int | None) -> torch.Generator:
+    """A CPU generator (test matrices are drawn on CPU, so they do not depend on the device)."""
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
+
+
+def gaussian(rows: int, cols: int, gen: torch.Generator, device) -> torch.Tensor:
+    """A float64 standard Gaussian matrix drawn on CPU from ``gen``, moved to ``device``."""
+    return torch.randn(rows, cols, generator=gen, dtype=torch.float64).to(device)
+
+
+def orth(y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the columns of ``y`` (Householder QR, reduced)."""
+    return torch.linalg.qr(y, mode="reduced").Q
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"non-finite values (NaN/Inf) in {what}; spectra are undefined")
+
+
+def normalise_columns(
+    c: torch.Tensor, s: torch.Tensor, gen: torch.Generator | None = None
+) -> torch.Tensor:
+    """``c[:, i] / s[i]`` made exactly orthonormal (QR, signs kept).
+
+    Columns with ``s[i]`` at or below ``1e-13 * s[0]`` (a rank-deficient or zero difference)
+    carry no direction; they are replaced by an orthonormal completion drawn from ``gen``.
+    """
+    x = c.clone()
+    smax = float(s[0]) if s.numel() else 0.0
+    good = s > 1e-13 * smax if smax > 0 else torch.zeros_like(s, dtype=torch.bool)
+    x[:, good] = x[:, good] / s[good]
+    nbad = int((~good).sum())
+    if nbad:
+        gen = gen if gen is not None else generator(0)
+        x[:, ~good] = gaussian(x.shape[0], nbad, gen, x.device)
+    q, r = torch.linalg.qr(x, mode="reduced")
+    sign = torch.sign(torch.diagonal(r))
+    sign[sign == 0] = 1.0
+    return q * sign
+
+
+def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | None = 0):
+    """Top-k SVD of ``w1 - w0`` from the float64 Gram of its smaller side.
+
+    ``G = dW^T dW`` (or ``dW dW^T``) = ``V S^2 V^T``; the other side's vectors are
+    ``dW v_i / s_i`` (one fused product), orthonormalised.
+    """
+    m, n = w1.shape
+    side = "right" if n <= m else "left"
+    g = _ops.gram(w0, w1, side)
+    check_finite(g, "the Gram matrix of w1 - w0")
+    g = 0.5 * (g + g.T)
+    evals, evecs = torch.linalg.eigh(g)
+    evals = evals.flip(0)[:k]
+    vecs = evecs.flip(1)[:, :k].contiguous()
+    s = evals.clamp_min(0.0).sqrt()
+    other = _ops.diff_matmul(w0, w1, vecs, transpose=(side == "left"))
+    other = normalise_columns(other, s, generator(seed))
+    if side == "right":
+        return other, s, vecs.T.contiguous()
+    return vecs, s, other.T.contiguous()
+
+
+def rayleigh_ritz(w0: torch.Tensor | None, w1: torch.Tensor, v: torch.Tensor):
+    """One subspace-iteration step with Rayleigh-Ritz extraction (two fused products).
+
+    ``Q = qr(dW V)``; ``dW^T Q = U_b S V_b^T``; returns ``(Q V_b, S, U_b)``: Ritz left
+    vectors (m x l), values (l,) and right vectors (n x l), values descending.
+    """
+    q = orth(_ops.diff_matmul(w0, w1, v))
+    bt = _ops.diff_matmul(w0, w1, q, transpose=True)
+    check_finite(bt, "w1 - w0")
+    ub, s, vbh = torch.linalg.svd(bt, full_matrices=False)
+    return q @ vbh.T, s, ub
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def randomized_svd(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    k: int,
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int | None = None,
+    init: torch.Tensor | None = None,
+    exact_threshold: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` singular triplets of the implicit difference ``dW = w1 - w0``.
+
+    DESIGN.md "Kernels (the contract)" item 4 (Halko-Martinsson-Tropp range finder on the
+    implicit difference; exact path through the Gram when ``min(m, n)`` is small); the
+    update-rank and trajectory metrics of arXiv 2606.07082 (stable rank, Sim_K) read these
+    singular values and vectors.
+
+    Parameters
+    ----------
+    w0, w1 : torch.Tensor
+        2-D, same shape ``(m, n)``, same device; bf16, fp16 or fp32 (read by the kernels,
+        difference formed in fp32), or float64 (exact float64 products), any strides.
+    k : int
+        Number of triplets, ``1 <= k <= min(m, n)``.
+    oversample : int
+        Extra test vectors ``p`` (``l = min(k + p, min(m, n))`` columns in all).
+    power_iters : int
+        Power iterations ``q``, each re-orthonormalised with QR. Error bound (HMT Thm 10.8):
+        roughly ``sigma_{k+1} * C^{1/(2q+1)}``; ``q = 2`` gives the top singular values of a
+        decaying spectrum to ~1e-3 relative or better.
+    seed : int or None
+        Seed of the CPU ``torch.Generator`` that draws Omega (None: nondeterministic).
+    init : torch.Tensor, optional
+        An ``(n, l)`` start basis with ``k <= l <= min(m, n)`` replacing Omega: subspace
+        iteration started from, e.g., an earlier step's right singular vectors.
+    exact_threshold : int
+        When ``min(m, n) <= exact_threshold`` (and ``init`` is None) the Gram of the smaller
+        side (``gram_update``, float64 accumulator on CPU, float32 on CUDA) is
+        eigendecomposed instead: the exact spectrum at the cost of ``m n min(m, n)`` flops.
+        Pass 0 to force the randomized path.
+
+    Returns
+    -------
+    U : (m, k) float64, orthonormal columns
+    S : (k,) float64, descending, >= 0
+    Vh : (k, n) float64, orthonormal rows
+        On the device of the weights; ``dW ~= U diag(S) Vh``.
+
+    Notes
+    -----
+    Exact path accuracy: eigenvalues of the Gram carry an absolute error of about
+    ``eps * sigma_max^2`` (float64 on CPU, ``eps = 2.2e-16``; float32 on CUDA), so a singular
+    value ``sigma_i`` has relative error about ``eps * (sigma_max / sigma_i)^2``: full accuracy
+    for the top of the spectrum, none left below ``sqrt(eps) * sigma_max`` (1.5e-8 sigma_max on
+    CPU). The Gram side's vectors are float64-accurate for well-separated singular values; the
+    other side's are ``dW v_i / sigma_i`` through one fused product whose fp32 output bounds
+    them to ~1e-7 relative (float64 with float64 weights). With fp32 weights the difference is
+    rounded to fp32 by contract (DESIGN.md item 3), a relative perturbation of ``2^-24`` per
+    entry; bf16/fp16 differences of nearby values are exact in fp32.
+    Zero or rank-deficient differences give zero singular values with an arbitrary
+    orthonormal completion of the singular vectors.
+    """
+    m, n = check_pair(w0, w1)
+    check_k(k, m, n)
+    if oversample < 0 or power_iters < 0:
+        raise ValueError(
+            f"oversample and power_iters must be >= 0, got {oversample} and {power_iters}"
+        )
+    p = min(m, n)
+    gen = generator(seed)
+    if init is None and p <= exact_threshold:
+        return exact_svd(w0, w1, k, seed=0 if seed is None else seed)
+    if init is not None:
+        check_matrix(init, "init")
+        l = init.shape[1]
+        if init.shape[0] != n or not (k <= l <= p):
+            raise ValueError(
+                f"init must have shape (n, l) = ({n}, l) with k = {k} <= l <= {p}, "
+                f"got {tuple(init.shape)}"
+            )
+        omega = init.to(device=w1.device, dtype=torch.float64)
+    else:
+        l = min(k + oversample, p)
+        omega = gaussian(n, l, gen, w1.device)
+    q = orth(_ops.diff_matmul(w0, w1, omega))
+    for _ in range(power_iters):
+        z = orth(_ops.diff_matmul(w0, w1, q, transpose=True))
+        q = orth(_ops.diff_matmul(w0, w1, z))
+    bt = _ops.diff_matmul(w0, w1, q, transpose=True)  # (Q^T dW)^T, n x l
+    check_finite(bt, "w1 - w0")
+    ub, s, vbh = torch.linalg.svd(bt, full_matrices=False)
+    u = q @ vbh.T
+    return u[:, :k].contiguous(), s[:k].contiguous(), ub[:, :k].T.contiguous()
