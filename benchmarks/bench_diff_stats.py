@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from harness import machine, quantile, time_interleaved
 
 import paramgeom
 
@@ -115,21 +113,6 @@ class Row:
     speedup_vs: dict
 
 
-def _once(fn, device: str = "cpu") -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def _quantile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def sweep(sizes: list[int], dtypes: list[str], reps: int, backend: str, device: str) -> list[Row]:
     rows = []
     for d in dtypes:
@@ -140,12 +123,7 @@ def sweep(sizes: list[int], dtypes: list[str], reps: int, backend: str, device: 
             # Interleave providers round by round so drift in the machine's bandwidth hits
             # all of them alike: only same-run ratios count.
             fns = providers(w0, w1, backend)
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for fn in fns.values():
-                fn()  # warm-up
-            for _ in range(reps):
-                for k, fn in fns.items():
-                    times[k].append(_once(fn, device))
+            times = time_interleaved(fns, reps, device)
             med = {k: statistics.median(v) for k, v in times.items()}
             for k, v in times.items():
                 rows.append(
@@ -153,9 +131,9 @@ def sweep(sizes: list[int], dtypes: list[str], reps: int, backend: str, device: 
                         dtype=d,
                         n=n,
                         provider=k,
-                        p20_ms=_quantile(v, 0.2) * 1e3,
+                        p20_ms=quantile(v, 0.2) * 1e3,
                         p50_ms=med[k] * 1e3,
-                        p80_ms=_quantile(v, 0.8) * 1e3,
+                        p80_ms=quantile(v, 0.8) * 1e3,
                         gbps=nbytes / med[k] / 1e9,
                         x_copy=med[k] / med["copy_one_input"],
                         speedup_vs={
@@ -182,29 +160,6 @@ def markdown(rows: list[Row]) -> str:
             f"| {r.gbps:.1f} | {r.x_copy:.2f} | {sp} |"
         )
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except OSError:
-        sha = ""
-    info = paramgeom.backends()
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "backends": {k: v.reason for k, v in info.items() if v.available},
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "git": sha,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
