@@ -83,3 +83,23 @@ def assert_matches(stats, expected: dict, rtol: float = 1e-12) -> None:
             rtol=rtol,
             atol=1e-300,
         )
+
+
+def assert_matrix_close(
+    got: torch.Tensor, want: np.ndarray, scale: np.ndarray, rtol: float, atol: float = 1e-300
+) -> None:
+    """A matrix product against its float64 oracle: Frobenius error within ``rtol`` of the
+    result's norm, every entry within ``rtol`` of its own error scale (e.g. ``(|D| |x|)_ij``),
+    and no NaN or Inf."""
+    g = got.detach().cpu().numpy().astype(np.float64)
+    assert g.shape == want.shape, f"shape {g.shape}, expected {want.shape}"
+    assert np.isfinite(g).all(), "non-finite values in the result"
+    err = np.abs(g - want)
+    norm = np.linalg.norm(want)
+    assert np.linalg.norm(err) <= rtol * norm + atol, (
+        f"relative Frobenius error {np.linalg.norm(err) / max(norm, 1e-300):.3g} > {rtol}"
+    )
+    bad = err > rtol * scale + atol
+    assert not bad.any(), (
+        f"{int(bad.sum())} entries off; worst {np.max(err / np.maximum(scale, 1e-300)):.3g}"
+    )

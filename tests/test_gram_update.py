@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from oracle import to_f64
+from oracle import assert_matrix_close, to_f64
 
 import paramgeom._backends as registry
 from paramgeom._backends import cpu as cpu_backend
@@ -45,17 +45,7 @@ def oracle(G0, x, x0=None, alpha=1.0):
 
 
 def assert_close(G: torch.Tensor, want: np.ndarray, scale: np.ndarray, rtol: float) -> None:
-    g = G.detach().cpu().numpy().astype(np.float64)
-    assert np.isfinite(g).all(), "non-finite values in G"
-    err = np.abs(g - want)
-    norm = np.linalg.norm(want)
-    assert np.linalg.norm(err) <= rtol * norm + 1e-300, (
-        f"relative Frobenius error {np.linalg.norm(err) / max(norm, 1e-300):.3g} > {rtol}"
-    )
-    bad = err > rtol * scale + 1e-300
-    assert not bad.any(), (
-        f"{int(bad.sum())} entries off; worst {np.max(err / np.maximum(scale, 1e-300)):.3g}"
-    )
+    assert_matrix_close(G, want, scale, rtol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

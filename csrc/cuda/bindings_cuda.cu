@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "binding_checks.h"
 #include "diff_stats_cuda.h"
 
 namespace nb = nanobind;
@@ -27,12 +28,10 @@ namespace {
 
 using Array = nb::ndarray<>;
 using InArray = nb::ndarray<nb::ro>;
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw nb::value_error(message.c_str());
-}
-
-bool is_cuda(int device_type) { return device_type == nb::device::cuda::value; }
+using paramgeom::bindings::check_bits_view;
+using paramgeom::bindings::DeviceGuard;
+using paramgeom::bindings::is_cuda;
+using paramgeom::bindings::require;
 
 // A contiguous 1-D CUDA vector of T with `count` elements (at least `count` unless exact).
 template <typename T>
@@ -49,39 +48,6 @@ T* vector_ptr(const Array& a, const char* name, size_t count, bool exact, int de
   return static_cast<T*>(a.data());
 }
 
-// w0 / w1: a 2-D CUDA integer bit view of `width`-byte elements, columns contiguous.
-void check_input(const InArray& a, const char* name, size_t width, int dtype) {
-  const std::string n(name);
-  require(is_cuda(a.device_type()), n + ": expected a CUDA array");
-  require(a.ndim() == 2, n + ": expected a 2-D (rows, cols) view");
-  const auto code = a.dtype().code;
-  require((code == uint8_t(nb::dlpack::dtype_code::Int) ||
-           code == uint8_t(nb::dlpack::dtype_code::UInt)) &&
-              a.itemsize() == width && a.dtype().lanes == 1,
-          n + ": expected an integer bit view of " + std::to_string(width) +
-              "-byte elements for dtype code " + std::to_string(dtype));
-  require(a.shape(1) <= 1 || a.stride(1) == 1, n + ": columns must be contiguous");
-}
-
-// Restores the caller's current device after the launch.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    if (previous_ != device) cudaSetDevice(device);
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_)
-      cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = -1;
-};
-
 void diff_stats(const InArray& w0, const InArray& w1, int dtype,
                 const std::vector<double>& rel_tols, const std::vector<double>& abs_tols,
                 bool cast_bf16, int changed_index, const Array& counts, const Array& sums,
@@ -91,9 +57,8 @@ void diff_stats(const InArray& w0, const InArray& w1, int dtype,
   using namespace paramgeom;
   require(dtype >= kFloat32 && dtype <= kFloat8E5M2,
           "dtype: unknown dtype code " + std::to_string(dtype));
-  const size_t width = static_cast<size_t>(dtype_size(dtype));
-  check_input(w0, "w0", width, dtype);
-  check_input(w1, "w1", width, dtype);
+  check_bits_view(w0, "w0", dtype, -1);
+  check_bits_view(w1, "w1", dtype, -1);
   require(w1.device_id() == w0.device_id(), "w1: on another device than w0");
   require(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1),
           "w1: shape differs from w0");

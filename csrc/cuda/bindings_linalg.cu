@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "binding_checks.h"
 #include "linalg_cuda.h"
 
 namespace nb = nanobind;
@@ -23,33 +24,10 @@ namespace {
 
 using Array = nb::ndarray<>;
 using InArray = nb::ndarray<nb::ro>;
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw nb::value_error(message.c_str());
-}
-
-bool is_cuda(int device_type) { return device_type == nb::device::cuda::value; }
-
-template <class A>
-void check_device(const A& a, const std::string& name, int device) {
-  require(is_cuda(a.device_type()), name + ": expected a CUDA array");
-  require(device < 0 || a.device_id() == device, name + ": on another device than the first input");
-}
-
-// A 2-D integer bit view of a stored matrix, columns contiguous.
-void check_stored(const InArray& a, const std::string& name, int dtype, int device) {
-  check_device(a, name, device);
-  require(a.ndim() == 2, name + ": expected a 2-D array");
-  const auto code = a.dtype().code;
-  const size_t width = static_cast<size_t>(paramgeom::dtype_size(dtype));
-  require((code == uint8_t(nb::dlpack::dtype_code::Int) ||
-           code == uint8_t(nb::dlpack::dtype_code::UInt)) &&
-              a.itemsize() == width && a.dtype().lanes == 1,
-          name + ": expected an integer bit view of " + std::to_string(width) +
-              "-byte elements for dtype code " + std::to_string(dtype));
-  require(a.shape(1) <= 1 || a.stride(1) == 1, name + ": columns must be contiguous");
-  require(a.shape(0) <= 1 || a.stride(0) >= 0, name + ": negative row stride");
-}
+using paramgeom::bindings::check_bits_view;
+using paramgeom::bindings::check_device;
+using paramgeom::bindings::DeviceGuard;
+using paramgeom::bindings::require;
 
 // A C-contiguous 2-D float array of the given shape (fp32, or fp64 when allowed).
 template <class A>
@@ -73,24 +51,6 @@ void check_workspace(const Array& w, size_t needed, int device) {
                                     std::to_string(w.nbytes()));
 }
 
-class DeviceGuard {  // restores the caller's current device after the launch
- public:
-  explicit DeviceGuard(int device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    if (previous_ != device) cudaSetDevice(device);
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_)
-      cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = -1;
-};
-
 void raise_status(const char* op, int status, cudaError_t err) {
   if (status == paramgeom::kCudaError)
     throw std::runtime_error(std::string("paramgeom ") + op + " CUDA launch failed: " +
@@ -111,9 +71,9 @@ void diff_matmul(const InArray& w0, const InArray& w1, const InArray& x, const A
                  int dtype, bool transpose, const Array& workspace, std::uintptr_t stream) {
   using namespace paramgeom;
   check_dtype(dtype);
-  check_stored(w0, "w0", dtype, -1);
+  check_bits_view(w0, "w0", dtype, -1);
   const int device = w0.device_id();
-  check_stored(w1, "w1", dtype, device);
+  check_bits_view(w1, "w1", dtype, device);
   require(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1), "w1: shape differs from w0");
   const size_t m = w0.shape(0), n = w0.shape(1);
   require(x.ndim() == 2, "x: expected a 2-D array");
@@ -140,11 +100,11 @@ void gram_update(const Array& G, const InArray& x, const std::optional<InArray>&
                  double alpha, const Array& workspace, std::uintptr_t stream) {
   using namespace paramgeom;
   check_dtype(dtype);
-  check_stored(x, "x", dtype, -1);
+  check_bits_view(x, "x", dtype, -1);
   const int device = x.device_id();
   const size_t r = x.shape(0), n = x.shape(1);
   if (x0) {
-    check_stored(*x0, "x0", dtype, device);
+    check_bits_view(*x0, "x0", dtype, device);
     require(x0->shape(0) == r && x0->shape(1) == n, "x0: shape differs from x");
   }
   check_dense(G, "G", n, n, true, device);
