@@ -18,7 +18,10 @@ echo "== GPU tests (all tests, CUDA ones included)"
 python -m pytest -q -x tests 2>&1 | tee "$out/tests.txt" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-echo "== bandwidth reference and diff_stats benchmarks"
+echo "== paramgeom bench (every kernel, every CUDA backend, vs torch and the measured limits)"
+python -m paramgeom.cli bench --device cuda --out "$out/bench" 2>&1 | tee "$out/bench.txt" || status=1
+
+echo "== diff_stats sweeps per backend"
 for backend in cuda cupy triton torch; do
   python benchmarks/bench_diff_stats.py --device cuda --backend "$backend" \
     --sizes 1e6 1e7 1e8 2e8 --dtypes bf16 fp32 --reps 20 --json "$out/diff_stats_$backend.json" \

@@ -37,6 +37,40 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from paramgeom import bench
+
+    console = Console(stderr=True, quiet=args.quiet)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("paramgeom bench", total=None)
+
+        def say(msg: str) -> None:
+            progress.update(task, description=f"paramgeom bench: {msg}")
+
+        try:
+            result = bench.run(
+                Path(args.out), quick=args.quick, device=args.device, progress=say,
+                smoke=args.smoke,
+            )  # fmt: skip
+        except bench.WrongAnswerError as exc:
+            print(f"paramgeom bench: {exc}", file=sys.stderr)
+            return 1
+    if not args.quiet:
+        print((Path(args.out) / "bench.md").read_text())
+    lim = result["limits"]
+    console.print(
+        f"wrote {args.out}/bench.json and bench.md (copy {lim['copy_gbps']:.1f} GB/s, "
+        f"GEMM {lim['gemm_tflops']:.2f} TFLOP/s)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paramgeom",
@@ -46,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backends", help="what is usable here and why not the rest")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_backends)
+    p = sub.add_parser(
+        "bench",
+        help="kernels vs plain torch and vs the hardware limit measured in the same run",
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes (about a minute on a CPU)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline only")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--out", required=True, help="folder for bench.json and bench.md")
+    p.add_argument("--quiet", action="store_true", help="no progress, no table on stdout")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

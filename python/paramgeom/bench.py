@@ -1,0 +1,306 @@
+"""``paramgeom bench``: every kernel on every usable backend against the plain-torch way of
+getting the same numbers and against the hardware limit measured in the same run.
+
+Limits: memory bandwidth from ``copy_`` of a large buffer (bytes read + written / time) and
+GEMM peak from one large ``torch.matmul`` (fp32 on CPU, bf16 on CUDA). Every case checks
+its answer against a reference before it is timed: a fast wrong answer fails the bench.
+Timing: warm-up, then providers interleaved round by round (drift in a shared machine hits
+all of them alike), medians with p20-p80. The benchmark scripts in ``benchmarks/`` use the
+same helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import paramgeom
+
+__all__ = ["WrongAnswerError", "Row", "machine", "once", "quantile", "run", "time_interleaved"]
+
+
+def once(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Seconds for one call of ``fn`` (synchronising CUDA before and after)."""
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of ``xs`` (nearest rank)."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def time_interleaved(fns: dict, reps: int, device: str = "cpu") -> dict[str, list[float]]:
+    """``reps`` timings of every provider, one round of all providers at a time."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(reps):
+        for k, fn in fns.items():
+            times[k].append(once(fn, device))
+    return times
+
+
+def machine() -> dict:
+    """Date, platform, versions, usable backends, GPU and git revision of this run."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except OSError:
+        sha = ""
+    info = paramgeom.backends()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "paramgeom": paramgeom.__version__,
+        "threads": torch.get_num_threads(),
+        "backends": {k: v.reason for k, v in info.items() if v.available},
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git": sha,
+    }
+
+
+@dataclass
+class Row:
+    """One provider on one case: time, throughput, fraction of the limit, speed-up."""
+
+    op: str
+    case: str
+    provider: str
+    p50_ms: float
+    p20_ms: float
+    p80_ms: float
+    gbps: float
+    tflops: float
+    pct_of_limit: float
+    speedup_vs_torch: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _limits(device: str, quick: bool) -> dict[str, float]:
+    """Copy bandwidth (GB/s, read + write) and GEMM peak (TFLOP/s) measured now."""
+    n = (1 << 25) if quick else (1 << 27)
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = statistics.median(time_interleaved({"copy": lambda: dst.copy_(src)}, 7, device)["copy"])
+    size = 2048 if device == "cpu" else 8192
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    tg = statistics.median(time_interleaved({"mm": lambda: a @ b}, 5, device)["mm"])
+    return {"copy_gbps": 2 * src.nbytes / t / 1e9, "gemm_tflops": 2 * size**3 / tg / 1e12}
+
+
+def _rows(op, case, times, nbytes, flop, limits, baseline) -> list[Row]:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = []
+    for k, v in times.items():
+        gbps = nbytes.get(k, 0) / med[k] / 1e9
+        tflops = flop.get(k, 0) / med[k] / 1e12
+        pct = (
+            100 * tflops / limits["gemm_tflops"]
+            if flop.get(k)
+            else 100 * gbps / limits["copy_gbps"]
+        )
+        speedup = med[baseline] / med[k] if not k.startswith("torch") else None
+        out.append(
+            Row(op, case, k, 1e3 * med[k], 1e3 * quantile(v, 0.2), 1e3 * quantile(v, 0.8),
+                gbps, tflops, pct, speedup)
+        )  # fmt: skip
+    return out
+
+
+class WrongAnswerError(AssertionError):
+    """A provider returned a wrong answer."""
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise WrongAnswerError(f"wrong answer: {what}")
+
+
+def _rel_idiom(w0: torch.Tensor, w1: torch.Tensor, eta: float = 1e-3) -> int:
+    """What analysis scripts write today for the paper's rule: fp32 temporaries."""
+    a, b = w0.float(), w1.float()
+    return int(((b - a).abs() <= eta * torch.maximum(a.abs(), b.abs())).sum())
+
+
+def _diff_stats_providers(w0: torch.Tensor, w1: torch.Tensor, backends: list[str]) -> dict:
+    """Each backend (checked against torch's equal count first) and the torch ways."""
+    want_eq = int(torch.count_nonzero(w0 == w1))
+    fns = {}
+    for be in backends:
+        s = paramgeom.diff_stats(w0, w1, backend=be)
+        _check(s.n_equal == want_eq, f"diff_stats[{be}] equal count")
+        _check(s.n_within_rel[0] == _rel_idiom(w0, w1) or w0.dtype == torch.float32,
+               f"diff_stats[{be}] relative count")  # fmt: skip
+        fns[be] = lambda be=be: paramgeom.diff_stats(w0, w1, backend=be)
+    fns["torch_rel_idiom"] = lambda: _rel_idiom(w0, w1)
+    fns["torch_count_nonzero_eq"] = lambda: int(torch.count_nonzero(w0 == w1))
+    return fns
+
+
+def _diff_stats_cases(device, backends, sizes, reps, limits):
+    for dname, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        for n in sizes:
+            g = torch.Generator().manual_seed(0)
+            w0 = (0.02 * torch.randn(n, generator=g)).to(dtype)
+            w1 = torch.where(torch.rand(n, generator=g) < 0.5, w0.float() * 1.01, w0.float())
+            w0, w1 = w0.to(device), w1.to(dtype).to(device)
+            fns = _diff_stats_providers(w0, w1, backends)
+            nbytes = {k: 2 * w0.nbytes for k in fns}
+            times = time_interleaved(fns, reps, device)
+            yield from _rows("diff_stats", f"{dname} n={n:.0e}", times, nbytes, {}, limits,
+                             "torch_rel_idiom")  # fmt: skip
+
+
+def _matmul_cases(device, backends, shape, k, reps, limits):
+    m, n = shape
+    g = torch.Generator().manual_seed(1)
+    w0 = (0.02 * torch.randn(m, n, generator=g)).to(torch.bfloat16).to(device)
+    # A rank-8 update well above the bf16 rounding noise: a spectrum the range finder and
+    # svd_lowrank can both resolve, so the accuracy check below means something.
+    low_rank = torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)
+    w1 = (w0.float() + 1e-3 * low_rank.to(device)).to(torch.bfloat16)
+    x = torch.randn(n, k, generator=g).to(device)
+    want = (w1.double() - w0.double()) @ x.double()
+    fns = {}
+    for be in backends:
+        got = paramgeom.diff_matmul(w0, w1, x, backend=be).double()
+        err = torch.linalg.norm(got - want)
+        _check(err <= 1e-5 * torch.linalg.norm(want), f"diff_matmul[{be}]")
+        fns[be] = lambda be=be: paramgeom.diff_matmul(w0, w1, x, backend=be)
+    fns["torch_materialise"] = lambda: (w1.float() - w0.float()) @ x
+    d = w1.float() - w0.float()
+    fns["torch_gemm_only"] = lambda: d @ x
+    flop = {key: 2 * m * n * k for key in fns}
+    nbytes = {key: 2 * w0.nbytes for key in fns}
+    times = time_interleaved(fns, reps, device)
+    yield from _rows("diff_matmul", f"bf16 {m}x{n} k={k}", times, nbytes, flop, limits,
+                     "torch_materialise")  # fmt: skip
+
+    r, c = n // 4, m // 8
+    xg = w1[:r, :c].contiguous()
+    x0g = w0[:r, :c].contiguous()
+    acc = torch.float64 if device == "cpu" else torch.float32
+    dd = xg.double() - x0g.double()
+    want_g = dd.T @ dd
+    fns = {}
+    for be in backends:
+        G = torch.zeros(c, c, dtype=acc, device=device)
+        paramgeom.gram_update(G, xg, x0g, backend=be)
+        _check(torch.linalg.norm(G.double() - want_g) <= 1e-5 * torch.linalg.norm(want_g),
+               f"gram_update[{be}]")  # fmt: skip
+        G = torch.zeros(c, c, dtype=acc, device=device)
+        fns[be] = lambda be=be, G=G: paramgeom.gram_update(G, xg, x0g, backend=be)
+    Gt = torch.zeros(c, c, dtype=acc, device=device)
+
+    def materialise():
+        d = xg.to(acc) - x0g.to(acc)
+        Gt.addmm_(d.T, d)
+
+    fns["torch_materialise"] = materialise
+    times = time_interleaved(fns, reps, device)
+    flop = {key: 2 * r * c * c for key in fns}
+    yield from _rows("gram_update", f"bf16 {r}x{c}", times, {}, flop, limits,
+                     "torch_materialise")  # fmt: skip
+
+    kk = 8
+    # The randomized path against the same method on a materialised difference (equal
+    # oversampling and power iterations); the exact Gram path is another trade-off.
+    U, S, Vh = paramgeom.linalg.randomized_svd(w0, w1, kk, seed=0, exact_threshold=0)
+    s_true = torch.linalg.svdvals(w1.double() - w0.double())[:kk]
+    _check(float(((S - s_true).abs() / s_true).max()) < 1e-2, "randomized_svd top values")
+    times = time_interleaved(
+        {
+            "randomized_svd": lambda: paramgeom.linalg.randomized_svd(
+                w0, w1, kk, seed=0, exact_threshold=0
+            ),
+            "torch_materialise_svd_lowrank": lambda: torch.svd_lowrank(
+                w1.float() - w0.float(), q=kk + 10, niter=2
+            ),
+        },
+        reps,
+        device,
+    )
+    yield from _rows("randomized_svd", f"bf16 {m}x{n} k={kk}", times, {}, {}, limits,
+                     "torch_materialise_svd_lowrank")  # fmt: skip
+
+
+def markdown(rows: list[Row], limits: dict, info: dict) -> str:
+    lines = [
+        f"# paramgeom bench ({info['date']}, {info['gpu'] or info['platform']})",
+        "",
+        f"Limits measured in this run: copy {limits['copy_gbps']:.1f} GB/s (read + write), "
+        f"GEMM {limits['gemm_tflops']:.2f} TFLOP/s. % of limit: of GEMM peak for products, "
+        "of copy bandwidth for the rest.",
+        "",
+        "| op | case | provider | p50 ms (p20-p80) | GB/s | TFLOP/s | % of limit | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sp = f"{r.speedup_vs_torch:.2f}x" if r.speedup_vs_torch else ""
+        lines.append(
+            f"| {r.op} | {r.case} | {r.provider} | {r.p50_ms:.2f} ({r.p20_ms:.2f}-{r.p80_ms:.2f})"
+            f" | {r.gbps:.1f} | {r.tflops:.3f} | {r.pct_of_limit:.0f}% | {sp} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    out: Path, quick: bool = False, device: str = "cpu", progress=None, smoke: bool = False
+) -> dict:
+    """Run the benchmark and write ``bench.json`` and ``bench.md`` into ``out``.
+
+    ``quick`` uses sizes that finish in about a minute on a 2-core CPU; ``smoke`` tiny sizes
+    that only prove the whole pipeline works (seconds; the tests use it). ``progress``: an
+    optional callable ``progress(description)`` called before each phase. Raises
+    :class:`WrongAnswerError` when a provider returns a wrong answer.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU here")
+    infos = paramgeom.backends()
+    backends = [n for n, i in infos.items() if i.available and device in i.devices]
+    reps = 2 if smoke else 5 if quick else 11
+    say = progress or (lambda _msg: None)
+    say("measuring copy bandwidth and GEMM peak")
+    limits = _limits(device, quick or smoke)
+    if smoke:
+        sizes, shape = [100_000], (128, 512)
+    elif quick:
+        sizes, shape = [1_000_000, 10_000_000], (1024, 4096)
+    else:
+        sizes, shape = [1_000_000, 10_000_000, 100_000_000], (4096, 14336)
+    rows: list[Row] = []
+    say("diff_stats")
+    fast = [b for b in backends if b != "torch"] or backends
+    rows += list(_diff_stats_cases(device, fast, sizes, reps, limits))
+    say("diff_matmul, gram_update, randomized_svd")
+    rows += list(_matmul_cases(device, fast, shape, 64, reps, limits))
+    info = machine()
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": info, "limits": limits, "rows": [asdict(r) for r in rows]}
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    (out / "bench.md").write_text(markdown(rows, limits, info))
+    return result
