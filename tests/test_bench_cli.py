@@ -27,6 +27,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     for op in ("diff_stats", "diff_matmul", "gram_update"):
         assert (op, "cpu") in ops, f"{op} on the cpu backend missing"
     assert ("diff_stats", "torch_rel_idiom") in ops and ("randomized_svd", "randomized_svd") in ops
+    assert ("sketch_update", "sketch_update") in ops
     for r in data["rows"]:
         assert r["p20_ms"] <= r["p50_ms"] <= r["p80_ms"]
     md = (out / "bench.md").read_text()

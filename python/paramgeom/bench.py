@@ -1,6 +1,7 @@
 """``paramgeom bench``: every kernel on every usable backend against the plain-torch way of
 getting the same numbers and against the hardware limit measured in the same run.
 
+Cases: diff_stats, diff_matmul, gram_update, randomized_svd and a streaming-sketch update.
 Limits: memory bandwidth from ``copy_`` of a large buffer (bytes read + written / time) and
 GEMM peak from one large ``torch.matmul`` (fp32 on CPU, bf16 on CUDA). Every case checks
 its answer against a reference before it is timed: a fast wrong answer fails the bench.
@@ -248,6 +249,38 @@ def _matmul_cases(device, backends, shape, k, reps, limits):
                      "torch_materialise_svd_lowrank")  # fmt: skip
 
 
+def _sketch_case(device, shape, reps, limits):
+    """One checkpoint's sketch update vs materialising dW and multiplying by the same test
+    matrices (the only other way to get the same sketches)."""
+    m, n = shape
+    g = torch.Generator().manual_seed(2)
+    w0 = (0.02 * torch.randn(m, n, generator=g)).to(torch.bfloat16).to(device)
+    low_rank = torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)
+    w1 = (w0.float() + 1e-3 * low_rank.to(device)).to(torch.bfloat16)
+    sk = paramgeom.linalg.Sketch((m, n), rank=8, seed=0, device=device)
+    right = sk._right.float()
+    psi_t = sk._psi_t.float()
+
+    def materialise():
+        d = w1.float() - w0.float()
+        return d @ right, d.T @ psi_t
+
+    sk.update(w0, w1)
+    want_y, want_xt = materialise()
+    k = sk.range_size
+    err = torch.linalg.norm(sk.Y - want_y[:, :k].double())
+    _check(err <= 1e-4 * torch.linalg.norm(want_y[:, :k].double()), "Sketch.update Y")
+    times = time_interleaved(
+        {"sketch_update": lambda: sk.update(w0, w1), "torch_materialise": materialise},
+        reps,
+        device,
+    )
+    flop = {key: 2 * m * n * (right.shape[1] + psi_t.shape[1]) for key in times}
+    nbytes = {key: 2 * w0.nbytes for key in times}
+    yield from _rows("sketch_update", f"bf16 {m}x{n} rank=8", times, nbytes, flop, limits,
+                     "torch_materialise")  # fmt: skip
+
+
 def markdown(rows: list[Row], limits: dict, info: dict) -> str:
     lines = [
         f"# paramgeom bench ({info['date']}, {info['gpu'] or info['platform']})",
@@ -298,6 +331,8 @@ def run(
     rows += list(_diff_stats_cases(device, fast, sizes, reps, limits))
     say("diff_matmul, gram_update, randomized_svd")
     rows += list(_matmul_cases(device, fast, shape, 64, reps, limits))
+    say("sketch update")
+    rows += list(_sketch_case(device, shape, reps, limits))
     info = machine()
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "limits": limits, "rows": [asdict(r) for r in rows]}
