@@ -287,7 +287,8 @@ def markdown(rows: list[Row], limits: dict, info: dict) -> str:
         "",
         f"Limits measured in this run: copy {limits['copy_gbps']:.1f} GB/s (read + write), "
         f"GEMM {limits['gemm_tflops']:.2f} TFLOP/s. % of limit: of GEMM peak for products, "
-        "of copy bandwidth for the rest.",
+        "of copy bandwidth for the rest. Speed-up: the case's plain-torch baseline time over "
+        "this provider's (torch_rel_idiom for diff_stats, torch_materialise* for the rest).",
         "",
         "| op | case | provider | p50 ms (p20-p80) | GB/s | TFLOP/s | % of limit | speed-up |",
         "|---|---|---|---|---|---|---|---|",
