@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from emulation import build_emulator
 from oracle import assert_matches
 from test_diff_stats import ABSS, DTYPES, RELS, make_pair, oracle_for
 
@@ -301,17 +302,8 @@ extern "C" void emu_final(int grid, void** p) {
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
     tmp = tmp_path_factory.mktemp("cuda_emulator")
-    (tmp / "emulator.cpp").write_text(EMULATOR)
-    lib = tmp / "libemulator.so"
-    cmd = [cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off"]
-    cmd += [f"-I{INCLUDE}", f"-I{KERNELS.parent}", str(tmp / "emulator.cpp"), "-o", str(lib)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return ctypes.CDLL(str(lib))
+    return build_emulator(tmp, EMULATOR, [INCLUDE, KERNELS.parent])
 
 
 def _emulate(lib, job: DiffStatsJob, sm_count: int) -> DiffStatsRaw:

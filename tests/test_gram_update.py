@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from emulation import skip_unless_usable
 from oracle import assert_matrix_close, to_f64
 
 import paramgeom._backends as registry
@@ -20,14 +21,6 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 SHAPES = [(1, 19), (19, 1), (989, 19), (19, 123), (123, 70)]
 # fp64 accumulation (cpu, torch) vs fp32 per call (triton).
 RTOL = {"cpu": 1e-12, "torch": 1e-12, "triton": 1e-5}
-
-
-def _usable(backend: str) -> None:
-    if backend == "triton":
-        pytest.importorskip("triton")
-    info = registry.backends()[backend]
-    if not info.available:
-        pytest.skip(f"{backend}: {info.reason}")
 
 
 def make_rows(shape, dtype, seed=0, with_x0=True):
@@ -53,7 +46,7 @@ def assert_close(G: torch.Tensor, want: np.ndarray, scale: np.ndarray, rtol: flo
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_x0", [True, False])
 def test_matches_oracle(backend, dtype, shape, with_x0):
-    _usable(backend)
+    skip_unless_usable(backend)
     x, x0 = make_rows(shape, dtype, seed=shape[0] + 3 * shape[1], with_x0=with_x0)
     n = shape[1]
     G0 = torch.randn(n, n, dtype=torch.float64)
@@ -67,7 +60,7 @@ def test_matches_oracle(backend, dtype, shape, with_x0):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_row_blocks_in_random_order_equal_the_whole(backend):
-    _usable(backend)
+    skip_unless_usable(backend)
     x, x0 = make_rows((300, 37), torch.bfloat16, seed=5)
     cuts = [0, 1, 20, 64, 65, 150, 211, 300]
     blocks = list(zip(cuts[:-1], cuts[1:], strict=True))
@@ -87,7 +80,7 @@ def test_row_blocks_in_random_order_equal_the_whole(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_zero_difference_leaves_g_unchanged(backend, dtype):
-    _usable(backend)
+    skip_unless_usable(backend)
     x, _ = make_rows((19, 123), dtype)
     G0 = torch.randn(123, 123, dtype=torch.float64)
     G = G0.clone()
@@ -97,7 +90,7 @@ def test_zero_difference_leaves_g_unchanged(backend, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
-    _usable(backend)
+    skip_unless_usable(backend)
     big, big0 = make_rows((80, 150), torch.float16, seed=2)
     cases = {
         "row slices": (big[::3, 5:75], big0[1::3, 70:140]),
@@ -134,7 +127,7 @@ def test_triton_accumulator_dtypes(G_dtype):
     """The GPU accumulators (float32, or float64) through the Triton kernel directly,
     for the direct and the row-split launches."""
     pytest.importorskip("triton")
-    _usable("triton")
+    skip_unless_usable("triton")
     from paramgeom.triton_kernels import gram_update_triton
 
     for shape in ((40, 70), (989, 19)):
@@ -150,7 +143,7 @@ def test_triton_accumulator_dtypes(G_dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty(backend):
-    _usable(backend)
+    skip_unless_usable(backend)
     G = torch.randn(5, 5, dtype=torch.float64)
     G0 = G.clone()
     assert gram_update(G, torch.ones(0, 5), backend=backend) is G

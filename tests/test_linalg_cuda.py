@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from emulation import build_emulator
 from test_diff_stats_cuda import _includes_outside_rtc_guards
 from test_nvrtc_compile import _compile, nvrtc  # noqa: F401  (fixture)
 
@@ -279,18 +280,8 @@ extern "C" void emu_final(void* kernel, unsigned gx, void** p) {
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
     tmp = tmp_path_factory.mktemp("linalg_emulator")
-    (tmp / "emulator.cpp").write_text(EMULATOR)
-    lib = tmp / "libemulator.so"
-    cmd = [cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off"]
-    cmd += ["-fno-strict-aliasing", f"-I{INCLUDE}", f"-I{CUDA_DIR}"]
-    cmd += [str(tmp / "emulator.cpp"), "-o", str(lib)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return ctypes.CDLL(str(lib))
+    return build_emulator(tmp, EMULATOR, [INCLUDE, CUDA_DIR], ["-fno-strict-aliasing"])
 
 
 def _emulate(lib, plan) -> None:

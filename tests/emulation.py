@@ -1,0 +1,37 @@
+"""Test helpers shared by the CPU-side checks of GPU and optional backends."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import paramgeom
+
+
+def build_emulator(tmp: Path, source: str, include_dirs: list[Path], extra_flags=()) -> ctypes.CDLL:
+    """Compile ``source`` (CUDA kernels under a thread-per-CUDA-thread emulation) with the
+    host C++ compiler into a shared library and load it; skip when there is no compiler."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    (tmp / "emulator.cpp").write_text(source)
+    lib = tmp / "libemulator.so"
+    cmd = [cxx, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off"]
+    cmd += [*extra_flags, *[f"-I{d}" for d in include_dirs]]
+    cmd += [str(tmp / "emulator.cpp"), "-o", str(lib)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return ctypes.CDLL(str(lib))
+
+
+def skip_unless_usable(backend: str) -> None:
+    """Skip the calling test when ``backend`` cannot run here (with the reason)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    info = paramgeom.backends()[backend]
+    if not info.available:
+        pytest.skip(f"{backend}: {info.reason}")
