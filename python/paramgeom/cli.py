@@ -71,6 +71,85 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """'512MB', '2GiB', '1e9' -> bytes (argparse type)."""
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num) :]
+    try:
+        value = float(num) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MB, 2GiB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return int(value)
+
+
+def _console(args) -> Console:
+    return Console(stderr=True, quiet=getattr(args, "quiet", False))
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from paramgeom.engine.compute import DiffOptions
+    from paramgeom.engine.diff import run_diff
+
+    opts = DiffOptions(
+        rel_tol=args.rel_tol,
+        atol=args.atol,
+        rank=args.rank,
+        angles=not args.no_angles and not args.no_spectra,
+        spectra=not args.no_spectra,
+        exact_threshold=args.exact_threshold,
+        chunk_bytes=args.chunk_bytes,
+        backend=args.backend,
+        device=args.device,
+    )
+    summary = run_diff(args.base, args.tuned, args.out, opts, strict=args.strict, quiet=args.quiet)
+    if summary is not None and not args.quiet:
+        model = summary["model"]
+        uf = model.get("unchanged_fraction")
+        rc = model.get("relative_change")
+        _console(args).print(
+            f"{model.get('n_tensors')} tensors, {model.get('numel'):,} parameters: unchanged "
+            f"{100 * uf:.2f}% (bf16, eta={args.rel_tol:g}), ||dW||/||W0|| = "
+            f"{rc if rc is None else f'{rc:.3g}'}; wrote {args.out}/tensors.parquet, "
+            "tensors.csv, summary.json, report.md, report.html"
+            if uf is not None
+            else f"wrote {args.out}"
+        )
+    return 0
+
+
+def _cmd_trajectory(args: argparse.Namespace) -> int:
+    from paramgeom.engine.trajectory import TrajectoryOptions, run_trajectory
+
+    opts = TrajectoryOptions(
+        k=args.k,
+        sketch_rank=args.sketch_rank,
+        lock_threshold=args.lock_threshold,
+        rel_tol=args.rel_tol,
+        backend=args.backend,
+        device=args.device,
+    )
+    summary = run_trajectory(args.base, args.checkpoints, args.out, opts, quiet=args.quiet)
+    if summary is not None and not args.quiet:
+        lock = summary.get("lock") or {}
+        step = lock.get("lock_step")
+        _console(args).print(
+            f"lock step: {step if step is not None else 'none'}"
+            + (f" ({100 * lock['lock_fraction']:.0f}% of training)" if step is not None else "")
+            + f"; wrote {args.out}/trajectory.parquet, summary.json, report.md"
+        )
+    return 0
+
+
+_BACKENDS = ["auto", "cuda", "cupy", "triton", "cpu", "torch"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paramgeom",
@@ -90,17 +169,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for bench.json and bench.md")
     p.add_argument("--quiet", action="store_true", help="no progress, no table on stdout")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "diff",
+        help="the paper's diagnostics for a base/tuned checkpoint pair",
+        description="Per-tensor unchanged fraction, update norms and ranks, subspace rotation "
+        "and spectral drift of TUNED against BASE (HF folders, sharded or not, .safetensors "
+        "files or torch state dicts), streamed in bounded memory and resumable: rerunning "
+        "the same command after a crash skips finished tensors. Under torchrun the ranks "
+        "share the tensors.",
+    )
+    p.add_argument("base", help="base checkpoint (folder, .safetensors, or state dict)")
+    p.add_argument("tuned", help="tuned checkpoint")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--rank", type=int, default=512, help="K of the subspaces (default 512)")
+    p.add_argument("--no-angles", action="store_true", help="skip the subspace rotation")
+    p.add_argument(
+        "--no-spectra", action="store_true",
+        help="statistics only (unchanged fractions, norms): no SVD at all; the fastest scan",
+    )  # fmt: skip
+    p.add_argument("--rel-tol", type=float, default=1e-3, help="eta of the bf16 rule")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute rule of older tools")
+    p.add_argument("--exact-threshold", type=int, default=4096,
+                   help="exact spectrum when min(m, n) <= this (default 4096)")  # fmt: skip
+    p.add_argument("--chunk-bytes", type=parse_bytes, default=parse_bytes("1GiB"),
+                   help="pairs larger than this are read in row blocks (default 1GiB)")  # fmt: skip
+    p.add_argument("--strict", action="store_true", help="missing/extra tensors are an error")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--backend", choices=_BACKENDS, default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    p.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser(
+        "trajectory",
+        help="update rank, Sim_K and subspace locking over a run's checkpoints",
+        description="Follow every attention/MLP matrix's update dW_t = W_t - W_0 over the "
+        "checkpoints (given in training order; steps read from names like checkpoint-300): "
+        "stable rank, ||dW_t||_F, Hill alpha, Sim_K(t, t_end) and the lock step. Each "
+        "checkpoint is read once; per matrix only a streaming sketch is kept.",
+    )
+    p.add_argument("base", help="base checkpoint (W_0)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints in training order")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--k", type=int, default=16, help="K of Sim_K and the lock rule (16)")
+    p.add_argument("--sketch-rank", type=int, default=None, help="sketch rank (default 2K)")
+    p.add_argument("--lock-threshold", type=float, default=0.9, help="Sim_K lock level (0.9)")
+    p.add_argument("--rel-tol", type=float, default=1e-3, help="eta of the bf16 rule")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--backend", choices=_BACKENDS, default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    p.set_defaults(func=_cmd_trajectory)
+
+    try:
+        from paramgeom.checkpoints import synth
+    except ImportError:  # pragma: no cover - written alongside; remove once it lands
+        synth = None
+    if synth is not None:
+        synth.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from paramgeom.checkpoints.errors import CheckpointError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"paramgeom {args.command}: error: {exc}", file=sys.stderr)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        msg = " ".join(str(exc).split())
+        print(f"paramgeom {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"paramgeom {args.command}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

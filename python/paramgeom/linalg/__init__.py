@@ -4,6 +4,12 @@ DESIGN.md "Kernels (the contract)" items 4 and 5 and the "Subspace rotation" met
 are read only through ``diff_matmul`` and ``gram_update``.
 """
 
+from paramgeom.linalg.batched import (
+    BatchedRotation,
+    batched_principal_angles,
+    batched_rotation,
+    batched_svdvals,
+)
 from paramgeom.linalg.randomized_svd import randomized_svd
 from paramgeom.linalg.sketch import Sketch
 from paramgeom.linalg.subspaces import (
@@ -16,6 +22,10 @@ from paramgeom.linalg.subspaces import (
 )
 
 __all__ = [
+    "BatchedRotation",
+    "batched_principal_angles",
+    "batched_rotation",
+    "batched_svdvals",
     "PrincipalAngles",
     "Sketch",
     "SubspaceRotation",

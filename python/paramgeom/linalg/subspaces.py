@@ -209,7 +209,10 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor, k: int | None = None) -> 
         return PrincipalAngles(empty, 0.0, 0.0)
     m = a.T @ b
     cos = torch.linalg.svdvals(m).clamp(0.0, 1.0)  # descending -> angles ascending
-    sin = torch.linalg.svdvals(b - a @ m).clamp(0.0, 1.0).flip(0)  # ascending
+    # Singular values of the small R factor (the same as of the tall residual): LAPACK's
+    # SVD of a tall matrix varies in the last bit with the thread count, its QR does not,
+    # and reports must not depend on how many threads (or torchrun ranks) ran them.
+    sin = torch.linalg.svdvals(torch.linalg.qr(b - a @ m).R).clamp(0.0, 1.0).flip(0)
     angles = torch.where(cos * cos >= 0.5, torch.arcsin(sin), torch.arccos(cos))
     angles = torch.sort(angles).values
     deg = torch.rad2deg(angles)

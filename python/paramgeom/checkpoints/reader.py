@@ -1,0 +1,574 @@
+"""Open checkpoints of every supported layout behind one interface (DESIGN.md "Checkpoints").
+
+Accepted inputs (:func:`open_checkpoint`):
+
+- a Hugging Face model folder: ``model.safetensors.index.json`` + shards (the index wins),
+  else ``model.safetensors``, else exactly one ``*.safetensors`` file, else exactly one
+  ``*.safetensors.index.json``, else ``pytorch_model.bin.index.json`` + ``.bin`` shards,
+  else ``pytorch_model.bin``, else exactly one ``*.bin`` / ``*.pt`` / ``*.pth`` file;
+- a single ``.safetensors`` file, or an index file ``*.index.json`` itself;
+- a torch state dict file ``.pt`` / ``.pth`` / ``.bin``, loaded only by
+  ``torch.load(weights_only=True, map_location="cpu")`` (memory-mapped for the zip format
+  that ``torch.save`` has written since torch 1.6; legacy non-zip files are loaded without
+  mmap, still ``weights_only``). Arbitrary objects are never unpickled. ``{"state_dict":
+  {...}}``, ``{"model": {...}}``, ``{"module": {...}}`` and ``{"model_state_dict": {...}}``
+  are unwrapped one level when the top level holds no tensors; non-tensor values are ignored.
+
+Every safetensors header is validated (:func:`read_header`) and every index entry checked
+when the checkpoint is opened, before any tensor is read. Tensor data is read through the
+``safetensors`` library's ``safe_open(framework="pt")`` (memory-mapped; one handle per file,
+opened on first use, closed by :meth:`Checkpoint.close`).
+
+Reading a memory-mapped file that was truncated after it was opened kills the process with
+SIGBUS, which Python cannot catch, so every read first checks that the file's size and
+modification time are those seen when the checkpoint was opened, and raises
+:class:`CheckpointError` otherwise. With ``copy=True`` (the default) the data is copied into
+private memory at once, so a returned tensor never faults later and never aliases another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import threading
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+
+import torch
+
+from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.safetensors_header import read_header
+
+__all__ = [
+    "Checkpoint",
+    "FileIdentity",
+    "TensorInfo",
+    "open_checkpoint",
+]
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_UNWRAP_KEYS = ("state_dict", "model", "module", "model_state_dict")
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Identity of one source file, for the resume journal."""
+
+    path: str
+    """Resolved absolute path."""
+    size: int
+    mtime_ns: int
+    header_sha256: str
+    """sha256 of the safetensors header bytes; for torch state dicts, of the whole file."""
+
+    def key(self) -> str:
+        """A stable string combining all four fields."""
+        return json.dumps(
+            [self.path, self.size, self.mtime_ns, self.header_sha256], separators=(",", ":")
+        )
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor of a checkpoint: where it lives and what it is, without its data."""
+
+    name: str
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+# --------------------------------------------------------------------------- data files
+
+
+class _Source:
+    """One data file of a checkpoint."""
+
+    file: Path
+    tensors: dict[str, TensorInfo]
+
+    def __init__(self, file: Path, size: int, mtime_ns: int) -> None:
+        self.file = file
+        self._size = size
+        self._mtime_ns = mtime_ns
+        self._identity: FileIdentity | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def check_unchanged(self, tensor: str | None) -> None:
+        """Refuse to touch a file that changed since it was opened (mmap + truncation = SIGBUS)."""
+        if self._closed:
+            raise ValueError(f"{self.file}: checkpoint is closed")
+        try:
+            st = os.stat(self.file)
+        except OSError as exc:
+            raise CheckpointError(
+                self.file, tensor, f"cannot read file: {exc.strerror or exc}"
+            ) from exc
+        if st.st_size != self._size or st.st_mtime_ns != self._mtime_ns:
+            raise CheckpointError(
+                self.file,
+                tensor,
+                f"file changed since the checkpoint was opened (size {self._size} -> "
+                f"{st.st_size}, mtime_ns {self._mtime_ns} -> {st.st_mtime_ns})",
+            )
+
+    def _header_digest(self) -> str:
+        raise NotImplementedError
+
+    def identity(self) -> FileIdentity:
+        self.check_unchanged(None)
+        if self._identity is None:
+            self._identity = FileIdentity(
+                path=str(self.file.resolve()),
+                size=self._size,
+                mtime_ns=self._mtime_ns,
+                header_sha256=self._header_digest(),
+            )
+        return self._identity
+
+    def get(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _SafetensorsSource(_Source):
+    def __init__(self, file: Path) -> None:
+        header = read_header(file)
+        super().__init__(file, header.file_size, header.mtime_ns)
+        self.header = header
+        self.tensors = {
+            name: TensorInfo(name, file, spec.dtype, spec.shape, spec.nbytes)
+            for name, spec in header.entries.items()
+        }
+        self._handle = None
+
+    def _header_digest(self) -> str:
+        return self.header.sha256
+
+    def _open(self):
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self.file}: checkpoint is closed")
+            if self._handle is None:
+                from safetensors import safe_open
+
+                try:
+                    self._handle = safe_open(str(self.file), framework="pt", device="cpu")
+                except Exception as exc:
+                    raise CheckpointError(
+                        self.file, None, f"safetensors cannot open the file: {exc}"
+                    ) from exc
+            return self._handle
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._open().get_tensor(name)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self._open().get_slice(name)[start:stop]
+
+    def close(self) -> None:
+        with self._lock:
+            super().close()
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.__exit__(None, None, None)
+
+
+def _refusal_detail(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln:
+            return ln[:300]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+class _TorchSource(_Source):
+    def __init__(self, file: Path) -> None:
+        try:
+            st = os.stat(file)
+            if not os.path.isfile(file):
+                raise CheckpointError(file, None, "not a regular file")
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            raise CheckpointError(file, None, f"cannot read file: {exc.strerror or exc}") from exc
+        super().__init__(file, st.st_size, st.st_mtime_ns)
+        # mmap works only for the zip format; legacy files load into memory, still weights_only.
+        mmap = zipfile.is_zipfile(file)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                file,
+                None,
+                "torch.load(weights_only=True) refused the file: it holds objects other than "
+                f"tensors and plain containers ({_refusal_detail(exc)}); paramgeom never "
+                "unpickles arbitrary objects",
+            ) from exc
+        except OSError as exc:
+            raise CheckpointError(file, None, f"cannot read file: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            raise CheckpointError(
+                file,
+                None,
+                "not a readable torch state dict (corrupt, or not written by torch.save: "
+                f"{type(exc).__name__}: {_refusal_detail(exc)})",
+            ) from exc
+        self._data = self._state_dict(obj)
+        self.tensors = {
+            name: TensorInfo(name, file, t.dtype, tuple(t.shape), t.numel() * t.element_size())
+            for name, t in self._data.items()
+        }
+
+    def _state_dict(self, obj: object) -> dict[str, torch.Tensor]:
+        if not isinstance(obj, dict):
+            raise CheckpointError(
+                self.file, None, f"expected a dict of tensors, found {type(obj).__name__}"
+            )
+
+        def tensors_of(d: dict) -> dict[str, torch.Tensor]:
+            return {
+                k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+            }
+
+        found = tensors_of(obj)
+        if not found:
+            for key in _UNWRAP_KEYS:
+                sub = obj.get(key)
+                if isinstance(sub, dict):
+                    found = tensors_of(sub)
+                    if found:
+                        break
+        if not found:
+            raise CheckpointError(
+                self.file,
+                None,
+                "no tensors found (looked at the top level and under "
+                + ", ".join(repr(k) for k in _UNWRAP_KEYS)
+                + ")",
+            )
+        for name, t in found.items():
+            if t.layout != torch.strided:
+                raise CheckpointError(self.file, name, f"unsupported tensor layout {t.layout}")
+        return found
+
+    def _header_digest(self) -> str:
+        h = hashlib.sha256()
+        try:
+            with open(self.file, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError as exc:
+            raise CheckpointError(
+                self.file, None, f"cannot read file: {exc.strerror or exc}"
+            ) from exc
+        return h.hexdigest()
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._data[name]
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self._data[name][start:stop]
+
+    def close(self) -> None:
+        super().close()
+        self._data = {}
+
+
+def _open_source(file: Path) -> _Source:
+    if file.name.endswith(".safetensors"):
+        return _SafetensorsSource(file)
+    if file.name.endswith(_TORCH_SUFFIXES):
+        return _TorchSource(file)
+    raise CheckpointError(
+        file, None, "unknown checkpoint format (expected .safetensors, .pt, .pth or .bin)"
+    )
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+class Checkpoint:
+    """A checkpoint opened for reading: its files, its tensors and how to read them.
+
+    Build one with :func:`open_checkpoint`. Thread-safe for concurrent reads (a prefetch
+    thread may read the next tensor while the current one is computed).
+    """
+
+    path: Path
+    """What the user gave."""
+    files: list[Path]
+    """Data files in shard order (sorted by file name, which is the shard order of
+    ``model-0000i-of-0000N`` names)."""
+    tensors: dict[str, TensorInfo]
+    """All tensors, ordered by shard order then offset in the file."""
+
+    def __init__(
+        self, path: Path, sources: list[_Source], selection: dict[Path, list[str]] | None = None
+    ) -> None:
+        self.path = path
+        self._sources = {s.file: s for s in sources}
+        self.files = [s.file for s in sources]
+        self.tensors = {}
+        self._by_name: dict[str, _Source] = {}
+        for s in sources:
+            wanted = None if selection is None else set(selection[s.file])
+            for name, info in s.tensors.items():
+                if wanted is not None and name not in wanted:
+                    continue
+                if name in self.tensors:
+                    raise CheckpointError(
+                        s.file, name, f"tensor also stored in {self.tensors[name].file}"
+                    )
+                self.tensors[name] = info
+                self._by_name[name] = s
+        self._config: dict | None = None
+
+    # ---------------------------------------------------------------- helpers
+    def __repr__(self) -> str:
+        n_files, n_tensors = len(self.files), len(self.tensors)
+        return f"Checkpoint({str(self.path)!r}, files={n_files}, tensors={n_tensors})"
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the data files."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+    @property
+    def config(self) -> dict | None:
+        """``config.json`` beside the data files, if there is a readable one; else None."""
+        if self._config is None:
+            try:
+                cfg = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+                self._config = cfg if isinstance(cfg, dict) else {}
+            except (OSError, ValueError):
+                self._config = {}
+        return self._config or None
+
+    def _source(self, name: str) -> _Source:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+    # ---------------------------------------------------------------- API
+    def identity(self, file: str | Path) -> FileIdentity:
+        """Identity of one of :attr:`files` (as seen when the checkpoint was opened).
+
+        Raises :class:`CheckpointError` if the file has changed since then.
+        """
+        try:
+            src = self._sources[Path(file)]
+        except KeyError:
+            raise KeyError(f"{file} is not a data file of {self.path}") from None
+        return src.identity()
+
+    def read(self, name: str, *, copy: bool = True) -> torch.Tensor:
+        """The whole tensor ``name``: CPU, contiguous, in its stored dtype.
+
+        ``copy=False`` returns a read-only view of the memory-mapped file where possible
+        (no copy; do not modify it in place, and repeated reads may share memory).
+        """
+        src = self._source(name)
+        src.check_unchanged(name)
+        try:
+            t = src.get(name)
+            return t.clone(memory_format=torch.contiguous_format) if copy else t.contiguous()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(src.file, name, f"read failed: {exc}") from exc
+
+    def read_rows(self, name: str, start: int, stop: int, *, copy: bool = True) -> torch.Tensor:
+        """Rows ``[start, stop)`` along dim 0 (row-block streaming); 1-D tensors work too.
+
+        Requires ``0 <= start <= stop <= shape[0]`` (ValueError otherwise, and for 0-d).
+        """
+        info = self.tensors.get(name)
+        if info is None:
+            raise KeyError(f"{self.path}: no tensor named {name!r}")
+        if not info.shape:
+            raise ValueError(f"{name}: read_rows needs at least one dimension (tensor is 0-d)")
+        if not (0 <= start <= stop <= info.shape[0]):
+            raise ValueError(
+                f"{name}: rows [{start}, {stop}) out of range for {info.shape[0]} rows"
+            )
+        src = self._source(name)
+        src.check_unchanged(name)
+        try:
+            t = src.get_rows(name, start, stop)
+            return t.clone(memory_format=torch.contiguous_format) if copy else t.contiguous()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(src.file, name, f"read failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every open file handle. Reads after close raise ValueError."""
+        for s in self._sources.values():
+            s.close()
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _natural_key(p: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def _hf_cache_blob(root: Path, target: Path) -> bool:
+    """True for a Hugging Face cache snapshot file: ``models--X/snapshots/REV/f -> ../../blobs``."""
+    snapshots = root.parent
+    repo = snapshots.parent
+    return (
+        snapshots.name == "snapshots"
+        and repo.name.startswith("models--")
+        and target.is_relative_to(repo / "blobs")
+    )
+
+
+def _shard_path(folder: Path, index: Path, shard: object, tensor: str) -> Path:
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        raise CheckpointError(index, tensor, f"bad shard path {shard!r}")
+    posix = shard.replace("\\", "/")
+    win = PureWindowsPath(shard)
+    if posix.startswith("/") or win.is_absolute() or win.drive:
+        raise CheckpointError(
+            index, tensor, f"shard path escapes the checkpoint folder: absolute path {shard!r}"
+        )
+    if ".." in posix.split("/"):
+        raise CheckpointError(
+            index, tensor, f"shard path escapes the checkpoint folder: {shard!r} contains '..'"
+        )
+    target = folder / os.path.normpath(posix)
+    root = folder.resolve()
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root) and not _hf_cache_blob(root, resolved):
+        raise CheckpointError(
+            index,
+            tensor,
+            f"shard path escapes the checkpoint folder: {shard!r} resolves to {resolved}",
+        )
+    return target
+
+
+def _open_index(path: Path, index: Path) -> Checkpoint:
+    folder = index.parent
+    try:
+        obj = json.loads(index.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(index, None, f"cannot read index: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CheckpointError(index, None, f"corrupt index JSON ({exc})") from exc
+    weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(index, None, "index has no 'weight_map' object")
+    if not weight_map:
+        raise CheckpointError(index, None, "index 'weight_map' is empty")
+
+    by_shard: dict[Path, list[str]] = {}
+    for tensor, shard in weight_map.items():
+        by_shard.setdefault(_shard_path(folder, index, shard, tensor), []).append(tensor)
+
+    sources: list[_Source] = []
+    for shard in sorted(by_shard, key=_natural_key):
+        names = by_shard[shard]
+        if not shard.exists():
+            raise CheckpointError(
+                shard, names[0], f"shard file is missing (listed in {index.name})"
+            )
+        if not shard.is_file():
+            raise CheckpointError(shard, names[0], f"shard is not a file (listed in {index.name})")
+        src = _open_source(shard)
+        for name in names:
+            if name not in src.tensors:
+                raise CheckpointError(
+                    shard, name, f"tensor listed in {index.name} is not in this shard"
+                )
+        sources.append(src)
+    return Checkpoint(path, sources, by_shard)
+
+
+def _open_folder(folder: Path) -> Checkpoint:
+    def one(pattern: str) -> list[Path]:
+        return sorted(p for p in folder.glob(pattern) if p.is_file())
+
+    for name in ("model.safetensors.index.json",):
+        if (folder / name).is_file():
+            return _open_index(folder, folder / name)
+    if (folder / "model.safetensors").is_file():
+        return Checkpoint(folder, [_open_source(folder / "model.safetensors")])
+    st_files = one("*.safetensors")
+    st_indexes = one("*.safetensors.index.json")
+    if len(st_files) == 1 and not st_indexes:
+        return Checkpoint(folder, [_open_source(st_files[0])])
+    if len(st_indexes) == 1:
+        return _open_index(folder, st_indexes[0])
+    if st_files or st_indexes:
+        raise CheckpointError(
+            folder,
+            None,
+            f"ambiguous checkpoint folder: {len(st_files)} .safetensors files and "
+            f"{len(st_indexes)} index files (expected model.safetensors.index.json)",
+        )
+    if (folder / "pytorch_model.bin.index.json").is_file():
+        return _open_index(folder, folder / "pytorch_model.bin.index.json")
+    if (folder / "pytorch_model.bin").is_file():
+        return Checkpoint(folder, [_open_source(folder / "pytorch_model.bin")])
+    torch_files = [p for p in one("*") if p.name.endswith(_TORCH_SUFFIXES)]
+    if len(torch_files) == 1:
+        return Checkpoint(folder, [_open_source(torch_files[0])])
+    raise CheckpointError(
+        folder,
+        None,
+        "no checkpoint found in folder (expected model.safetensors, "
+        "model.safetensors.index.json, one *.safetensors file or pytorch_model.bin)"
+        if not torch_files
+        else f"ambiguous checkpoint folder: {len(torch_files)} torch state dict files",
+    )
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open a checkpoint (see the module docstring for the accepted layouts).
+
+    Validates every header and index entry before returning; raises
+    :class:`CheckpointError` for a missing path, an unreadable file or an unknown format.
+    """
+    p = Path(path).expanduser()
+    try:
+        exists = p.exists()
+    except OSError as exc:
+        raise CheckpointError(p, None, f"cannot access: {exc.strerror or exc}") from exc
+    if not exists:
+        raise CheckpointError(p, None, "no such file or directory")
+    if p.is_dir():
+        return _open_folder(p)
+    if p.name.endswith(".index.json"):
+        return _open_index(p, p)
+    return Checkpoint(p, [_open_source(p)])

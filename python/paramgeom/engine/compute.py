@@ -1,0 +1,289 @@
+"""The figures of one unit of work: per-tensor rows of ``paramgeom diff``.
+
+Everything goes through the public API (``paramgeom.diff_stats``, ``gram_update``,
+``paramgeom.linalg``); DESIGN.md "Metrics" defines every column (engine/schema.py).
+Three shapes of work:
+
+- a matrix that fits the chunk budget: fused statistics, dW's spectrum (exact through the
+  Gram when ``min(m, n) <= exact_threshold``, else the top-K by the randomized range
+  finder), and the top-K subspace rotation of W0 -> W1;
+- a tensor larger than the chunk budget: row blocks, statistics summed over blocks and the
+  three Grams (of dW, W0, W1) accumulated over them (right subspaces only: the left ones
+  would need the whole tensor again);
+- many expert matrices: statistics per matrix, spectra and rotations batched over experts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+import paramgeom
+from paramgeom import linalg, metrics
+from paramgeom.checkpoints.pairing import PairedTensor
+from paramgeom.results import DiffStats
+
+__all__ = ["DiffOptions", "base_row", "block_rows", "expert_rows", "matrix_row", "stats_fields"]
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    """What ``paramgeom diff`` computes. ``rank``: K of the subspaces (paper 512, capped at
+    the smaller dimension); ``exact_threshold``: largest ``min(m, n)`` whose spectrum is
+    computed exactly; ``chunk_bytes``: a pair larger than this is read in row blocks."""
+
+    rel_tol: float = 1e-3
+    atol: float = 1e-5
+    rank: int = 512
+    angles: bool = True
+    spectra: bool = True
+    exact_threshold: int = 4096
+    chunk_bytes: int = 1 << 30
+    backend: str = "auto"
+    device: str = "cpu"
+
+    def fingerprint(self) -> str:
+        """Hash of every option that changes a figure (journal entries of other options are
+        not reused)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dtype(t: torch.dtype) -> str:
+    return str(t).removeprefix("torch.")
+
+
+def base_row(pair: PairedTensor, expert: int | None = None) -> dict[str, Any]:
+    """Identity columns of a row: one per tensor, or per expert ``expert`` of a 3-D stack."""
+    meta = pair.meta
+    shape = pair.shape if expert is None else pair.shape[1:]
+    return {
+        "name": pair.name if expert is None else f"{pair.name}[{expert}]",
+        "base_name": pair.base.name,
+        "module": meta.module,
+        "layer": meta.layer,
+        "expert": expert if expert is not None else meta.expert,
+        "stack": meta.stack,
+        "shape": "x".join(str(d) for d in shape),
+        "numel": math.prod(shape),
+        "dtype_base": _dtype(pair.base.info.dtype),
+        "dtype_tuned": _dtype(pair.tuned.info.dtype),
+    }
+
+
+def _frac(count: int, n: int) -> float | None:
+    return count / n if n else None
+
+
+def stats_fields(st: DiffStats) -> dict[str, Any]:
+    """Statistics columns from fused :func:`paramgeom.diff_stats` totals."""
+    n = st.numel
+    fd, fb = math.sqrt(st.sum_sq_delta), math.sqrt(st.sum_sq_w0)
+    return {
+        "unchanged_fraction": _frac(st.n_within_rel[0], n),
+        "unchanged_fraction_atol": _frac(st.n_within_abs[0], n),
+        "equal_fraction": _frac(st.n_equal, n),
+        "n_nonfinite": st.n_nonfinite_w0 + st.n_nonfinite_w1,
+        "frobenius_delta": fd,
+        "frobenius_base": fb,
+        "relative_change": fd / fb if fb > 0 else None,
+        "max_abs_delta": st.max_abs_delta if n else None,
+    }
+
+
+def _stats(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> DiffStats:
+    return paramgeom.diff_stats(
+        w0, w1, rel_tols=(opts.rel_tol,), abs_tols=(opts.atol,), backend=opts.backend
+    )
+
+
+def merge_stats(parts: list[DiffStats]) -> DiffStats:
+    """Totals of row blocks, summed in block order (deterministic)."""
+    first = parts[0]
+    return DiffStats(
+        numel=sum(p.numel for p in parts),
+        n_equal=sum(p.n_equal for p in parts),
+        rel_tols=first.rel_tols,
+        n_within_rel=tuple(sum(c) for c in zip(*(p.n_within_rel for p in parts), strict=True)),
+        abs_tols=first.abs_tols,
+        n_within_abs=tuple(sum(c) for c in zip(*(p.n_within_abs for p in parts), strict=True)),
+        sum_sq_delta=math.fsum(p.sum_sq_delta for p in parts),
+        sum_sq_w0=math.fsum(p.sum_sq_w0 for p in parts),
+        sum_sq_w1=math.fsum(p.sum_sq_w1 for p in parts),
+        sum_w0w1=math.fsum(p.sum_w0w1 for p in parts),
+        max_abs_delta=max(p.max_abs_delta for p in parts),
+        n_nonfinite_w0=sum(p.n_nonfinite_w0 for p in parts),
+        n_nonfinite_w1=sum(p.n_nonfinite_w1 for p in parts),
+        backend=first.backend,
+    )
+
+
+def _rank_fields(s: torch.Tensor, sum_sq_delta: float, exact: bool) -> dict[str, Any]:
+    """Stable and effective rank from dW's singular values ``s`` (descending). Stable rank
+    uses the exact ``||dW||_F^2`` of the fused statistics, so a top-K spectrum is enough;
+    effective rank is over the singular values given (all of them on the exact path)."""
+    s1 = float(s[0]) if s.numel() else 0.0
+    return {
+        "stable_rank": sum_sq_delta / (s1 * s1) if s1 > 0 else 0.0,
+        "effective_rank": metrics.effective_rank(s.cpu()),
+        "spectrum": "exact" if exact else "randomized",
+    }
+
+
+def _angle_fields(k: int, left, right, drift: float | None) -> dict[str, Any]:
+    return {
+        "rank_k": k,
+        "angle_left_max": left[0] if left else None,
+        "angle_left_mean": left[1] if left else None,
+        "angle_right_max": right[0],
+        "angle_right_mean": right[1],
+        "spectral_drift": drift,
+    }
+
+
+def _drift(s0: torch.Tensor, s1: torch.Tensor) -> float | None:
+    d = metrics.spectral_drift(s0.cpu(), s1.cpu())
+    return d if math.isfinite(d) else None
+
+
+def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions):
+    """Row of a 2-D (or any-D, statistics only) pair held whole in memory."""
+    row = base_row(pair)
+    st = _stats(w0, w1, opts)
+    row.update(stats_fields(st))
+    if w0.dim() != 2 or not opts.spectra or min(w0.shape) == 0:
+        return row, []
+    if row["n_nonfinite"]:
+        return row, [f"{pair.name}: {row['n_nonfinite']} NaN/Inf values: no spectra"]
+    m, n = w0.shape
+    p = min(m, n)
+    k = min(opts.rank, p)
+    exact = p <= opts.exact_threshold
+    _, s, _ = linalg.randomized_svd(
+        w0, w1, k=p if exact else k, seed=0, exact_threshold=opts.exact_threshold
+    )
+    row.update(_rank_fields(s, st.sum_sq_delta, exact))
+    if opts.angles:
+        if exact:
+            r0 = linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold)
+            r1 = linalg.top_subspaces(w1, k, exact_threshold=opts.exact_threshold)
+        else:
+            r0 = linalg.top_subspaces(w0, min(k + 10, p), exact_threshold=opts.exact_threshold)
+            r1 = linalg.top_subspaces(w1, k, init=r0.V)
+        left = linalg.principal_angles(r0.U[:, :k], r1.U[:, :k])
+        right = linalg.principal_angles(r0.V[:, :k], r1.V[:, :k])
+        row.update(
+            _angle_fields(
+                k,
+                (left.max_deg, left.mean_deg),
+                (right.max_deg, right.mean_deg),
+                _drift(r0.S[:k], r1.S[:k]),
+            )
+        )
+    return row, []
+
+
+def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.device):
+    """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
+    blocks: statistics summed over blocks; for a matrix with at most ``exact_threshold``
+    columns the Grams of dW, W0 and W1 accumulated block by block (``gram_update``) give
+    dW's exact spectrum and the right-subspace rotation (left angles are not computed)."""
+    row = base_row(pair)
+    parts: list[DiffStats] = []
+    two_d = len(pair.shape) == 2 and min(pair.shape) > 0
+    n = pair.shape[-1] if pair.shape else 0
+    grams = two_d and opts.spectra and n <= opts.exact_threshold
+    acc = torch.float64 if device.type == "cpu" else torch.float32
+    g_d = g_0 = g_1 = None
+    if grams:
+        g_d, g_0, g_1 = (torch.zeros(n, n, dtype=acc, device=device) for _ in range(3))
+    for w0, w1 in blocks:
+        parts.append(_stats(w0, w1, opts))
+        if grams and w0.shape[0]:
+            paramgeom.gram_update(g_d, w1, w0, backend=opts.backend)
+            if opts.angles:
+                paramgeom.gram_update(g_0, w0, backend=opts.backend)
+                paramgeom.gram_update(g_1, w1, backend=opts.backend)
+    st = merge_stats(parts)
+    row.update(stats_fields(st))
+    notes = []
+    if not two_d or not opts.spectra:
+        return row, notes
+    if row["n_nonfinite"]:
+        return row, [f"{pair.name}: {row['n_nonfinite']} NaN/Inf values: no spectra"]
+    if not grams:
+        return row, [
+            f"{pair.name}: read in row blocks and has {n} > {opts.exact_threshold} columns: "
+            "no spectra (raise --chunk-bytes to compute them)"
+        ]
+    s = torch.linalg.eigvalsh(g_d.double()).clamp_min(0).flip(0).sqrt()
+    row.update(_rank_fields(s[: min(pair.shape)], st.sum_sq_delta, True))
+    if opts.angles:
+        k = min(opts.rank, min(pair.shape))
+        e0, v0 = torch.linalg.eigh(g_0.double())
+        e1, v1 = torch.linalg.eigh(g_1.double())
+        right = linalg.principal_angles(v0.flip(1)[:, :k], v1.flip(1)[:, :k])
+        s0 = e0.flip(0)[:k].clamp_min(0).sqrt()
+        s1 = e1.flip(0)[:k].clamp_min(0).sqrt()
+        row.update(_angle_fields(k, None, (right.max_deg, right.mean_deg), _drift(s0, s1)))
+        notes.append(f"{pair.name}: read in row blocks: right-subspace angles only")
+    return row, notes
+
+
+def expert_rows(
+    pairs: list[PairedTensor],
+    experts: list[int | None],
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    opts: DiffOptions,
+):
+    """Rows of a batch of expert matrices ``w0, w1`` of shape ``(B, m, n)``; ``pairs[i]`` and
+    ``experts[i]`` say whose matrix ``i`` is (``experts[i]`` set for slices of a 3-D stack).
+    Statistics per matrix (fused kernel); spectra and rotations batched over the experts."""
+    rows, notes, sts = [], [], []
+    for i, (pair, e) in enumerate(zip(pairs, experts, strict=True)):
+        row = base_row(pair, e)
+        sts.append(_stats(w0[i], w1[i], opts))
+        row.update(stats_fields(sts[-1]))
+        rows.append(row)
+    B, m, n = w0.shape
+    p = min(m, n)
+    if not opts.spectra or B == 0 or p == 0:
+        return rows, notes
+    finite = [i for i, r in enumerate(rows) if not r["n_nonfinite"]]
+    for i in range(B):
+        if rows[i]["n_nonfinite"]:
+            notes.append(f"{rows[i]['name']}: {rows[i]['n_nonfinite']} NaN/Inf values: no spectra")
+    if not finite:
+        return rows, notes
+    if p > opts.exact_threshold:  # too large to batch exactly: one matrix at a time
+        for i in finite:
+            single, more = matrix_row(pairs[i], w0[i], w1[i], opts)
+            rows[i] = {**rows[i], **{k: v for k, v in single.items() if k not in rows[i]}}
+            notes += more
+        return rows, notes
+    idx = torch.tensor(finite, device=w0.device)
+    a, b = w0.index_select(0, idx), w1.index_select(0, idx)
+    s = linalg.batched_svdvals(b.double() - a.double()).cpu()
+    rot = linalg.batched_rotation(a, b, min(opts.rank, p)) if opts.angles else None
+    if rot is not None:
+        lmax, lmean = (t.cpu() for t in rot.degrees("left"))
+        rmax, rmean = (t.cpu() for t in rot.degrees("right"))
+        drift = rot.spectral_drift().cpu()
+    for j, i in enumerate(finite):
+        rows[i].update(_rank_fields(s[j], sts[i].sum_sq_delta, True))
+        if rot is not None:
+            d = float(drift[j])
+            rows[i].update(
+                _angle_fields(
+                    rot.k,
+                    (float(lmax[j]), float(lmean[j])),
+                    (float(rmax[j]), float(rmean[j])),
+                    d if math.isfinite(d) else None,
+                )
+            )
+    return rows, notes

@@ -1,0 +1,292 @@
+"""``paramgeom diff``: the paper's diagnostics for a whole checkpoint pair, streamed.
+
+DESIGN.md "Checkpoints" and "Command line". Tensors are read in the tuned checkpoint's shard
+order on a background thread, at most one unit ahead of the compute; a pair larger than the
+chunk budget is read in row blocks; finished units go to the journal before the next one
+starts; rank 0 writes the tables, the summary, the plots and the report from the journal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
+from paramgeom.checkpoints.reader import open_checkpoint
+from paramgeom.engine import distributed
+from paramgeom.engine.compute import DiffOptions, block_rows, expert_rows, matrix_row
+from paramgeom.engine.journal import Journal, entry_key, fault_point
+from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
+from paramgeom.engine.plan import Unit, build_units, share_for_rank
+from paramgeom.engine.progress import ByteProgress
+from paramgeom.engine.schema import DIFF_COLUMNS
+
+__all__ = ["run_diff", "Streamer"]
+
+
+class Streamer:
+    """Reads units of a (base, tuned) checkpoint pair as bf16 tensors on the compute device."""
+
+    def __init__(self, base, tuned, opts: DiffOptions, device: torch.device) -> None:
+        self.base, self.tuned, self.opts, self.device = base, tuned, opts, device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._ids: dict[tuple[int, Path], str] = {}
+
+    # -- identities ------------------------------------------------------------------------
+    def _identity(self, ckpt, file: Path) -> str:
+        key = (id(ckpt), Path(file))
+        if key not in self._ids:
+            self._ids[key] = ckpt.identity(Path(file)).key()
+        return self._ids[key]
+
+    def identities(self, unit: Unit) -> list[str]:
+        out = []
+        for pair in unit.pairs:
+            for ckpt, ref in ((self.base, pair.base), (self.tuned, pair.tuned)):
+                out.append(self._identity(ckpt, ref.info.file))
+                if ref.scale is not None:
+                    out.append(self._identity(ckpt, ref.scale.file))
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+    def fits(self, unit: Unit) -> bool:
+        return unit.kind == "experts" or unit.nbytes <= self.opts.chunk_bytes
+
+    def load(self, unit: Unit):
+        """CPU bf16 tensors of a unit that fits the chunk budget (None: streamed later)."""
+        if not self.fits(unit):
+            return None
+        pairs = [(read_bf16(self.base, p.base), read_bf16(self.tuned, p.tuned)) for p in unit.pairs]
+        if unit.kind == "experts":
+            return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
+        return pairs[0]
+
+    def to_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        out = [to_device(t, self.device, self.stream) for t in tensors]
+        if self.stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return out
+
+    def row_blocks(self, pair: PairedTensor, budget: int) -> Iterator[tuple[int, int]]:
+        rows = pair.shape[0] if pair.shape else 1
+        per_row = max(1, pair.nbytes // max(rows, 1))
+        step = max(1, budget // per_row)
+        for start in range(0, rows, step):
+            yield start, min(rows, start + step)
+
+    def blocks(
+        self, pair: PairedTensor, budget: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Row blocks of a large pair, each read while the previous one is computed."""
+
+        def load(span):
+            return (
+                read_bf16(self.base, pair.base, *span),
+                read_bf16(self.tuned, pair.tuned, *span),
+            )
+
+        with Prefetcher(self.row_blocks(pair, budget), load, depth=1) as blocks:
+            for _, (w0, w1) in blocks:
+                yield tuple(self.to_device(w0, w1))
+
+
+def compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], list[str]]:
+    """Rows and notes of one unit (``loaded``: what :meth:`Streamer.load` returned)."""
+    opts = streamer.opts
+    if unit.kind == "experts":
+        w0, w1 = streamer.to_device(*loaded)
+        return expert_rows(list(unit.pairs), [None] * len(unit.pairs), w0, w1, opts)
+    pair = unit.pairs[0]
+    if unit.kind == "stack":
+        if loaded is not None:
+            w0, w1 = streamer.to_device(*loaded)
+            return expert_rows([pair] * w0.shape[0], list(range(w0.shape[0])), w0, w1, opts)
+        rows, notes = [], []
+        for start, stop in streamer.row_blocks(pair, opts.chunk_bytes // 8):
+            w0, w1 = streamer.to_device(
+                read_bf16(streamer.base, pair.base, start, stop),
+                read_bf16(streamer.tuned, pair.tuned, start, stop),
+            )
+            r, n = expert_rows([pair] * (stop - start), list(range(start, stop)), w0, w1, opts)
+            rows += r
+            notes += n
+        return rows, notes
+    if loaded is not None:
+        w0, w1 = streamer.to_device(*loaded)
+        row, notes = matrix_row(pair, w0, w1, opts)
+        return [row], notes
+    row, notes = block_rows(
+        pair, streamer.blocks(pair, opts.chunk_bytes // 4), opts, streamer.device
+    )
+    return [row], notes
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda":
+        import os
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    return torch.device("cpu")
+
+
+def _inputs(ckpt) -> dict[str, Any]:
+    files = []
+    for f in ckpt.files:
+        ident = ckpt.identity(f)
+        files.append({"name": Path(f).name, "size": ident.size, "sha256": ident.header_sha256})
+    return {"path": str(ckpt.path), "files": files, "n_tensors": len(ckpt.tensors)}
+
+
+def _check_nonempty(pairing, base, tuned) -> None:
+    if not pairing.pairs:
+        raise CheckpointError(
+            tuned.path, None, f"no tensor name in common with {base.path} (see the prefix rule)"
+        )
+
+
+def run_diff(
+    base_path: str | Path,
+    tuned_path: str | Path,
+    out_dir: str | Path,
+    opts: DiffOptions | None = None,
+    strict: bool = False,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Diff two checkpoints into ``out_dir``; returns the summary on rank 0 (None elsewhere).
+
+    Raises :class:`~paramgeom.checkpoints.errors.CheckpointError` for bad input (the command
+    line's exit 2); whatever was finished before the error stays in the journal.
+    """
+    opts = opts or DiffOptions()
+    out = Path(out_dir)
+    ctx = distributed.context(opts.device)
+    try:
+        device = _device(opts.device)
+        out.mkdir(parents=True, exist_ok=True)
+        with open_checkpoint(base_path) as base, open_checkpoint(tuned_path) as tuned:
+            pairing = pair_checkpoints(base, tuned)
+            _check_nonempty(pairing, base, tuned)
+            if strict and (pairing.missing_in_tuned or pairing.missing_in_base):
+                first = (pairing.missing_in_tuned or pairing.missing_in_base)[0]
+                n = len(pairing.missing_in_tuned) + len(pairing.missing_in_base)
+                raise CheckpointError(
+                    tuned.path, first, f"--strict: {n} tensor(s) missing on one side"
+                )
+            units = build_units(pairing.pairs, group_bytes=max(1, opts.chunk_bytes // 8))
+            streamer = Streamer(base, tuned, opts, device)
+            fingerprint = opts.fingerprint()
+            keys = {u: entry_key(u.digest(), streamer.identities(u), fingerprint) for u in units}
+            mine = share_for_rank(units, ctx.rank, ctx.world)
+            journal = Journal(out, "diff", ctx.rank)
+            done = journal.load()
+            todo = [u for u in mine if keys[u] not in done]
+            ok = False
+            try:
+                with ByteProgress(
+                    "diff", sum(u.nbytes for u in mine), quiet or not ctx.is_main
+                ) as bar:
+                    bar.advance(sum(u.nbytes for u in mine if keys[u] in done))
+                    with Prefetcher(todo, streamer.load, depth=1) as queue:
+                        for unit, loaded in queue:
+                            bar.describe(unit.name)
+                            rows, notes = compute_unit(streamer, unit, loaded)
+                            journal.append(keys[unit], unit.name, rows, notes)
+                            fault_point("diff")
+                            del loaded
+                            bar.advance(unit.nbytes)
+                ok = True
+            finally:
+                journal.close()
+                all_ok = ctx.all_ok(ok)
+            if not all_ok:
+                raise CheckpointError(None, None, "another rank failed; its error is above")
+            if not ctx.is_main:
+                return None
+            if say:
+                say("writing tables, plots and report")
+            entries = journal.load()
+            rows, notes = [], list(pairing.notes)
+            for u in units:
+                entry = entries.get(keys[u])
+                if entry is None:
+                    raise CheckpointError(out / "journal", u.name, "unit missing from the journal")
+                rows += entry["rows"]
+                notes += entry["notes"]
+            summary = _write_outputs(out, rows, notes, pairing, opts, _inputs(base), _inputs(tuned))
+            return summary
+    finally:
+        ctx.close()
+
+
+def _rules(opts: DiffOptions) -> dict[str, Any]:
+    rules: dict[str, Any] = dict(RULES)
+    rules.update(
+        {
+            "unchanged": (
+                f"|w1 - w0| <= eta * max(|w0|, |w1|) on bf16 values, eta = {opts.rel_tol:g}; "
+                "parameter-count weighted over tensors"
+            ),
+            "eta": opts.rel_tol,
+            "atol": opts.atol,
+            "rank_k": opts.rank,
+            "angles": (
+                "principal angles between the top-K singular subspaces of W0 and W1 (K = "
+                f"{opts.rank}, capped at the smaller dimension), float64, sine form below 45 "
+                "degrees"
+                if opts.angles
+                else "not computed (--no-angles)"
+            ),
+            "spectrum": (
+                f"dW's spectrum exact (float64 Gram) when min(m, n) <= {opts.exact_threshold}, "
+                "else its top-K by the randomized range finder (effective rank over those K)"
+            ),
+            "spectral_drift": "||s(W1) - s(W0)|| / ||s(W0)|| over the top-K singular values",
+        }
+    )
+    return rules
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_outputs(out, rows, notes, pairing, opts, base_inputs, tuned_inputs) -> dict:
+    from paramgeom.report import aggregate, plots, render, tables
+
+    try:
+        tables.write_table(rows, DIFF_COLUMNS, out, "tensors")
+        summary = aggregate.summarize_diff(rows)
+        summary.update(
+            {
+                "command": "diff",
+                "rules": _rules(opts),
+                "options": {k: _clean(v) for k, v in asdict(opts).items()},
+                "inputs": {"base": base_inputs, "tuned": tuned_inputs},
+                "missing_in_tuned": pairing.missing_in_tuned,
+                "missing_in_base": pairing.missing_in_base,
+                "tied": pairing.tied,
+                "notes": notes,
+            }
+        )
+        tables.write_json(summary, out / "summary.json")
+        written = plots.plot_diff(rows, out)
+        render.write_diff_report(summary, out, written)
+    except OSError as exc:
+        raise CheckpointError(
+            out, None, f"cannot write the outputs ({exc.strerror or exc}); every computed "
+            "tensor is in the journal: rerun the same command to write them",
+        ) from None  # fmt: skip
+    return summary

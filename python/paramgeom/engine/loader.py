@@ -1,0 +1,127 @@
+"""Reading a pair of tensors for the kernels, and the bounded prefetch queue.
+
+Every figure is computed on bf16 values (DESIGN.md "Metrics": both checkpoints as bf16):
+bf16 tensors are used as stored, fp32/fp16 ones rounded to bf16 (round to nearest even),
+block-scaled FP8 ones dequantised block by block (``q * scale_inv`` in fp32) and rounded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+
+from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.fp8 import dequantize_blocks
+from paramgeom.checkpoints.pairing import FP8_DTYPES, TensorRef
+
+__all__ = ["Prefetcher", "read_bf16", "to_device"]
+
+
+def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None = None):
+    """Rows ``[start, stop)`` (dim 0; all when None) of one side of a pair, as CPU bf16."""
+    info = ref.info
+    if start is None:
+        raw = ckpt.read(info.name)
+        start = 0
+    else:
+        raw = ckpt.read_rows(info.name, start, stop)
+    if ref.scale is not None:
+        scale = ckpt.read(ref.scale.name)
+        try:
+            if raw.dim() == 2:
+                raw = dequantize_blocks(raw, scale, row_start=start)
+            elif raw.dim() == 3 and scale.dim() == 3:  # fused expert stack: a scale grid per expert
+                raw = torch.stack(
+                    [dequantize_blocks(raw[e], scale[start + e]) for e in range(raw.shape[0])]
+                ) if raw.shape[0] else raw.float()  # fmt: skip
+            else:
+                raise ValueError(
+                    f"cannot apply a {scale.dim()}-D block scale to a {raw.dim()}-D tensor"
+                )
+        except ValueError as exc:
+            raise CheckpointError(info.file, info.name, str(exc)) from None
+    elif raw.dtype in FP8_DTYPES:
+        raw = raw.float()  # unscaled fp8: the stored values are the weights
+    return raw if raw.dtype == torch.bfloat16 else raw.to(torch.bfloat16)
+
+
+def to_device(t: torch.Tensor, device: torch.device, stream=None) -> torch.Tensor:
+    """Move a CPU tensor to ``device``. On CUDA the copy is from pinned memory and, when a
+    side ``stream`` is given, asynchronous on it: the caller makes its compute stream wait
+    on ``stream`` before using the result (the next tensor's copy overlaps this compute)."""
+    if device.type == "cpu":
+        return t
+    pinned = t.pin_memory()
+    if stream is None:
+        return pinned.to(device)
+    with torch.cuda.stream(stream):
+        out = pinned.to(device, non_blocking=True)
+    out.record_stream(torch.cuda.current_stream(device))
+    return out
+
+
+class Prefetcher:
+    """Runs ``load(item)`` for the items in order on a background thread, at most ``depth``
+    results ahead of the consumer (the read of the next tensor overlaps the compute of the
+    current one; memory stays bounded by ``depth + 1`` loaded items). Exceptions raised by
+    ``load`` re-raise in the consumer at the item that caused them."""
+
+    _DONE = object()
+
+    def __init__(self, items: Iterable[Any], load: Callable[[Any], Any], depth: int = 1):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(list(items), load), name="paramgeom-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, value) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items, load) -> None:
+        for item in items:
+            try:
+                result = (item, load(item), None)
+            except BaseException as exc:  # handed to the consumer, not lost in the thread
+                result = (item, None, exc)
+            if not self._put(result) or result[2] is not None:
+                return
+        self._put(self._DONE)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        while True:
+            got = self._queue.get()
+            if got is self._DONE:
+                return
+            item, value, exc = got
+            if exc is not None:
+                raise exc
+            yield item, value
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

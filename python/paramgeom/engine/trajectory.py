@@ -1,0 +1,316 @@
+"""``paramgeom trajectory``: how each matrix's update dW_t = W_t - W_0 evolves over training.
+
+DESIGN.md "Metrics", Trajectory and Subspace locking. Every checkpoint is read once: the
+engine walks the attention/MLP matrices in the base's order and, for each, reads the base
+matrix and then that matrix from each checkpoint in turn, keeping per step only the
+streaming sketch's top singular values and right vectors of dW_t (a Tropp-Yurtsever-
+Udell-Cevher sketch, :class:`paramgeom.linalg.Sketch`), never dW_t itself. Sim_K(t, t_end)
+is computed once the last checkpoint's sketch is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import paramgeom
+from paramgeom import linalg, metrics
+from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
+from paramgeom.checkpoints.reader import open_checkpoint
+from paramgeom.engine import distributed
+from paramgeom.engine.diff import _device, _inputs
+from paramgeom.engine.journal import Journal, entry_key, fault_point
+from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
+from paramgeom.engine.plan import share_for_rank
+from paramgeom.engine.progress import ByteProgress
+from paramgeom.engine.schema import TRAJECTORY_COLUMNS
+
+__all__ = ["TrajectoryOptions", "run_trajectory", "step_of"]
+
+MATRIX_MODULES = ("q", "k", "v", "o", "gate", "up", "down", "expert")
+_STEP = re.compile(r"(?:checkpoint|step|ckpt|iter|global_step)[-_]?(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TrajectoryOptions:
+    """``k``: K of Sim_K and of the lock rule (paper 16); ``sketch_rank``: rank of each
+    matrix's streaming sketch (default 2K, at least K); ``lock_threshold``: Sim_K level of
+    the lock rule (paper 0.9)."""
+
+    k: int = 16
+    sketch_rank: int | None = None
+    lock_threshold: float = 0.9
+    rel_tol: float = 1e-3
+    seed: int = 0
+    backend: str = "auto"
+    device: str = "cpu"
+
+    @property
+    def rank(self) -> int:
+        return self.sketch_rank if self.sketch_rank is not None else 2 * self.k
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def step_of(path: str | Path, position: int) -> int:
+    """Training step of a checkpoint from its name (``checkpoint-300``, ``step_300``, ...),
+    else its 1-based position in the list."""
+    for part in reversed(Path(path).parts):
+        m = _STEP.search(part)
+        if m:
+            return int(m.group(1))
+    return position
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    """One matrix (or one expert of a fused stack) followed over the checkpoints."""
+
+    name: str
+    pairs: tuple[PairedTensor, ...]  # base vs each checkpoint
+    expert: int | None
+
+    @property
+    def nbytes(self) -> int:
+        per = self.pairs[0].base.nbytes + sum(p.tuned.nbytes for p in self.pairs)
+        return per // (self.pairs[0].shape[0] if self.expert is not None else 1)
+
+    def digest(self) -> str:
+        text = ";".join(f"{p.base.name}>{p.name}:{p.shape}" for p in self.pairs)
+        return hashlib.sha256(f"{self.name}|{self.expert}|{text}".encode()).hexdigest()[:32]
+
+
+def _matrices(pairings, base) -> tuple[list[_Matrix], list[str]]:
+    notes = []
+    by_name = [{p.base.name: p for p in pairing.pairs} for pairing in pairings]
+    out = []
+    for name in base.tensors:
+        pairs = [m.get(name) for m in by_name]
+        if any(p is None for p in pairs):
+            if any(p is not None for p in pairs):
+                notes.append(f"{name}: missing from some checkpoints: not followed")
+            continue
+        meta = pairs[0].meta
+        if meta.module not in MATRIX_MODULES or min(pairs[0].shape, default=0) == 0:
+            continue
+        if len(pairs[0].shape) == 2:
+            out.append(_Matrix(pairs[-1].name, tuple(pairs), None))
+        elif len(pairs[0].shape) == 3 and meta.module == "expert":
+            for e in range(pairs[0].shape[0]):
+                out.append(_Matrix(f"{pairs[-1].name}[{e}]", tuple(pairs), e))
+    return out, notes
+
+
+def _follow(mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device) -> list[dict]:
+    """Rows (one per checkpoint) of one matrix from its base and per-checkpoint tensors."""
+    w0 = None
+    sketch = None
+    stats, tops = [], []
+    for t, w in reads:
+        w = to_device(w, device)
+        if t < 0:
+            w0 = w
+            m, n = w0.shape
+            r = min(opts.rank, m, n)
+            sketch = linalg.Sketch((m, n), r, seed=opts.seed, device=device)
+            continue
+        stats.append(paramgeom.diff_stats(w0, w, rel_tols=(opts.rel_tol,), backend=opts.backend))
+        if stats[-1].n_nonfinite_w0 or stats[-1].n_nonfinite_w1:
+            tops.append(None)
+        else:
+            _, s, vh = sketch.update(w0, w).svd()
+            tops.append((s.cpu(), vh.T.cpu()))
+        del w
+    meta = mat.pairs[0].meta
+    k = min(opts.k, sketch.rank)
+    end = tops[-1]
+    rows = []
+    for t, (st, top) in enumerate(zip(stats, tops, strict=True)):
+        fb = math.sqrt(st.sum_sq_w0)
+        fd = math.sqrt(st.sum_sq_delta)
+        row = {
+            "name": mat.name,
+            "module": meta.module,
+            "layer": meta.layer,
+            "expert": mat.expert if mat.expert is not None else meta.expert,
+            "shape": f"{w0.shape[0]}x{w0.shape[1]}",
+            "numel": st.numel,
+            "step": steps[t],
+            "checkpoint": names[t],
+            "frobenius_delta": fd,
+            "relative_change": fd / fb if fb > 0 else None,
+            "unchanged_fraction": st.n_within_rel[0] / st.numel if st.numel else None,
+            "stable_rank": None,
+            "hill_alpha": None,
+            "sim_k": None,
+        }
+        if top is not None:
+            s, v = top
+            s1 = float(s[0])
+            row["stable_rank"] = st.sum_sq_delta / (s1 * s1) if s1 > 0 else 0.0
+            alpha = metrics.hill_alpha(s)
+            row["hill_alpha"] = alpha if math.isfinite(alpha) else None
+            if end is not None and s1 > 0 and float(end[0][0]) > 0:
+                row["sim_k"] = metrics.sim_k(v, end[1], K=k)
+        rows.append(row)
+    return rows
+
+
+def run_trajectory(
+    base_path: str | Path,
+    checkpoints: Sequence[str | Path],
+    out_dir: str | Path,
+    opts: TrajectoryOptions | None = None,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Follow every attention/MLP matrix from ``base_path`` over ``checkpoints`` (in training
+    order, the last one is t_end) into ``out_dir``; the summary on rank 0, None elsewhere."""
+    opts = opts or TrajectoryOptions()
+    if not checkpoints:
+        raise ValueError("trajectory needs at least one checkpoint after the base")
+    if opts.k < 1 or opts.rank < opts.k:
+        raise ValueError(f"need 1 <= k <= sketch rank, got k={opts.k}, rank={opts.rank}")
+    out = Path(out_dir)
+    ctx = distributed.context(opts.device)
+    opened = []
+    try:
+        device = _device(opts.device)
+        out.mkdir(parents=True, exist_ok=True)
+        base = open_checkpoint(base_path)
+        opened.append(base)
+        ckpts = []
+        for c in checkpoints:
+            ckpts.append(open_checkpoint(c))
+            opened.append(ckpts[-1])
+        steps = [step_of(c, i + 1) for i, c in enumerate(checkpoints)]
+        names = [Path(c).name for c in checkpoints]
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise CheckpointError(
+                checkpoints[0], None, f"checkpoints must be given in training order, steps {steps}"
+            )
+        pairings = [pair_checkpoints(base, c) for c in ckpts]
+        matrices, notes = _matrices(pairings, base)
+        if not matrices:
+            raise CheckpointError(base.path, None, "no attention/MLP matrix common to all inputs")
+        identity_cache: dict[tuple[int, Path], str] = {}
+
+        def ident(ckpt, file) -> str:
+            key = (id(ckpt), Path(file))
+            if key not in identity_cache:
+                identity_cache[key] = ckpt.identity(Path(file)).key()
+            return identity_cache[key]
+
+        order = ",".join(f"{s}:{n}" for s, n in zip(steps, names, strict=True))
+        fp = f"{opts.fingerprint()}|{order}"
+        keys = {}
+        for mat in matrices:
+            ids = [ident(base, mat.pairs[0].base.info.file)]
+            ids += [ident(c, p.tuned.info.file) for c, p in zip(ckpts, mat.pairs, strict=True)]
+            keys[mat] = entry_key(mat.digest(), ids, fp)
+        mine = share_for_rank(matrices, ctx.rank, ctx.world)
+        journal = Journal(out, "trajectory", ctx.rank)
+        done = journal.load()
+        todo = [m for m in mine if keys[m] not in done]
+
+        def read(item):
+            mat, t = item
+            pair = mat.pairs[max(t, 0)]
+            ckpt, ref = (base, pair.base) if t < 0 else (ckpts[t], pair.tuned)
+            if mat.expert is None:
+                return read_bf16(ckpt, ref)
+            return read_bf16(ckpt, ref, mat.expert, mat.expert + 1)[0]
+
+        items = [(m, t) for m in todo for t in range(-1, len(ckpts))]
+        ok = False
+        try:
+            total = sum(m.nbytes for m in mine)
+            with ByteProgress("trajectory", total, quiet or not ctx.is_main) as bar:
+                bar.advance(sum(m.nbytes for m in mine if keys[m] in done))
+                with Prefetcher(items, read, depth=1) as queue:
+                    it = iter(queue)
+                    for mat in todo:
+                        bar.describe(mat.name)
+                        reads = ((t, w) for (_, t), w in (next(it) for _ in range(len(ckpts) + 1)))
+                        rows = _follow(mat, reads, steps, names, opts, device)
+                        journal.append(keys[mat], mat.name, rows, [])
+                        fault_point("trajectory")
+                        bar.advance(mat.nbytes)
+            ok = True
+        finally:
+            journal.close()
+            all_ok = ctx.all_ok(ok)
+        if not all_ok:
+            raise CheckpointError(None, None, "another rank failed; its error is above")
+        if not ctx.is_main:
+            return None
+        if say:
+            say("writing tables, plots and report")
+        entries = journal.load()
+        rows = []
+        for mat in matrices:
+            entry = entries.get(keys[mat])
+            if entry is None:
+                raise CheckpointError(out / "journal", mat.name, "matrix missing from the journal")
+            rows += entry["rows"]
+        for p in pairings:
+            notes += p.notes
+        inputs = {"base": _inputs(base), "checkpoints": [_inputs(c) for c in ckpts]}
+        return _write_outputs(out, rows, notes, opts, inputs, steps)
+    finally:
+        for c in opened:
+            c.close()
+        ctx.close()
+
+
+def _write_outputs(out, rows, notes, opts: TrajectoryOptions, inputs, steps) -> dict:
+    from paramgeom.report import aggregate, plots, render, tables
+
+    rules = {
+        "prefix": RULES["prefix"],
+        "dtype": RULES["dtype"],
+        "fp8": RULES["fp8"],
+        "matrices": "attention and MLP matrices (q, k, v, o, gate, up, down, experts)",
+        "k": opts.k,
+        "sketch_rank": opts.rank,
+        "lock_threshold": opts.lock_threshold,
+        "sketch": (
+            f"per matrix a streaming sketch of rank {opts.rank} (range 2r+1, core 2(2r+1)+1, "
+            f"seed {opts.seed}); stable rank = ||dW_t||_F^2 (exact) / s_1^2 (sketch); Hill "
+            "alpha over the sketch's singular values; Sim_K from its top-K right vectors"
+        ),
+        "lock": (
+            f"first step from which mean Sim_K(t, t_end) >= {opts.lock_threshold} and mean "
+            f"stable rank < K = {opts.k} hold at every later step"
+        ),
+    }
+    try:
+        tables.write_table(rows, TRAJECTORY_COLUMNS, out, "trajectory")
+        summary = aggregate.summarize_trajectory(rows, k=opts.k, lock_threshold=opts.lock_threshold)
+        summary.update(
+            {
+                "command": "trajectory",
+                "rules": rules,
+                "options": asdict(opts),
+                "inputs": inputs,
+                "steps_given": steps,
+                "notes": notes,
+            }
+        )
+        tables.write_json(summary, out / "summary.json")
+        written = plots.plot_trajectory(rows, summary, out)
+        render.write_trajectory_report(summary, out, written)
+    except OSError as exc:
+        raise CheckpointError(
+            out, None, f"cannot write the outputs ({exc.strerror or exc}); every computed "
+            "matrix is in the journal: rerun the same command to write them",
+        ) from None  # fmt: skip
+    return summary

@@ -1,0 +1,390 @@
+"""Per-tensor tables (Parquet + CSV) and JSON summaries, written atomically and reproducibly.
+
+DESIGN.md, "Checkpoints" (Outputs): a per-tensor table (Parquet and CSV) and a JSON summary.
+The columns come from :mod:`paramgeom.engine.schema` (``name -> (arrow type, description)``).
+
+Guarantees:
+
+- Rows are sorted by ``name`` (then ``step`` when the table has one; any remaining tie by the
+  row's cell text), so the files do not depend on the order in which ranks delivered rows.
+- Bytes are deterministic: same rows, any order, give byte-identical files (for a given pyarrow
+  version: Parquet's ``created_by`` field names the writer version; no timestamps are stored).
+- Writes are atomic: a temporary file in the destination folder is filled, flushed, fsynced and
+  renamed over the target with :func:`os.replace`, so a crash never leaves a half table.
+- The CSV round-trips exactly: floats are written with ``repr(float)`` (shortest exact form,
+  ``nan``/``inf``/``-inf``), None as an empty cell, and strings are always quoted so an empty
+  string (``""``) differs from a missing value (empty cell). :func:`read_csv` reads it back.
+
+pyarrow is imported only when a Parquet file is written or read (it is in the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_write",
+    "read_csv",
+    "read_table",
+    "sort_rows",
+    "write_json",
+    "write_table",
+]
+
+_TYPES = ("string", "int64", "float64")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success rename it over ``path`` atomically.
+
+    The temporary file lives in the same folder (same file system, so :func:`os.replace` is an
+    atomic rename), is named ``.<name>.<random>.tmp``, and is removed if the block raises. The
+    final file gets mode 0644 (temporary files are created 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Best effort: make the rename durable (POSIX); ignored where folders cannot be opened."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _atomic_path(path: Path, writer: Any) -> None:
+    """Like :func:`atomic_write` for writers that want a file name, not a file object."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+# --------------------------------------------------------------------------------------------
+# rows: validation, coercion, order
+# --------------------------------------------------------------------------------------------
+
+
+def _check_columns(columns: Mapping[str, tuple[str, str]]) -> None:
+    if not columns:
+        raise ValueError("a table needs at least one column")
+    for col, spec in columns.items():
+        if not isinstance(spec, tuple) or len(spec) != 2 or spec[0] not in _TYPES:
+            raise ValueError(
+                f"column {col!r}: type must be one of {_TYPES} given as (type, description), "
+                f"got {spec!r}"
+            )
+
+
+def _coerce(value: Any, kind: str, col: str, where: str) -> Any:
+    """One cell as a plain Python value of the column's type (None stays None)."""
+    if value is None:
+        return None
+    if kind == "string":
+        if isinstance(value, str):
+            return str(value)
+    elif kind == "int64":
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            v = int(value)
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                raise ValueError(f"{where}: column {col!r}: {v} does not fit in int64")
+            return v
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # float64
+        return float(value)
+    raise ValueError(f"{where}: column {col!r} ({kind}) cannot hold {value!r}")
+
+
+def _normalize(
+    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    _check_columns(columns)
+    out = []
+    for i, row in enumerate(rows):
+        where = f"row {i} (name {row.get('name')!r})"
+        extra = [k for k in row if k not in columns]
+        if extra:
+            raise ValueError(f"{where}: columns not in the table schema: {sorted(extra)}")
+        out.append({c: _coerce(row.get(c), kind, c, where) for c, (kind, _) in columns.items()})
+    return out
+
+
+def _cell(value: Any, kind: str) -> str:
+    """CSV text of one cell: repr-exact floats, quoted strings, empty for None."""
+    if value is None:
+        return ""
+    if kind == "float64":
+        return repr(float(value))  # 'nan', 'inf', '-inf' included; float(repr(x)) == x
+    if kind == "int64":
+        return str(int(value))
+    return '"' + value.replace('"', '""') + '"'
+
+
+def sort_rows(
+    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Rows in the tables' canonical order: ``name``, then ``step`` (when a column), then text.
+
+    None sorts before any value. The last key (every cell's CSV text) only breaks exact ties,
+    so the order is total and independent of the input order.
+    """
+    rows = _normalize(rows, columns)
+
+    def key(row: dict[str, Any]) -> tuple:
+        name = row.get("name")
+        parts: list[Any] = [(name is not None, name or "")]
+        if "step" in columns:
+            step = row.get("step")
+            parts.append((step is not None, step if step is not None else 0))
+        parts.append(tuple(_cell(row[c], kind) for c, (kind, _) in columns.items()))
+        return tuple(parts)
+
+    return sorted(rows, key=key)
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------
+
+
+def _arrow_schema(columns: Mapping[str, tuple[str, str]]) -> Any:
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    return pa.schema(
+        [
+            pa.field(c, types[kind], nullable=True, metadata={"description": desc})
+            for c, (kind, desc) in columns.items()
+        ]
+    )
+
+
+def write_table(
+    rows: list[dict], columns: dict[str, tuple[str, str]], out_dir: Path, stem: str
+) -> list[Path]:
+    """Write the per-tensor table as ``<stem>.parquet`` and ``<stem>.csv`` (DESIGN "Outputs").
+
+    ``columns`` is ``DIFF_COLUMNS`` or ``TRAJECTORY_COLUMNS`` from
+    :mod:`paramgeom.engine.schema` (``name -> (type, description)``, type one of ``string``,
+    ``int64``, ``float64``; every column nullable). A row missing a column gets null; a row
+    with a key that is not a column raises ``ValueError``, as does a value of the wrong type
+    (bools are not numbers here; ints are accepted in float columns).
+
+    Rows are sorted by ``name`` (then ``step``), the files are written atomically, and the
+    same rows in any order give byte-identical files. Returns ``[parquet_path, csv_path]``.
+    """
+    out_dir = Path(out_dir)
+    ordered = sort_rows(rows, columns)
+    return [
+        _write_parquet(ordered, columns, out_dir / f"{stem}.parquet"),
+        _write_csv(ordered, columns, out_dir / f"{stem}.csv"),
+    ]
+
+
+def _write_parquet(
+    rows: list[dict[str, Any]], columns: Mapping[str, tuple[str, str]], path: Path
+) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _arrow_schema(columns)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    codec = "zstd" if pa.Codec.is_available("zstd") else "snappy"
+    options: dict[str, Any] = {
+        # Everything that shapes the bytes is pinned, not left to library defaults.
+        "version": "2.6",
+        "compression": codec,
+        "use_dictionary": True,
+        "write_statistics": True,
+        "data_page_version": "1.0",
+        "row_group_size": 1 << 20,
+        "store_schema": True,
+        "write_page_index": False,
+        "write_page_checksum": False,
+    }
+    if codec == "zstd":
+        options["compression_level"] = 3
+    _atomic_path(path, lambda tmp: pq.write_table(table, tmp, **options))
+    return path
+
+
+def _write_csv(
+    rows: list[dict[str, Any]], columns: Mapping[str, tuple[str, str]], path: Path
+) -> Path:
+    kinds = [(c, kind) for c, (kind, _) in columns.items()]
+    with atomic_write(path, "w") as fh:
+        fh.write(",".join(_cell(c, "string") for c, _ in kinds) + "\n")
+        for row in rows:
+            fh.write(",".join(_cell(row[c], kind) for c, kind in kinds) + "\n")
+    return path
+
+
+def read_table(path: Path | str) -> list[dict]:
+    """Read a Parquet table written by :func:`write_table` back as a list of row dicts."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pylist()
+
+
+def _split_csv(text: str) -> list[list[tuple[str, bool]]]:
+    """Records of ``(text, was_quoted)`` cells; quoted cells may hold commas, quotes, newlines."""
+    records: list[list[tuple[str, bool]]] = []
+    i, n = 0, len(text)
+    while i < n:
+        cells: list[tuple[str, bool]] = []
+        while True:
+            if i < n and text[i] == '"':
+                j, buf = i + 1, []
+                while True:
+                    k = text.find('"', j)
+                    if k < 0:
+                        raise ValueError("unterminated quoted CSV field")
+                    buf.append(text[j:k])
+                    if k + 1 < n and text[k + 1] == '"':
+                        buf.append('"')
+                        j = k + 2
+                        continue
+                    i = k + 1
+                    break
+                cells.append(("".join(buf), True))
+            else:
+                j = i
+                while j < n and text[j] not in ",\r\n":
+                    j += 1
+                cells.append((text[i:j], False))
+                i = j
+            if i >= n:
+                break
+            if text[i] == ",":
+                i += 1
+                continue
+            if text.startswith("\r\n", i):
+                i += 2
+                break
+            if text[i] == "\n":
+                i += 1
+                break
+            raise ValueError(f"malformed CSV near offset {i}")
+        records.append(cells)
+    return records
+
+
+def read_csv(path: Path | str, columns: Mapping[str, tuple[str, str]]) -> list[dict]:
+    """Read a CSV written by :func:`write_table` back, typed by ``columns``.
+
+    Empty unquoted cells are None; quoted cells are strings; numbers are parsed exactly
+    (``float(repr(x)) == x``). The header must equal ``columns``' names in order.
+    """
+    _check_columns(columns)
+    with open(path, encoding="utf-8", newline="") as fh:  # keep '\r' inside quoted strings
+        records = _split_csv(fh.read())
+    if not records:
+        raise ValueError(f"{path}: empty CSV (no header)")
+    header = [text for text, _ in records[0]]
+    if header != list(columns):
+        raise ValueError(f"{path}: header {header} differs from the columns {list(columns)}")
+    kinds = [kind for kind, _ in columns.values()]
+    out = []
+    for r, rec in enumerate(records[1:], start=2):
+        if len(rec) != len(kinds):
+            raise ValueError(f"{path}: line {r} has {len(rec)} cells, expected {len(kinds)}")
+        row: dict[str, Any] = {}
+        for col, kind, (text, quoted) in zip(columns, kinds, rec, strict=True):
+            if not quoted and text == "":
+                row[col] = None
+            elif kind == "string":
+                row[col] = text
+            elif kind == "int64":
+                row[col] = int(text)
+            else:
+                row[col] = float(text)
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values: NaN/Inf -> None, numpy scalars -> Python, paths -> str, keys -> str."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [_jsonable(v) for v in obj]
+        if isinstance(obj, (set, frozenset)):
+            items.sort(key=lambda v: json.dumps(v, sort_keys=True))
+        return items
+    if hasattr(obj, "tolist"):  # numpy arrays and 0-d arrays
+        return _jsonable(obj.tolist())
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON: {obj!r}")
+
+
+def write_json(obj: Any, path: Path | str) -> Path:
+    """Write ``obj`` as JSON atomically: sorted keys, indent 2, trailing newline.
+
+    JSON has no NaN or Infinity: non-finite floats are written as ``null``. Numpy scalars and
+    arrays become plain numbers and lists, paths become strings, mapping keys become strings.
+    """
+    path = Path(path)
+    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False)
+    with atomic_write(path, "w") as fh:
+        fh.write(text + "\n")
+    return path
