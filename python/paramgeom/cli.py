@@ -212,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", help="checkpoints in training order")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--k", type=int, default=16, help="K of Sim_K and the lock rule (16)")
-    p.add_argument("--sketch-rank", type=int, default=None, help="sketch rank (default 2K)")
+    p.add_argument(
+        "--sketch-rank", type=int, default=None,
+        help="keep a rank-R streaming sketch per matrix (cheapest, least accurate) instead of "
+        "the default warm-started randomized range finder",
+    )  # fmt: skip
     p.add_argument("--lock-threshold", type=float, default=0.9, help="Sim_K lock level (0.9)")
     p.add_argument("--rel-tol", type=float, default=1e-3, help="eta of the bf16 rule")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -220,12 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.set_defaults(func=_cmd_trajectory)
 
-    try:
-        from paramgeom.checkpoints import synth
-    except ImportError:  # pragma: no cover - written alongside; remove once it lands
-        synth = None
-    if synth is not None:
-        synth.add_parser(sub)
+    from paramgeom.checkpoints import synth
+
+    synth.add_parser(sub)
     return parser
 
 

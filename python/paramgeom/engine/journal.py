@@ -88,8 +88,9 @@ class Journal:
         except OSError as exc:
             why = "out of space" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
             raise CheckpointError(
-                self.path, unit, f"cannot write the journal ({why}); finished units are kept"
-            ) from None
+                self.path, unit, f"cannot write the journal ({why}); finished units are kept: "
+                "rerun the same command to go on from them",
+            ) from None  # fmt: skip
 
     def close(self) -> None:
         if self._fh is not None:

@@ -32,16 +32,9 @@ def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None =
     if ref.scale is not None:
         scale = ckpt.read(ref.scale.name)
         try:
-            if raw.dim() == 2:
-                raw = dequantize_blocks(raw, scale, row_start=start)
-            elif raw.dim() == 3 and scale.dim() == 3:  # fused expert stack: a scale grid per expert
-                raw = torch.stack(
-                    [dequantize_blocks(raw[e], scale[start + e]) for e in range(raw.shape[0])]
-                ) if raw.shape[0] else raw.float()  # fmt: skip
-            else:
-                raise ValueError(
-                    f"cannot apply a {scale.dim()}-D block scale to a {raw.dim()}-D tensor"
-                )
+            # A 3-D fused expert stack has a scale grid per expert; rows are experts then.
+            scale = scale if raw.dim() == 2 else scale[start : start + raw.shape[0]]
+            raw = dequantize_blocks(raw, scale, row_start=start if raw.dim() == 2 else 0)
         except ValueError as exc:
             raise CheckpointError(info.file, info.name, str(exc)) from None
     elif raw.dtype in FP8_DTYPES:
