@@ -25,7 +25,8 @@ def _pair(tmp_path, n_layers=6, seed=0):
     base, tuned = {}, {}
     for layer in range(n_layers):
         for proj, shape in (("q_proj", (32, 32)), ("o_proj", (32, 32)), ("up_proj", (48, 32))):
-            name = f"model.layers.{layer}.{'mlp' if proj == 'up_proj' else 'self_attn'}.{proj}.weight"
+            block = "mlp" if proj == "up_proj" else "self_attn"
+            name = f"model.layers.{layer}.{block}.{proj}.weight"
             w = torch.randn(*shape, generator=g) * 0.02
             d = 1e-3 * torch.randn(shape[0], 2, generator=g) @ torch.randn(2, shape[1], generator=g)
             base[name] = w.bfloat16()

@@ -145,8 +145,9 @@ def _find(refs: dict[str, TensorRef], module: str) -> str | None:
 def pair_checkpoints(base, tuned) -> Pairing:
     """Pair ``base`` and ``tuned`` (:class:`~paramgeom.checkpoints.reader.Checkpoint`) by name.
 
-    Pairs come in the tuned checkpoint's shard order. Shape mismatches and a float tensor
-    facing a non-float one are :class:`CheckpointError` (before anything is computed).
+    Pairs come in the tuned checkpoint's shard order. A shape mismatch is a
+    :class:`CheckpointError` (before anything is computed); non-float tensors are skipped and
+    listed in the notes, so a float tensor facing a non-float one is listed as missing.
     """
     notes: list[str] = []
     b = _refs(base, "base", notes)

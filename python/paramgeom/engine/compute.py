@@ -75,6 +75,12 @@ def base_row(pair: PairedTensor, expert: int | None = None) -> dict[str, Any]:
     }
 
 
+def _nonfinite_note(row: dict) -> str:
+    return f"{row['name']}: {row['n_nonfinite']} NaN/Inf values (excluded from the figures" + (
+        "; no spectra)" if "x" in row["shape"] else ")"
+    )
+
+
 def _frac(count: int, n: int) -> float | None:
     return count / n if n else None
 
@@ -155,10 +161,10 @@ def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: Dif
     row = base_row(pair)
     st = _stats(w0, w1, opts)
     row.update(stats_fields(st))
+    if row["n_nonfinite"]:
+        return row, [_nonfinite_note(row)]
     if w0.dim() != 2 or not opts.spectra or min(w0.shape) == 0:
         return row, []
-    if row["n_nonfinite"]:
-        return row, [f"{pair.name}: {row['n_nonfinite']} NaN/Inf values: no spectra"]
     m, n = w0.shape
     p = min(m, n)
     k = min(opts.rank, p)
@@ -211,10 +217,10 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
     st = merge_stats(parts)
     row.update(stats_fields(st))
     notes = []
+    if row["n_nonfinite"]:
+        return row, [_nonfinite_note(row)]
     if not two_d or not opts.spectra:
         return row, notes
-    if row["n_nonfinite"]:
-        return row, [f"{pair.name}: {row['n_nonfinite']} NaN/Inf values: no spectra"]
     if not grams:
         return row, [
             f"{pair.name}: read in row blocks and has {n} > {opts.exact_threshold} columns: "
@@ -257,7 +263,7 @@ def expert_rows(
     finite = [i for i, r in enumerate(rows) if not r["n_nonfinite"]]
     for i in range(B):
         if rows[i]["n_nonfinite"]:
-            notes.append(f"{rows[i]['name']}: {rows[i]['n_nonfinite']} NaN/Inf values: no spectra")
+            notes.append(_nonfinite_note(rows[i]))
     if not finite:
         return rows, notes
     if p > opts.exact_threshold:  # too large to batch exactly: one matrix at a time

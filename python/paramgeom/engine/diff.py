@@ -139,6 +139,16 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def make_output_dir(out: Path) -> None:
+    """Create the output folder, or fail as bad input (exit 2) with one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            out, None, f"cannot create the output folder ({exc.strerror or exc})"
+        ) from None
+
+
 def _inputs(ckpt) -> dict[str, Any]:
     files = []
     for f in ckpt.files:
@@ -173,7 +183,7 @@ def run_diff(
     ctx = distributed.context(opts.device)
     try:
         device = _device(opts.device)
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out)
         with open_checkpoint(base_path) as base, open_checkpoint(tuned_path) as tuned:
             pairing = pair_checkpoints(base, tuned)
             _check_nonempty(pairing, base, tuned)

@@ -82,6 +82,7 @@ class Journal:
             if self._fh is None:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "ab")  # noqa: SIM115 - held open across units
+                self._end_cut_line()
             self._fh.write(line.encode())
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -91,6 +92,19 @@ class Journal:
                 self.path, unit, f"cannot write the journal ({why}); finished units are kept: "
                 "rerun the same command to go on from them",
             ) from None  # fmt: skip
+
+    def _end_cut_line(self) -> None:
+        """A line left unfinished by a kill or a full disk gets its newline now, so it
+        stays one unreadable line (skipped by :meth:`load`) instead of swallowing the next
+        entry."""
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(size - 1)
+            last = fh.read(1)
+        if last != b"\n":
+            self._fh.write(b"\n")
 
     def close(self) -> None:
         if self._fh is not None:

@@ -35,7 +35,7 @@ from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
-from paramgeom.engine.diff import _device, _inputs
+from paramgeom.engine.diff import _device, _inputs, make_output_dir
 from paramgeom.engine.journal import Journal, entry_key, fault_point
 from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
 from paramgeom.engine.plan import share_for_rank
@@ -211,7 +211,7 @@ def run_trajectory(
     opened = []
     try:
         device = _device(opts.device)
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out)
         base = open_checkpoint(base_path)
         opened.append(base)
         ckpts = []
