@@ -682,3 +682,47 @@ def test_close_and_context_manager(tmp_path):
     ck.close()  # idempotent
     with open_checkpoint(path) as ck2:
         assert "Checkpoint(" in repr(ck2)
+
+
+@pytest.mark.parametrize("reader", ["map", "pread"])
+def test_our_readers_equal_safe_open(tmp_path, reader):
+    """Per-tensor mappings, positioned reads and safetensors' safe_open read the same
+    validated byte ranges: whole tensors and row blocks bit-identical, every dtype."""
+    tensors = {
+        "a.bf16": torch.randn(7, 5).to(torch.bfloat16),
+        "b.f32": torch.randn(3, 4, 2),
+        "c.fp8": torch.randn(6, 8).to(torch.float8_e4m3fn),
+        "d.scalar": torch.tensor(2.5, dtype=torch.float16),
+        "e.empty": torch.zeros(0, 3),
+        "f.i64": torch.arange(5),
+    }
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with (
+        open_checkpoint(tmp_path, reader=reader) as p,
+        open_checkpoint(tmp_path, reader="safe_open") as m,
+    ):
+        for name, want in tensors.items():
+            a, b = p.read(name, copy=False), m.read(name)
+            assert torch.equal(
+                p.read(name).view(-1).view(torch.uint8), a.view(-1).view(torch.uint8)
+            )
+            assert a.dtype == b.dtype == want.dtype and a.shape == b.shape == want.shape
+            raw = want.reshape(-1).view(torch.uint8).tolist()
+            assert a.reshape(-1).view(torch.uint8).tolist() == raw
+            assert b.reshape(-1).view(torch.uint8).tolist() == raw
+            if want.dim() and want.shape[0] > 1:
+                r = p.read_rows(name, 1, want.shape[0], copy=False)
+                assert torch.equal(r.view(torch.uint8), want[1:].contiguous().view(torch.uint8))
+    with pytest.raises(ValueError, match="reader must be"):
+        open_checkpoint(tmp_path, reader="fast")
+
+
+def test_zero_copy_map_is_copy_on_write(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(1024, 16)}, str(path))
+    before = path.read_bytes()
+    with open_checkpoint(tmp_path, reader="map") as ck:
+        view = ck.read("w", copy=False)
+        view.add_(1.0)  # a private page copy: never the file, never a crash
+        assert torch.equal(ck.read("w", copy=False), torch.ones(1024, 16))
+    assert path.read_bytes() == before

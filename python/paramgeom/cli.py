@@ -110,6 +110,13 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     )
     summary = run_diff(args.base, args.tuned, args.out, opts, strict=args.strict, quiet=args.quiet)
     if summary is not None and not args.quiet:
+        run = summary.get("run", {})
+        secs, nbytes = run.get("seconds_streaming", 0.0), run.get("bytes_computed", 0)
+        _console(args).print(
+            f"streamed {nbytes / 1e9:.2f} GB in {secs:.2f} s"
+            + (f" ({nbytes / secs / 1e9:.2f} GB/s)" if secs > 0 and nbytes else "")
+            + f"; {run.get('units_from_journal', 0)} unit(s) reused from the journal"
+        )
         model = summary["model"]
         uf = model.get("unchanged_fraction")
         rc = model.get("relative_change")

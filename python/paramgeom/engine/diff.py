@@ -9,6 +9,7 @@ starts; rank 0 writes the tables, the summary, the plots and the report from the
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,9 @@ from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import DIFF_COLUMNS
 
 __all__ = ["run_diff", "Streamer"]
+
+# How far ahead of the compute the kernel is asked to read (page cache, not our memory).
+READAHEAD_BYTES = 1 << 30
 
 
 class Streamer:
@@ -58,8 +62,33 @@ class Streamer:
     def fits(self, unit: Unit) -> bool:
         return unit.kind == "experts" or unit.nbytes <= self.opts.chunk_bytes
 
+    def plan_readahead(self, units: list[Unit], budget: int) -> None:
+        """Units in the order they will be loaded; each load advises the kernel to start
+        reading the next ``budget`` bytes of them (deeper than the one-unit prefetch queue,
+        at no cost in resident memory: page cache only)."""
+        self._order = {u: i for i, u in enumerate(units)}
+        self._units = units
+        self._advised = -1
+        self._readahead = budget
+
+    def _advise_after(self, unit: Unit) -> None:
+        order = getattr(self, "_order", None)
+        if not order or unit not in order:
+            return
+        i, ahead = order[unit] + 1, 0
+        while i < len(self._units) and ahead < self._readahead:
+            nxt = self._units[i]
+            if i > self._advised:
+                for p in nxt.pairs:
+                    for ckpt, ref in ((self.base, p.base), (self.tuned, p.tuned)):
+                        ckpt.advise(ref.info.name)
+                self._advised = i
+            ahead += nxt.nbytes
+            i += 1
+
     def load(self, unit: Unit):
         """CPU bf16 tensors of a unit that fits the chunk budget (None: streamed later)."""
+        self._advise_after(unit)
         if not self.fits(unit):
             return None
         pairs = [(read_bf16(self.base, p.base), read_bf16(self.tuned, p.tuned)) for p in unit.pairs]
@@ -202,11 +231,13 @@ def run_diff(
             done = journal.load()
             todo = [u for u in mine if keys[u] not in done]
             ok = False
+            started = time.perf_counter()
             try:
                 with ByteProgress(
                     "diff", sum(u.nbytes for u in mine), quiet or not ctx.is_main
                 ) as bar:
                     bar.advance(sum(u.nbytes for u in mine if keys[u] in done))
+                    streamer.plan_readahead(todo, READAHEAD_BYTES)
                     with Prefetcher(todo, streamer.load, depth=1) as queue:
                         for unit, loaded in queue:
                             bar.describe(unit.name)
@@ -218,6 +249,7 @@ def run_diff(
                 ok = True
             finally:
                 journal.close()
+                streamed = time.perf_counter() - started
                 all_ok = ctx.all_ok(ok)
             if not all_ok:
                 raise CheckpointError(None, None, "another rank failed; its error is above")
@@ -234,6 +266,14 @@ def run_diff(
                 rows += entry["rows"]
                 notes += entry["notes"]
             summary = _write_outputs(out, rows, notes, pairing, opts, _inputs(base), _inputs(tuned))
+            # Not in the tables (they hold figures only); rank 0's own share when distributed.
+            summary["run"] = {
+                "ranks": ctx.world,
+                "units_computed": len(todo),
+                "units_from_journal": len(mine) - len(todo),
+                "bytes_computed": sum(u.nbytes for u in todo),
+                "seconds_streaming": streamed,
+            }
             return summary
     finally:
         ctx.close()

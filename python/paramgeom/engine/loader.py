@@ -25,10 +25,10 @@ def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None =
     """Rows ``[start, stop)`` (dim 0; all when None) of one side of a pair, as CPU bf16."""
     info = ref.info
     if start is None:
-        raw = ckpt.read(info.name)
+        raw = ckpt.read(info.name, copy=False)  # zero-copy where the reader can
         start = 0
     else:
-        raw = ckpt.read_rows(info.name, start, stop)
+        raw = ckpt.read_rows(info.name, start, stop, copy=False)
     if ref.scale is not None:
         scale = ckpt.read(ref.scale.name)
         try:
