@@ -27,4 +27,23 @@ for backend in cuda cupy triton torch; do
     --sizes 1e6 1e7 1e8 2e8 --dtypes bf16 fp32 --reps 20 --json "$out/diff_stats_$backend.json" \
     2>&1 | tee "$out/diff_stats_$backend.md" || status=1
 done
+echo "== paramgeom diff on a synthetic 2 GB pair: plain read vs --device cuda (stats only, full)"
+python -m paramgeom.cli synth "$out/pair" --size 2GB --shards 4 --quiet || status=1
+python - "$out/pair" <<'PY' 2>&1 | tee "$out/read.txt"
+import sys, time
+from paramgeom.checkpoints.reader import open_checkpoint
+t = time.perf_counter(); n = 0
+for side in ("base", "tuned"):
+    with open_checkpoint(f"{sys.argv[1]}/{side}") as c:
+        for name, info in c.tensors.items():
+            c.read(name); n += info.nbytes
+dt = time.perf_counter() - t
+print(f"plain read of every tensor: {dt:.2f} s, {n / dt / 1e9:.2f} GB/s")
+PY
+for args in "--no-spectra" "--no-angles" ""; do
+  rm -rf "$out/diff"
+  /usr/bin/time -f "wall %e s, peak RSS %M KB" python -m paramgeom.cli diff "$out/pair/base" \
+    "$out/pair/tuned" --out "$out/diff" --device cuda $args 2>&1 | grep -v "━" \
+    | tee -a "$out/diff.txt" || status=1
+done
 exit $status

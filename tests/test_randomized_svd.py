@@ -289,3 +289,21 @@ def test_bad_inputs():
         randomized_svd(w, w, 3, init=torch.zeros(7, 4))
     with pytest.raises(ValueError, match=">= 0"):
         randomized_svd(w, w, 3, power_iters=-1, exact_threshold=0)
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (17, 17)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_diff_svdvals_matches_numpy(shape, dtype):
+    from paramgeom.linalg import diff_svdvals
+
+    g = torch.Generator().manual_seed(7)
+    w0 = torch.randn(*shape, generator=g).to(dtype)
+    w1 = (w0.float() + 0.1 * torch.randn(*shape, generator=g)).to(dtype)
+    want = np.linalg.svd(w1.double().numpy() - w0.double().numpy(), compute_uv=False)
+    got = diff_svdvals(w0, w1)
+    assert got.dtype == torch.float64 and got.shape == (min(shape),)
+    # fp32 products of exactly formed differences; Gram eigenvalues: top values to ~1e-6.
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6 * want[0])
+    np.testing.assert_allclose(diff_svdvals(None, w1).numpy(),
+                               np.linalg.svd(w1.double().numpy(), compute_uv=False),
+                               rtol=1e-5, atol=1e-6 * want[0])  # fmt: skip

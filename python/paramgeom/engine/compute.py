@@ -169,9 +169,10 @@ def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: Dif
     p = min(m, n)
     k = min(opts.rank, p)
     exact = p <= opts.exact_threshold
-    _, s, _ = linalg.randomized_svd(
-        w0, w1, k=p if exact else k, seed=0, exact_threshold=opts.exact_threshold
-    )
+    if exact:
+        s = linalg.diff_svdvals(w0, w1)
+    else:
+        _, s, _ = linalg.randomized_svd(w0, w1, k=k, seed=0, exact_threshold=0)
     row.update(_rank_fields(s, st.sum_sq_delta, exact))
     if opts.angles:
         if exact:

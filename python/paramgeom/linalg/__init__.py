@@ -10,7 +10,7 @@ from paramgeom.linalg.batched import (
     batched_rotation,
     batched_svdvals,
 )
-from paramgeom.linalg.randomized_svd import randomized_svd
+from paramgeom.linalg.randomized_svd import diff_svdvals, randomized_svd
 from paramgeom.linalg.sketch import Sketch
 from paramgeom.linalg.subspaces import (
     PrincipalAngles,
@@ -26,6 +26,7 @@ __all__ = [
     "batched_principal_angles",
     "batched_rotation",
     "batched_svdvals",
+    "diff_svdvals",
     "PrincipalAngles",
     "Sketch",
     "SubspaceRotation",

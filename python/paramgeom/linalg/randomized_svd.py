@@ -131,6 +131,26 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
     return vecs, s, other.T.contiguous()
 
 
+def diff_svdvals(w0: torch.Tensor | None, w1: torch.Tensor) -> torch.Tensor:
+    """All ``min(m, n)`` singular values of ``dW = w1 - w0`` (``w0=None``: of ``w1``),
+    float64, descending: the exact path of :func:`randomized_svd` without the vectors.
+
+    DESIGN.md "Metrics", Update rank (stable and effective rank need the spectrum only).
+    Memory: the ``p x p`` float64 Gram of the smaller side (``gram_update``, streamed over
+    row blocks) and its eigenvalues, nothing of size ``m x n``. Accuracy as
+    :func:`randomized_svd`'s exact path: ``s_i`` to about ``eps (s_1 / s_i)^2`` relative.
+    """
+    if w0 is not None:
+        check_pair(w0, w1)
+    else:
+        check_matrix(w1, "w1")
+    m, n = w1.shape
+    g = _ops.gram(w0, w1, "right" if n <= m else "left")
+    check_finite(g, "the Gram matrix of w1 - w0")
+    evals = torch.linalg.eigvalsh(0.5 * (g + g.T))
+    return evals.flip(0).clamp_min(0.0).sqrt()
+
+
 def rayleigh_ritz(w0: torch.Tensor | None, w1: torch.Tensor, v: torch.Tensor):
     """One subspace-iteration step with Rayleigh-Ritz extraction (two fused products).
 
