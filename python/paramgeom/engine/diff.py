@@ -9,6 +9,7 @@ starts; rank 0 writes the tables, the summary, the plots and the report from the
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -41,6 +42,10 @@ class Streamer:
         self.base, self.tuned, self.opts, self.device = base, tuned, opts, device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._ids: dict[tuple[int, Path], str] = {}
+        self._units: list[Unit] = []
+        self._order: dict[Unit, int] = {}
+        self._advised = -1
+        self._readahead = 0
 
     # -- identities ------------------------------------------------------------------------
     def _identity(self, ckpt, file: Path) -> str:
@@ -72,10 +77,9 @@ class Streamer:
         self._readahead = budget
 
     def _advise_after(self, unit: Unit) -> None:
-        order = getattr(self, "_order", None)
-        if not order or unit not in order:
+        if unit not in self._order:
             return
-        i, ahead = order[unit] + 1, 0
+        i, ahead = self._order[unit] + 1, 0
         while i < len(self._units) and ahead < self._readahead:
             nxt = self._units[i]
             if i > self._advised:
@@ -158,8 +162,6 @@ def compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], li
 
 def _device(name: str) -> torch.device:
     if name == "cuda":
-        import os
-
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available here")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
