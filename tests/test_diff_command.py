@@ -236,3 +236,25 @@ def test_empty_and_zero_d_tensors(tmp_path):
     assert rows["model.scalar"]["numel"] == 1 and rows["model.scalar"]["unchanged_fraction"] == 1.0
     assert rows["model.empty"]["numel"] == 0 and rows["model.empty"]["unchanged_fraction"] is None
     assert json.loads((out / "summary.json").read_text())["model"]["unchanged_fraction"] == 1.0
+
+
+def test_masks_columns_equal_the_metric_on_the_same_weights(tmp_path):
+    from paramgeom import metrics
+
+    base, tuned = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    assert _run(["diff", tmp_path / "base", tmp_path / "tuned", "--out", out, "--quiet",
+                 "--masks", "--no-angles"]) == 0  # fmt: skip
+    rows = {r["name"]: r for r in read_table(out / "tensors.parquet")}
+    name = "model.layers.0.mlp.down_proj.weight"
+    w0, w1 = base[name].to(torch.bfloat16), tuned[name]
+    changed = ~(w0.double() - w1.double()).abs().le(
+        ETA * torch.maximum(w0.double().abs(), w1.double().abs())
+    )
+    want = metrics.principal_mask_overlap(w0, changed)
+    assert rows[name]["changed_in_principal"] == want.frac_changed_in_principal
+    assert rows[name]["changed_in_low_magnitude"] == want.frac_changed_in_low
+    assert 0 < rows[name]["changed_in_low_magnitude"] < 1
+    unchanged = rows["model.layers.0.self_attn.o_proj.weight"]
+    assert unchanged["changed_in_principal"] is None  # nothing changed: no fraction
+    assert "masks" in json.loads((out / "summary.json").read_text())["rules"]

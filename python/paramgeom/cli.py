@@ -107,6 +107,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         chunk_bytes=args.chunk_bytes,
         backend=args.backend,
         device=args.device,
+        masks=args.masks,
     )
     summary = run_diff(args.base, args.tuned, args.out, opts, strict=args.strict, quiet=args.quiet)
     if summary is not None and not args.quiet:
@@ -201,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact spectrum when min(m, n) <= this (default 4096)")  # fmt: skip
     p.add_argument("--chunk-bytes", type=parse_bytes, default=parse_bytes("1GiB"),
                    help="pairs larger than this are read in row blocks (default 1GiB)")  # fmt: skip
+    p.add_argument(
+        "--masks", action="store_true",
+        help="also where the changed entries fall: W0's principal mask (top half of its "
+        "rank-64 reconstruction) and low-magnitude mask (bottom half of |W0|); costs a "
+        "rank-64 SVD of W0 and two full-size masks per matrix",
+    )  # fmt: skip
     p.add_argument("--strict", action="store_true", help="missing/extra tensors are an error")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")

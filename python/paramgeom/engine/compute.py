@@ -46,6 +46,7 @@ class DiffOptions:
     chunk_bytes: int = 1 << 30
     backend: str = "auto"
     device: str = "cpu"
+    masks: bool = False
 
     def fingerprint(self) -> str:
         """Hash of every option that changes a figure (journal entries of other options are
@@ -156,6 +157,24 @@ def _drift(s0: torch.Tensor, s1: torch.Tensor) -> float | None:
     return d if math.isfinite(d) else None
 
 
+def changed_mask(w0: torch.Tensor, w1: torch.Tensor, eta: float) -> torch.Tensor:
+    """Entries that fail the paper's rule ``|w1 - w0| <= eta max(|w0|, |w1|)`` (non-finite
+    pairs count as changed), on bf16 inputs. For eta < 2^-8 the rule is equality of bf16
+    values (see :func:`paramgeom.diff_stats`), compared directly; else in float64."""
+    if eta < 2.0**-8:
+        return ~(w0 == w1)
+    a, b = w0.double(), w1.double()
+    return ~((b - a).abs() <= eta * torch.maximum(a.abs(), b.abs()))
+
+
+def _mask_fields(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[str, Any]:
+    """DESIGN.md "Metrics", principal / low-magnitude masks (r = 64, alpha = 0.5)."""
+    overlap = metrics.principal_mask_overlap(w0, changed_mask(w0, w1, opts.rel_tol))
+    clean = [None if math.isnan(v) else v for v in
+             (overlap.frac_changed_in_principal, overlap.frac_changed_in_low)]  # fmt: skip
+    return {"changed_in_principal": clean[0], "changed_in_low_magnitude": clean[1]}
+
+
 def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions):
     """Row of a 2-D (or any-D, statistics only) pair held whole in memory."""
     row = base_row(pair)
@@ -165,6 +184,8 @@ def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: Dif
         return row, [_nonfinite_note(row)]
     if w0.dim() != 2 or not opts.spectra or min(w0.shape) == 0:
         return row, []
+    if opts.masks:
+        row.update(_mask_fields(w0, w1, opts))
     m, n = w0.shape
     p = min(m, n)
     k = min(opts.rank, p)

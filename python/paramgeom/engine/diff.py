@@ -306,6 +306,12 @@ def _rules(opts: DiffOptions) -> dict[str, Any]:
             "spectral_drift": "||s(W1) - s(W0)|| / ||s(W0)|| over the top-K singular values",
         }
     )
+    if opts.masks:
+        rules["masks"] = (
+            "changed entries (failing the bf16 rule) against W0's principal mask (top half of "
+            "|rank-64 reconstruction|) and low-magnitude mask (bottom half of |W0|), per "
+            "matrix held whole (not for expert batches or row-streamed tensors)"
+        )
     return rules
 
 

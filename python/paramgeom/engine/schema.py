@@ -39,6 +39,16 @@ DIFF_COLUMNS: dict[str, tuple[str, str]] = {
     "angle_right_max": ("float64", "max principal angle of the top-K right subspaces, degrees"),
     "angle_right_mean": ("float64", "mean principal angle of the top-K right subspaces, degrees"),
     "spectrum": ("string", "how dW's spectrum was found: 'exact' or 'randomized' (2-D only)"),
+    "changed_in_principal": (
+        "float64",
+        "--masks: fraction of the changed entries inside W0's principal mask (top half of "
+        "|rank-64 reconstruction|; 0.5 if changes ignored it)",
+    ),
+    "changed_in_low_magnitude": (
+        "float64",
+        "--masks: fraction of the changed entries inside W0's low-magnitude mask (bottom half "
+        "of |W0|)",
+    ),
 }
 
 TRAJECTORY_COLUMNS: dict[str, tuple[str, str]] = {
