@@ -184,7 +184,9 @@ def _inputs(ckpt) -> dict[str, Any]:
     files = []
     for f in ckpt.files:
         ident = ckpt.identity(f)
-        files.append({"name": Path(f).name, "size": ident.size, "sha256": ident.header_sha256})
+        files.append(
+            {"name": Path(f).name, "size": ident.size, "header_sha256": ident.header_sha256}
+        )
     return {"path": str(ckpt.path), "files": files, "n_tensors": len(ckpt.tensors)}
 
 
