@@ -106,6 +106,10 @@ def build_parser(driver: str) -> argparse.ArgumentParser:
         help="bf16 autocast for forward passes (master weights stay fp32)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    g.add_argument("--monitor-every", type=int, default=0, metavar="N",
+                   help="geometry monitor every N steps into metrics.jsonl (unchanged "
+                   "fraction, ||dW||, stable rank, Sim_K, lock: paramgeom.GeometryMonitor); "
+                   "0: off")  # fmt: skip
 
     g = p.add_argument_group("models")
     g.add_argument("--model", default=None,
@@ -305,6 +309,8 @@ def _validate(args) -> None:
         raise DriverError(f"--is-clip must be > 0, got {args.is_clip}")
     if args.eval_every < 0 or args.warmup < 0:
         raise DriverError("--eval-every and --warmup must be >= 0")
+    if args.monitor_every < 0:
+        raise DriverError(f"--monitor-every must be >= 0, got {args.monitor_every}")
     uses_rlvr = hasattr(args, "samples") and getattr(args, "mix_rlvr", 0.0) < 1.0
     if uses_rlvr and args.samples < 2:
         raise DriverError("RLVR advantages need --samples >= 2 (the GRPO group)")
@@ -467,13 +473,25 @@ def _run(driver: str, args) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, save_steps=save_steps,
         eval_every=args.eval_every, seed=args.seed, autocast_bf16=args.bf16_autocast,
     )  # fmt: skip
+    monitor = None
+    if args.monitor_every:
+        from paramgeom.monitor import GeometryMonitor
+
+        # Reference = the starting weights (checkpoint-0); records land in metrics.jsonl.
+        monitor = GeometryMonitor(student, every=args.monitor_every, total_steps=args.steps,
+                                  on_lock="log")  # fmt: skip
+        info["monitor"] = {"every": args.monitor_every, "k": monitor.config.k,
+                           "matrices": len(monitor.names),
+                           "reference_bytes": monitor.reference_bytes}  # fmt: skip
     info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     loop.write_json(out / "run.json", info)
     say(f"{driver}: {args.steps} steps into {out}")
     result = loop.train(
         student, objective, cfg, task=task, codec=codec, out=out, projector=projector,
-        log=say, checkpoint_extra={"driver": driver, "seed": args.seed},
+        log=say, checkpoint_extra={"driver": driver, "seed": args.seed}, monitor=monitor,
     )  # fmt: skip
+    if monitor is not None:
+        info["monitor"].update(lock_step=monitor.lock_step, monitor_s=round(monitor.total_s, 3))
     info.update(
         status="done",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -29,6 +29,7 @@ from paramgeom.drivers.models import save_model
 from paramgeom.drivers.rollout import sample
 from paramgeom.drivers.steps import StepContext
 from paramgeom.drivers.task import ArithmeticTask, Codec, Problem, rewards
+from paramgeom.monitor import log_items
 
 __all__ = [
     "LoopConfig",
@@ -159,6 +160,7 @@ def train(
     projector=None,
     log: Callable[[str], None] | None = None,
     checkpoint_extra: dict | None = None,
+    monitor=None,
 ) -> TrainResult:
     """Train ``model`` in place with ``objective`` for ``cfg.steps`` AdamW steps.
 
@@ -166,7 +168,9 @@ def train(
     (the functional-sufficiency projection, :mod:`paramgeom.drivers.projection`); clip the
     global gradient norm to ``cfg.grad_clip``; AdamW step; ``projector.after_step()``.
     With ``out`` set, writes ``checkpoint-0`` before the first step, ``checkpoint-<s>`` for
-    ``s`` in ``cfg.save_steps``, and ``metrics.jsonl``.
+    ``s`` in ``cfg.save_steps``, and ``metrics.jsonl``. With a ``monitor``
+    (:class:`paramgeom.GeometryMonitor`), ``monitor.step(step)`` runs after each optimiser
+    step (outside ``step_s``) and its figures join that step's record as ``geometry/*``.
     """
     device = next(model.parameters()).device
     seed_everything(cfg.seed)
@@ -231,6 +235,10 @@ def train(
             result.steps_done = step
             rec = {"step": step, "loss": float(loss.detach()), **stats, "lr": lr_now,
                    "grad_norm": float(gnorm), "step_s": round(dt, 4)}  # fmt: skip
+            if monitor is not None:
+                mrec = monitor.step(step)
+                if mrec is not None:
+                    rec.update(log_items(mrec))
             last = step == cfg.steps
             is_eval = last or (cfg.eval_every and step % cfg.eval_every == 0)
             if is_eval:
@@ -242,7 +250,7 @@ def train(
                 is_eval
                 and cfg.stop_accuracy is not None
                 and rec["eval_accuracy"] >= cfg.stop_accuracy
-            )
+            ) or (monitor is not None and monitor.should_stop)
             if step in cfg.save_steps or stop:
                 save(step)
             if stop:

@@ -6,7 +6,8 @@ Analysis" (arXiv 2606.07082) with one kernel source per op and five backends
 
 Kernels (DESIGN.md, kernel contracts 1-3): :func:`diff_stats`, :func:`gram_update`,
 :func:`diff_matmul`. Linear algebra on implicit differences (contracts 4-5):
-:mod:`paramgeom.linalg`. The paper's metrics: :mod:`paramgeom.metrics`.
+:mod:`paramgeom.linalg`. The paper's metrics: :mod:`paramgeom.metrics`. The training
+monitor: :class:`GeometryMonitor` (:mod:`paramgeom.monitor`, imported on first use).
 """
 
 from paramgeom import linalg, metrics
@@ -19,6 +20,7 @@ from paramgeom.results import DiffStats
 __all__ = [
     "BackendInfo",
     "DiffStats",
+    "GeometryMonitor",
     "backends",
     "diff_matmul",
     "diff_stats",
@@ -27,3 +29,12 @@ __all__ = [
     "metrics",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The training monitor is imported on first use, so ``import paramgeom`` stays light.
+    if name == "GeometryMonitor":
+        from paramgeom.monitor import GeometryMonitor
+
+        return GeometryMonitor
+    raise AttributeError(f"module 'paramgeom' has no attribute {name!r}")

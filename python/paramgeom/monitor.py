@@ -1,0 +1,601 @@
+"""``GeometryMonitor``: the paper's update geometry measured inside a training loop.
+
+DESIGN.md "Monitor": every ``every`` steps the monitor compares each watched weight matrix
+``W_t`` with a reference snapshot ``W_0`` and records, with paramgeom's kernels,
+
+* the **unchanged fraction** (DESIGN.md "Metrics"; arXiv 2606.07082): both weights as bf16,
+  an entry is unchanged when ``|w_t - w_0| <= eta * max(|w_0|, |w_t|)``, ``eta = 1e-3``;
+  parameter-count weighted over matrices (:func:`paramgeom.diff_stats`);
+* ``||dW_t||_F`` of ``dW_t = bf16(W_t) - bf16(W_0)`` (the same pass, float64 sum);
+* the **stable rank** ``srank(dW_t) = ||dW_t||_F^2 / ||dW_t||_2^2`` (Update rank), with
+  ``||dW_t||_2 = s_1`` from :func:`paramgeom.linalg.randomized_svd` on the implicit difference
+  (``dW`` is never materialised; exact Gram path for ``min(m, n) <= exact_threshold``) and
+  the numerator the exact sum of the diff pass;
+* **Sim_K** ``= (1/K) ||V_K(t_prev)^T V_K(t)||_F^2`` (Trajectory; paper K = 16) between the
+  top-K right singular vectors of this record's ``dW`` and the previous record's;
+* the **lock state** (Subspace locking, below) and the over-locking **guardrail**.
+
+Locking online. DESIGN.md defines the lock step against the end of training: the first
+step from which ``Sim_K(t, t_end)`` stays above ``lock_threshold`` and ``srank(dW_t)`` stays
+below ``K``. ``t_end`` is unknown while training, so the monitor uses consecutive records:
+record ``i`` *holds* when ``Sim_K(t_{i-1}, t_i) >= lock_threshold`` and the model-level
+stable rank is below ``K`` at both ``t_{i-1}`` and ``t_i``. When ``lock_window`` (default 3)
+consecutive records hold, the lock is detected; the lock step is ``t_{i0-1}``, the earlier
+record of the first holding pair (the step from which the subspace stayed put). On a run
+that locks and stays locked this equals DESIGN's step; detection comes ``lock_window``
+records later (at ``every=100``, 300 steps). Three records is the smallest window at which
+one chance high-similarity pair (e.g. a plateau of tiny updates) does not fire the action;
+a longer window delays it. Consecutive similarities can drift where ``Sim_K(t, t_end)``
+would not, so the offline trajectory (``paramgeom trajectory``) stays the reference figure.
+Model-level figures are means over matrices: stable rank over matrices whose ``dW`` is
+nonzero (0.0 when none changed), Sim_K over matrices where it is defined.
+
+Over-locking guardrail (PROVISIONAL defaults). The monitor flags over-locking when the
+model-level stable rank falls below ``overlock_rank`` (default 2.0) at a record before
+``overlock_fraction`` (default 0.05) of ``total_steps``. No runs of ours have measured
+the healthy range yet (one 200-step OPD run of the drivers' ``tiny`` model, lr 3e-6,
+width 128, read every 10 steps: mean stable rank 9.3 at 5% of training, 3.5 at 25%, 2.6 at
+the end; consecutive Sim_16 rising from 0.36 to 0.85; no lock, no flag), so the defaults
+are chosen to fire rarely: the paper's OPD locks to stable rank < 16 within the first ~10%
+of training and that is the healthy case, so the flag asks for a collapse to nearly one
+direction (srank < 2, a rank-one-like update) in half that time. Replace them with
+figures from our own runs (several seeds, methods and widths) once they exist. Without
+``total_steps`` (and outside the HF callback, which reads ``max_steps``) the guardrail is
+off and records carry ``over_locking = None``.
+
+On lock (fires once, at detection): a callable ``on_lock(monitor, record)``, or
+
+* ``"log"``: a warning on the ``paramgeom.monitor`` logger;
+* ``"stop"``: sets ``monitor.should_stop`` (the HF callback and the drivers' loop stop);
+* ``"project"``: gradient hooks ``g <- (g V) V^T`` on every watched matrix, ``V`` its
+  locked top-K right singular vectors (the functional-sufficiency projection of DESIGN.md;
+  AdamW rescales coordinates, so the *update* is not exactly in the subspace);
+* ``"perturb"``: adds ``N = c G (I - V V^T)`` to each watched matrix once, ``G`` standard
+  Gaussian, ``c`` such that ``||N||_F = perturb_scale * ||dW_t||_F`` (default 0.1, a tenth of
+  that matrix's update so far): noise in the complement of the locked subspace, scaled to
+  the update, not to the weight.
+
+Memory: the reference costs 2 bytes per watched parameter (bf16) on ``reference_device``
+(default: each weight's own device; ``"cpu"`` keeps it on the host, pinned when CUDA is
+present, and copies one matrix at a time to the weight's device at each record). Per matrix
+the previous record's ``V`` costs ``8 n K`` bytes (float64), and a record allocates
+transiently one bf16 copy of the current matrix and the SVD's ``(m + n) (K + p)`` float64
+bases. Not supported: sharded parameters (FSDP / ZeRO-3 placeholders), 3-D expert stacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from paramgeom.api.diff_stats import diff_stats
+from paramgeom.linalg import randomized_svd
+from paramgeom.metrics import sim_k
+
+__all__ = [
+    "LOCK_ACTIONS",
+    "OVERLOCK_FRACTION",
+    "OVERLOCK_RANK",
+    "GeometryMonitor",
+    "MonitorConfig",
+    "default_modules",
+    "log_items",
+]
+
+logger = logging.getLogger("paramgeom.monitor")
+
+LOCK_ACTIONS = ("log", "stop", "project", "perturb")
+# Provisional guardrail defaults (module docstring): no runs of ours justify them yet.
+OVERLOCK_RANK = 2.0
+OVERLOCK_FRACTION = 0.05
+
+LOG_KEYS = ("unchanged_fraction", "dw_fro", "rel_update", "stable_rank", "sim_k", "locked",
+            "lock_step", "over_locking", "monitor_s")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Options of :class:`GeometryMonitor` (see its docstring), checked on creation."""
+
+    every: int = 100
+    k: int = 16
+    lock_threshold: float = 0.9
+    lock_window: int = 3
+    overlock_rank: float = OVERLOCK_RANK
+    overlock_fraction: float = OVERLOCK_FRACTION
+    rel_tol: float = 1e-3
+    oversample: int = 10
+    power_iters: int = 2
+    exact_threshold: int = 64
+    perturb_scale: float = 0.1
+    seed: int = 0
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("every", "k", "lock_window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not 0.0 < self.lock_threshold <= 1.0:
+            raise ValueError(f"lock_threshold must be in (0, 1], got {self.lock_threshold}")
+        if not 0.0 <= self.overlock_fraction <= 1.0:
+            raise ValueError(f"overlock_fraction must be in [0, 1], got {self.overlock_fraction}")
+        if not self.overlock_rank >= 0.0:
+            raise ValueError(f"overlock_rank must be >= 0, got {self.overlock_rank}")
+        if not (math.isfinite(self.rel_tol) and self.rel_tol >= 0.0):
+            raise ValueError(f"rel_tol must be finite and >= 0, got {self.rel_tol}")
+        if self.oversample < 0 or self.power_iters < 0 or self.exact_threshold < 0:
+            raise ValueError("oversample, power_iters and exact_threshold must be >= 0")
+        if not (math.isfinite(self.perturb_scale) and self.perturb_scale >= 0.0):
+            raise ValueError(f"perturb_scale must be finite and >= 0, got {self.perturb_scale}")
+
+
+@dataclass
+class _Watched:
+    """One monitored matrix: its parameter, bf16 reference and the previous record's V."""
+
+    name: str
+    param: torch.nn.Parameter
+    ref: torch.Tensor
+    prev_v: torch.Tensor | None = None
+    last_v: torch.Tensor | None = None
+    last_fro: float = 0.0
+    hooks: list = field(default_factory=list)
+
+
+def default_modules(name: str, module: torch.nn.Module) -> bool:
+    """The default selection: every ``nn.Linear`` except the output head and embeddings
+    (DESIGN.md "Trajectory": the attention and MLP matrices)."""
+    lowered = name.lower()
+    return isinstance(module, torch.nn.Linear) and not ("lm_head" in lowered or "embed" in lowered)
+
+
+def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(parameter name, parameter)`` of the watched 2-D weights, tied duplicates once."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    chosen: list[tuple[str, torch.nn.Parameter]] = []
+    if modules is None or callable(modules):
+        pred = default_modules if modules is None else modules
+        head = None
+        if modules is None and hasattr(model, "get_output_embeddings"):
+            head = model.get_output_embeddings()
+        for mod_name, mod in model.named_modules():
+            w = getattr(mod, "weight", None)
+            if mod is head or not isinstance(w, torch.nn.Parameter) or not pred(mod_name, mod):
+                continue
+            chosen.append((f"{mod_name}.weight" if mod_name else "weight", w))
+    else:
+        if isinstance(modules, str):
+            raise TypeError("modules must be a list of names or a predicate, not one string")
+        mods = dict(model.named_modules())
+        for name in modules:
+            if name in params:
+                chosen.append((name, params[name]))
+            elif name in mods and isinstance(getattr(mods[name], "weight", None), torch.Tensor):
+                chosen.append((f"{name}.weight" if name else "weight", mods[name].weight))
+            else:
+                raise ValueError(f"modules: {name!r} is neither a parameter nor a module with a "
+                                 "weight in this model")  # fmt: skip
+    seen: set[int] = set()
+    out = []
+    for name, p in chosen:
+        if id(p) in seen:
+            continue  # tied weights: one matrix, reported once
+        seen.add(id(p))
+        if p.dim() != 2 or p.numel() == 0:
+            raise ValueError(
+                f"{name}: the monitor watches non-empty 2-D weights, got shape "
+                f"{tuple(p.shape)} (sharded or 3-D weights are not supported)"
+            )
+        out.append((name, p))
+    if not out:
+        raise ValueError("no weight matrices selected: pass modules= (names or a predicate)")
+    return out
+
+
+def _reference_map(reference) -> Mapping[str, torch.Tensor] | None:
+    if reference is None or isinstance(reference, Mapping):
+        return reference
+    if isinstance(reference, torch.nn.Module):
+        return dict(reference.named_parameters(remove_duplicate=False))
+    raise TypeError(f"reference must be None, a state dict or a module, "
+                    f"got {type(reference).__name__}")  # fmt: skip
+
+
+def _reference_tensor(reference: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in reference:
+        raise KeyError(f"reference has no tensor {name!r}")
+    t = reference[name]
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"reference[{name!r}] is not a tensor")
+    return t
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def log_items(record: Mapping[str, Any], prefix: str = "geometry/") -> dict[str, float]:
+    """The scalar figures of a model-level record as ``{prefix + key: number}`` for loggers
+    (TensorBoard takes numbers only: booleans become 0/1, undefined values are left out)."""
+    out: dict[str, float] = {}
+    for key in LOG_KEYS:
+        v = record.get(key)
+        if v is None:
+            continue
+        out[prefix + key] = float(v) if isinstance(v, bool) else v
+    return out
+
+
+class GeometryMonitor:
+    """Unchanged fraction, ``||dW||_F``, stable rank, Sim_K and subspace locking every
+    ``every`` steps of a training run (DESIGN.md "Monitor"; definitions in the module
+    docstring and DESIGN.md "Metrics", arXiv 2606.07082).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained; its watched parameters are read in place at each record.
+    reference : None, Mapping[str, Tensor] or nn.Module
+        ``W_0``. None snapshots ``model`` now; a state dict or module is looked up by
+        parameter name. Stored as bf16 (2 bytes per watched parameter).
+    every : int
+        Record when ``step % every == 0`` (default 100).
+    k : int
+        K of Sim_K and of the lock rule's ``srank < K`` (paper: 16). Matrices narrower than
+        ``k`` use ``min(m, n)``; the rule means something only for widths much above K.
+    lock_threshold : float
+        Sim_K threshold of the lock rule (DESIGN.md default 0.9).
+    on_lock : None, callable or one of ``"log"``, ``"stop"``, ``"project"``, ``"perturb"``
+        Action at lock detection (once); see the module docstring.
+    modules : None, list of str or callable
+        Watched weights: None is every ``nn.Linear`` except the output head and embeddings;
+        a list names modules (their ``.weight``) or parameters; a callable
+        ``(module_name, module) -> bool`` selects modules that have a 2-D ``weight``.
+    lock_window : int
+        Consecutive holding records that detect a lock (default 3).
+    total_steps : int, optional
+        Length of training, for the lock's and the guardrail's fraction of training.
+    overlock_rank, overlock_fraction : float
+        The provisional guardrail: flag when the stable rank is below ``overlock_rank``
+        before ``overlock_fraction`` of ``total_steps`` (2.0 and 0.05).
+    reference_device : None, str or torch.device
+        Where the bf16 reference lives (None: beside each weight; ``"cpu"``: on the host).
+    rel_tol : float
+        eta of the unchanged rule (paper: 1e-3).
+    oversample, power_iters, exact_threshold, seed
+        :func:`paramgeom.linalg.randomized_svd` settings (10, 2, 64, 0); the test matrix is
+        drawn from ``seed`` at every record, so records are deterministic. The exact Gram
+        path costs ``m n min(m, n)`` against the range finder's ``~12 m n (K + p)``: on CPU
+        the range finder is already 2x faster at 128 x 128 and 5x at 256 x 256, hence the
+        low default (pass a larger value to trade time for the exact spectrum).
+    perturb_scale : float
+        ``"perturb"`` noise norm as a fraction of each matrix's ``||dW_t||_F`` (0.1).
+    backend : str
+        :func:`paramgeom.diff_stats` backend (``"auto"``).
+
+    Attributes
+    ----------
+    records : list of dict
+        One model-level dict per record: ``step``, ``fraction`` (of ``total_steps``),
+        ``unchanged_fraction``, ``dw_fro`` (over all watched matrices), ``rel_update``
+        (``||dW||_F / ||W_0||_F``), ``stable_rank`` and ``sim_k`` (means over matrices),
+        ``lock_run`` (consecutive holding records), ``locked``, ``lock_step``,
+        ``over_locking``, ``n_matrices``, ``monitor_s`` (seconds the record took).
+    matrix_records : list of dict
+        Per matrix and record: ``step``, ``name``, ``rows``, ``cols``, ``k``,
+        ``unchanged_fraction``, ``dw_fro``, ``s1``, ``stable_rank``, ``sim_k``,
+        ``nonfinite``.
+    lock_step, lock_detected_step : int or None
+        The first lock's step (DESIGN's lock step, online) and the record that detected it.
+    over_locking_step : int or None
+        The first record the guardrail flagged (it also warns once, ``RuntimeWarning``).
+    subspaces : dict of str to Tensor
+        Each matrix's top-K right singular vectors at the last record.
+    reference_bytes : int
+        Memory of the reference (2 bytes per watched parameter).
+    should_stop : bool
+        Set by ``on_lock="stop"``.
+    total_s : float
+        Seconds spent in records so far (the monitor's whole cost: ``step`` between
+        records is a modulo).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        reference=None,
+        every: int = 100,
+        k: int = 16,
+        lock_threshold: float = 0.9,
+        on_lock: str | Callable | None = None,
+        modules: Iterable[str] | Callable[[str, torch.nn.Module], bool] | None = None,
+        *,
+        lock_window: int = 3,
+        total_steps: int | None = None,
+        overlock_rank: float = OVERLOCK_RANK,
+        overlock_fraction: float = OVERLOCK_FRACTION,
+        reference_device: str | torch.device | None = None,
+        rel_tol: float = 1e-3,
+        oversample: int = 10,
+        power_iters: int = 2,
+        exact_threshold: int = 64,
+        perturb_scale: float = 0.1,
+        seed: int = 0,
+        backend: str = "auto",
+    ) -> None:
+        self.config = MonitorConfig(
+            every=every, k=k, lock_threshold=lock_threshold, lock_window=lock_window,
+            overlock_rank=overlock_rank, overlock_fraction=overlock_fraction, rel_tol=rel_tol,
+            oversample=oversample, power_iters=power_iters, exact_threshold=exact_threshold,
+            perturb_scale=perturb_scale, seed=seed, backend=backend,
+        )  # fmt: skip
+        if not (on_lock is None or callable(on_lock) or on_lock in LOCK_ACTIONS):
+            raise ValueError(f"on_lock must be None, a callable or one of {LOCK_ACTIONS}, "
+                             f"got {on_lock!r}")  # fmt: skip
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"total_steps must be None or an int >= 1, got {total_steps!r}")
+        self.model = model
+        self.on_lock = on_lock
+        self.total_steps = total_steps
+        self._watched: list[_Watched] = []
+        pin = reference_device is not None and torch.cuda.is_available()
+        reference = _reference_map(reference)
+        with torch.no_grad():
+            for name, p in _select(model, modules):
+                src = p if reference is None else _reference_tensor(reference, name)
+                if tuple(src.shape) != tuple(p.shape):
+                    raise ValueError(f"reference {name}: shape {tuple(src.shape)} differs from "
+                                     f"the model's {tuple(p.shape)}")  # fmt: skip
+                dev = p.device if reference_device is None else torch.device(reference_device)
+                # clone: a bf16 parameter's .to(bf16) would alias the live weights
+                ref = src.detach().to(device=dev, dtype=torch.bfloat16, copy=True)
+                if pin and ref.device.type == "cpu":
+                    ref = ref.pin_memory()  # lets the per-record copy to the GPU overlap
+                self._watched.append(_Watched(name, p, ref))
+        self.records: list[dict[str, Any]] = []
+        self.matrix_records: list[dict[str, Any]] = []
+        self.lock_step: int | None = None
+        self.lock_detected_step: int | None = None
+        self.over_locking_step: int | None = None
+        self.should_stop = False
+        self.total_s = 0.0
+        self._run = 0
+        self._run_start: int | None = None
+        self._prev_step: int | None = None
+        self._prev_srank: float | None = None
+
+    # -- introspection ------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names of the watched matrices, in model order."""
+        return [w.name for w in self._watched]
+
+    @property
+    def reference_bytes(self) -> int:
+        """Bytes held by the bf16 reference: 2 per watched parameter."""
+        return sum(w.ref.numel() * w.ref.element_size() for w in self._watched)
+
+    @property
+    def subspaces(self) -> dict[str, torch.Tensor]:
+        """The top-K right singular vectors ``V`` (``(n, K)`` float64, orthonormal columns) of
+        each watched matrix's ``dW`` at the last record (the locked subspace after a lock);
+        matrices whose ``dW`` was zero or non-finite are absent."""
+        return {w.name: w.prev_v for w in self._watched if w.prev_v is not None}
+
+    @property
+    def history(self):
+        """The model-level records as a ``pandas.DataFrame`` (a ``pyarrow.Table`` when
+        pandas is missing)."""
+        return _table(self.records)
+
+    @property
+    def matrix_history(self):
+        """The per-matrix records as a ``pandas.DataFrame`` (or ``pyarrow.Table``)."""
+        return _table(self.matrix_records)
+
+    # -- recording ----------------------------------------------------------------------
+
+    def step(self, step: int, force: bool = False) -> dict[str, Any] | None:
+        """Record at ``step`` when ``step % every == 0`` (or ``force``); return the
+        model-level record, or None when nothing was recorded. A step already recorded is
+        not recorded twice."""
+        if step == self._prev_step or not (force or step % self.config.every == 0):
+            return None
+        return self.record(step)
+
+    @torch.no_grad()
+    def record(self, step: int) -> dict[str, Any]:
+        """Measure every watched matrix now and append one model-level record."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        unchanged = numel = 0
+        sq = sq0 = 0.0
+        sranks: list[float] = []
+        sims: list[float] = []
+        for w in self._watched:
+            row = self._measure(w, step)
+            unchanged += row.pop("_unchanged")
+            numel += row.pop("_numel")
+            sq0 += row.pop("_sq0")
+            sq += row["dw_fro"] ** 2
+            if row["dw_fro"] > 0 and math.isfinite(row["stable_rank"]):
+                sranks.append(row["stable_rank"])
+            if row["sim_k"] is not None:
+                sims.append(row["sim_k"])
+            self.matrix_records.append(row)
+        srank = _mean(sranks) if sranks else 0.0
+        sim = _mean(sims)
+        changed = bool(sranks)
+        # Lock rule (module docstring): the pair (previous record, this record) holds.
+        holds = (
+            sim is not None
+            and sim >= cfg.lock_threshold
+            and changed
+            and srank < cfg.k
+            and self._prev_srank is not None
+            and 0.0 < self._prev_srank < cfg.k
+        )
+        if holds:
+            if self._run == 0:
+                self._run_start = self._prev_step
+            self._run += 1
+        else:
+            self._run = 0
+        locked = self._run >= cfg.lock_window
+        fire = locked and self.lock_step is None
+        if fire:
+            self.lock_step, self.lock_detected_step = self._run_start, step
+        frac = step / self.total_steps if self.total_steps else None
+        over = None
+        if frac is not None:
+            over = changed and srank < cfg.overlock_rank and frac < cfg.overlock_fraction
+        rec: dict[str, Any] = {
+            "step": step,
+            "fraction": frac,
+            "unchanged_fraction": unchanged / numel,
+            "dw_fro": math.sqrt(sq),
+            "rel_update": math.sqrt(sq / sq0) if sq0 > 0 else math.nan,
+            "stable_rank": srank,
+            "sim_k": sim,
+            "lock_run": self._run,
+            "locked": locked,
+            "lock_step": self.lock_step,
+            "over_locking": over,
+            "n_matrices": len(self._watched),
+        }
+        self._prev_step, self._prev_srank = step, srank
+        for w in self._watched:
+            w.prev_v = w.last_v
+        if over and self.over_locking_step is None:
+            self.over_locking_step = step
+            msg = (f"paramgeom monitor: possible over-locking at step {step}: mean stable rank "
+                   f"{srank:.3g} < {cfg.overlock_rank} before {cfg.overlock_fraction:.0%} of "
+                   "training (provisional guardrail)")  # fmt: skip
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        rec["monitor_s"] = time.perf_counter() - t0
+        self.total_s += rec["monitor_s"]
+        self.records.append(rec)
+        if fire:
+            self._fire(rec)
+        return rec
+
+    def _measure(self, w: _Watched, step: int) -> dict[str, Any]:
+        cfg = self.config
+        p = w.param.detach()
+        ref = w.ref if w.ref.device == p.device else w.ref.to(p.device, non_blocking=True)
+        # The paper's rule compares bf16 values: cast the (fp32 master) weights like the ref.
+        cur = p.to(torch.bfloat16)
+        st = diff_stats(ref, cur, rel_tols=(cfg.rel_tol,), backend=cfg.backend)
+        m, n = p.shape
+        kk = min(cfg.k, m, n)
+        fro = math.sqrt(st.sum_sq_delta)
+        s1, srank, sim, v = 0.0, 0.0, None, None
+        bad = st.n_nonfinite_w1
+        if bad:
+            srank = math.nan  # no spectrum of a non-finite update; counted, never a crash
+        elif st.sum_sq_delta > 0:
+            _, s, vh = randomized_svd(
+                ref, cur, kk, oversample=cfg.oversample, power_iters=cfg.power_iters,
+                seed=cfg.seed, exact_threshold=cfg.exact_threshold,
+            )  # fmt: skip
+            s1 = float(s[0])
+            srank = st.sum_sq_delta / s1**2 if s1 > 0 else 0.0
+            v = vh.T.contiguous()
+            if w.prev_v is not None:
+                sim = sim_k(w.prev_v, v, kk)
+        w.last_v, w.last_fro = v, fro
+        return {
+            "step": step, "name": w.name, "rows": m, "cols": n, "k": kk,
+            "unchanged_fraction": st.n_within_rel[0] / st.numel, "dw_fro": fro, "s1": s1,
+            "stable_rank": srank, "sim_k": sim, "nonfinite": bad,
+            "_unchanged": st.n_within_rel[0], "_numel": st.numel, "_sq0": st.sum_sq_w0,
+        }  # fmt: skip
+
+    # -- lock actions -------------------------------------------------------------------
+
+    def _fire(self, rec: dict[str, Any]) -> None:
+        where = f"subspace locked at step {self.lock_step} (detected at step {rec['step']}"
+        if rec["fraction"] is not None and self.total_steps:
+            where += f", {self.lock_step / self.total_steps:.1%} of training"
+        where += f"; Sim_K {rec['sim_k']:.3f}, stable rank {rec['stable_rank']:.2f})"
+        action = self.on_lock
+        if action is None:
+            logger.info("paramgeom monitor: %s", where)
+        elif callable(action):
+            action(self, rec)
+        elif action == "log":
+            logger.warning("paramgeom monitor: %s", where)
+        elif action == "stop":
+            self.should_stop = True
+            logger.warning("paramgeom monitor: %s; stopping", where)
+        elif action == "project":
+            n = self.project_gradients()
+            logger.warning("paramgeom monitor: %s; projecting gradients of %d matrices", where, n)
+        elif action == "perturb":
+            n = self.perturb()
+            logger.warning("paramgeom monitor: %s; perturbed %d matrices", where, n)
+
+    def project_gradients(self) -> int:
+        """Register ``g <- (g V) V^T`` gradient hooks on every watched matrix that has a
+        top-K subspace at the last record; returns how many. :meth:`remove_hooks` undoes."""
+        count = 0
+        for w in self._watched:
+            if w.prev_v is None or w.hooks:
+                continue
+            v = w.prev_v.to(device=w.param.device, dtype=w.param.dtype)
+            w.hooks.append(w.param.register_hook(lambda g, v=v: (g @ v) @ v.T))
+            count += 1
+        return count
+
+    def remove_hooks(self) -> None:
+        """Remove the gradient projection hooks."""
+        for w in self._watched:
+            for h in w.hooks:
+                h.remove()
+            w.hooks.clear()
+
+    @torch.no_grad()
+    def perturb(self, scale: float | None = None) -> int:
+        """Add ``N = c G (I - V V^T)`` to every watched matrix with a top-K subspace at the
+        last record: ``G`` standard Gaussian (seeded), ``c`` such that ``||N||_F = scale *
+        ||dW_t||_F`` of that matrix (``scale`` defaults to ``perturb_scale``). Returns how
+        many matrices were perturbed."""
+        scale = self.config.perturb_scale if scale is None else float(scale)
+        count = 0
+        for i, w in enumerate(self._watched):
+            if w.prev_v is None or w.last_fro == 0.0:
+                continue
+            p = w.param
+            # Drawn on the weight's device in fp32: no host-side full-size temporary.
+            gen = torch.Generator(device=p.device).manual_seed(self.config.seed + 1 + i)
+            v = w.prev_v.to(device=p.device, dtype=torch.float32)
+            g = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
+            noise = g - (g @ v) @ v.T
+            norm = float(torch.linalg.vector_norm(noise))
+            if norm == 0.0:
+                continue
+            p.add_((noise * (scale * w.last_fro / norm)).to(p.dtype))
+            count += 1
+        return count
+
+
+def _table(rows: list[dict[str, Any]]):
+    try:
+        import pandas as pd
+    except ImportError:
+        try:
+            import pyarrow as pa
+        except ImportError:
+            raise ImportError("monitor history needs pandas or pyarrow") from None
+        return pa.Table.from_pylist(rows)
+    return pd.DataFrame(rows)
