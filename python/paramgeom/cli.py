@@ -71,24 +71,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
-
-
-def parse_bytes(text: str) -> int:
-    """'512MB', '2GiB', '1e9' -> bytes (argparse type)."""
-    t = text.strip().upper().replace(" ", "")
-    num = t.rstrip("KMGTIB")
-    unit = t[len(num) :]
-    try:
-        value = float(num) * _UNITS[unit]
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MB, 2GiB)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return int(value)
-
-
 def _console(args) -> Console:
     return Console(stderr=True, quiet=getattr(args, "quiet", False))
 
@@ -159,6 +141,8 @@ _BACKENDS = ["auto", "cuda", "cupy", "triton", "cpu", "torch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from paramgeom.checkpoints import synth
+
     parser = argparse.ArgumentParser(
         prog="paramgeom",
         description="Parameter-space geometry of post-training (arXiv 2606.07082).",
@@ -200,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5, help="absolute rule of older tools")
     p.add_argument("--exact-threshold", type=int, default=4096,
                    help="exact spectrum when min(m, n) <= this (default 4096)")  # fmt: skip
-    p.add_argument("--chunk-bytes", type=parse_bytes, default=parse_bytes("1GiB"),
+    p.add_argument("--chunk-bytes", type=synth.size_arg, default=synth.parse_size("1GiB"),
                    help="pairs larger than this are read in row blocks (default 1GiB)")  # fmt: skip
     p.add_argument(
         "--masks", action="store_true",
@@ -237,8 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.set_defaults(func=_cmd_trajectory)
-
-    from paramgeom.checkpoints import synth
 
     synth.add_parser(sub)
     return parser

@@ -66,6 +66,7 @@ __all__ = [
     "SynthSpec",
     "add_parser",
     "parse_size",
+    "size_arg",
     "spec_nbytes",
     "target_bytes_spec",
     "tensor_names",
@@ -682,7 +683,8 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _arg_size(text: str) -> int:
+def size_arg(text: str) -> int:
+    """:func:`parse_size` as an argparse ``type`` (bad sizes are usage errors)."""
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -784,7 +786,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--arch", choices=("llama", "moe"), default="llama")
     p.add_argument(
-        "--size", type=_arg_size, default=None, help="about this many bytes per checkpoint "
+        "--size", type=size_arg, default=None, help="about this many bytes per checkpoint "
         "(e.g. 200MB, 2GB); picks --hidden/--layers unless given",
     )  # fmt: skip
     for name, default in (

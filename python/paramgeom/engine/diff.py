@@ -23,7 +23,7 @@ from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
 from paramgeom.engine.compute import DiffOptions, block_rows, expert_rows, matrix_row
-from paramgeom.engine.journal import Journal, entry_key, fault_point
+from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
 from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
 from paramgeom.engine.plan import Unit, build_units, share_for_rank
 from paramgeom.engine.progress import ByteProgress
@@ -41,26 +41,20 @@ class Streamer:
     def __init__(self, base, tuned, opts: DiffOptions, device: torch.device) -> None:
         self.base, self.tuned, self.opts, self.device = base, tuned, opts, device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._ids: dict[tuple[int, Path], str] = {}
+        self._ids = FileIdentities()
         self._units: list[Unit] = []
         self._order: dict[Unit, int] = {}
         self._advised = -1
         self._readahead = 0
 
     # -- identities ------------------------------------------------------------------------
-    def _identity(self, ckpt, file: Path) -> str:
-        key = (id(ckpt), Path(file))
-        if key not in self._ids:
-            self._ids[key] = ckpt.identity(Path(file)).key()
-        return self._ids[key]
-
     def identities(self, unit: Unit) -> list[str]:
         out = []
         for pair in unit.pairs:
             for ckpt, ref in ((self.base, pair.base), (self.tuned, pair.tuned)):
-                out.append(self._identity(ckpt, ref.info.file))
+                out.append(self._ids.key(ckpt, ref.info.file))
                 if ref.scale is not None:
-                    out.append(self._identity(ckpt, ref.scale.file))
+                    out.append(self._ids.key(ckpt, ref.scale.file))
         return out
 
     # -- reading -----------------------------------------------------------------------------
@@ -261,14 +255,8 @@ def run_diff(
                 return None
             if say:
                 say("writing tables, plots and report")
-            entries = journal.load()
-            rows, notes = [], list(pairing.notes)
-            for u in units:
-                entry = entries.get(keys[u])
-                if entry is None:
-                    raise CheckpointError(out / "journal", u.name, "unit missing from the journal")
-                rows += entry["rows"]
-                notes += entry["notes"]
+            rows, unit_notes = journal.collect([(keys[u], u.name) for u in units])
+            notes = list(pairing.notes) + unit_notes
             summary = _write_outputs(out, rows, notes, pairing, opts, _inputs(base), _inputs(tuned))
             # Not in the tables (they hold figures only); rank 0's own share when distributed.
             summary["run"] = {

@@ -21,7 +21,7 @@ from typing import Any
 
 from paramgeom.checkpoints.errors import CheckpointError
 
-__all__ = ["Journal", "entry_key", "fault_point"]
+__all__ = ["FileIdentities", "Journal", "entry_key", "fault_point"]
 
 _FAULT_ENV = "PARAMGEOM_KILL_AFTER_UNITS"
 _units_done = 0
@@ -46,6 +46,20 @@ def entry_key(unit_digest: str, identities: list[str], options: str) -> str:
     """Journal key of a unit computed from these source-file identities with these options."""
     text = "|".join([unit_digest, options, *sorted(set(identities))])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FileIdentities:
+    """Identity keys of source files (:meth:`Checkpoint.identity`), looked up once per file
+    rather than once per tensor when the journal keys of every unit are computed."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[int, Path], str] = {}
+
+    def key(self, ckpt, file: str | Path) -> str:
+        k = (id(ckpt), Path(file))
+        if k not in self._keys:
+            self._keys[k] = ckpt.identity(Path(file)).key()
+        return self._keys[k]
 
 
 class Journal:
@@ -74,6 +88,20 @@ class Journal:
                     if isinstance(entry, dict) and "key" in entry and "rows" in entry:
                         entries[entry["key"]] = entry
         return entries
+
+    def collect(self, keyed: list[tuple[str, str]]) -> tuple[list[dict], list[str]]:
+        """Rows and notes of the entries ``(key, unit name)``, in that order; a unit with no
+        entry (from any rank) is an error naming it."""
+        entries = self.load()
+        rows: list[dict] = []
+        notes: list[str] = []
+        for key, unit in keyed:
+            entry = entries.get(key)
+            if entry is None:
+                raise CheckpointError(self.dir, unit, "unit missing from the journal")
+            rows += entry["rows"]
+            notes += entry.get("notes", [])
+        return rows, notes
 
     def append(self, key: str, unit: str, rows: list[dict], notes: list[str]) -> None:
         """Record a finished unit durably (flush + fsync) before the run moves on."""

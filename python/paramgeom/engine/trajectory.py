@@ -36,7 +36,7 @@ from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
 from paramgeom.engine.diff import _device, _inputs, make_output_dir
-from paramgeom.engine.journal import Journal, entry_key, fault_point
+from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
 from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
 from paramgeom.engine.plan import share_for_rank
 from paramgeom.engine.progress import ByteProgress
@@ -228,14 +228,7 @@ def run_trajectory(
         matrices, notes = _matrices(pairings, base)
         if not matrices:
             raise CheckpointError(base.path, None, "no attention/MLP matrix common to all inputs")
-        identity_cache: dict[tuple[int, Path], str] = {}
-
-        def ident(ckpt, file) -> str:
-            key = (id(ckpt), Path(file))
-            if key not in identity_cache:
-                identity_cache[key] = ckpt.identity(Path(file)).key()
-            return identity_cache[key]
-
+        ident = FileIdentities().key
         order = ",".join(f"{s}:{n}" for s, n in zip(steps, names, strict=True))
         fp = f"{opts.fingerprint()}|{order}"
         keys = {}
@@ -281,13 +274,7 @@ def run_trajectory(
             return None
         if say:
             say("writing tables, plots and report")
-        entries = journal.load()
-        rows = []
-        for mat in matrices:
-            entry = entries.get(keys[mat])
-            if entry is None:
-                raise CheckpointError(out / "journal", mat.name, "matrix missing from the journal")
-            rows += entry["rows"]
+        rows, _ = journal.collect([(keys[m], m.name) for m in matrices])
         for p in pairings:
             notes += p.notes
         inputs = {"base": _inputs(base), "checkpoints": [_inputs(c) for c in ckpts]}
