@@ -22,6 +22,7 @@ bad input with one line on stderr (no traceback).
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import shutil
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 from paramgeom.drivers.errors import DriverError
+from paramgeom.monitor import LOCK_ACTIONS, MonitorConfig
 
 __all__ = ["build_parser", "run"]
 
@@ -40,6 +42,19 @@ DESCRIPTIONS = {
     "A_t = -(log pi_s(a_t) - log pi_t(a_t)) in a policy-gradient loss "
     "(or --full-kl: exact full-vocabulary reverse KL).",
     "rlvr": "RLVR: GRPO-style group-normalised advantages from the exact-answer reward.",
+}
+
+
+# --monitor-trigger value -> GeometryMonitor(trigger=...).
+MONITOR_TRIGGERS = {"lock": "lock", "over-locking": "over_locking"}
+# Monitor flags (beyond --monitor-every): argparse dest -> (flag, default).
+MONITOR_FLAGS = {
+    "monitor_action": ("--monitor-action", "log"),
+    "monitor_trigger": ("--monitor-trigger", "lock"),
+    "monitor_k": ("--monitor-k", MonitorConfig.k),
+    "overlock_rank": ("--overlock-rank", MonitorConfig.overlock_rank),
+    "overlock_fraction": ("--overlock-fraction", MonitorConfig.overlock_fraction),
+    "perturb_scale": ("--perturb-scale", MonitorConfig.perturb_scale),
 }
 
 
@@ -68,6 +83,13 @@ def _positive_int(text: str) -> int:
     x = int(text)
     if x < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return x
+
+
+def _nonneg(text: str) -> float:
+    x = float(text)
+    if not (math.isfinite(x) and x >= 0.0):
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
     return x
 
 
@@ -106,10 +128,35 @@ def build_parser(driver: str) -> argparse.ArgumentParser:
         help="bf16 autocast for forward passes (master weights stay fp32)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    # The monitor's options default to None so that giving one without --monitor-every
+    # can be told apart (an error); _run fills in the monitor's defaults.
+    g = p.add_argument_group("geometry monitor (paramgeom.GeometryMonitor)")
     g.add_argument("--monitor-every", type=int, default=0, metavar="N",
                    help="geometry monitor every N steps into metrics.jsonl (unchanged "
-                   "fraction, ||dW||, stable rank, Sim_K, lock: paramgeom.GeometryMonitor); "
-                   "0: off")  # fmt: skip
+                   "fraction, ||dW||, stable rank, Sim_K, lock, over-locking guardrail); "
+                   "0: off (the flags below need N > 0)")  # fmt: skip
+    g.add_argument("--monitor-action", choices=LOCK_ACTIONS, default=None,
+                   help="what the monitor does, once, at the trigger (log)")  # fmt: skip
+    g.add_argument("--monitor-trigger", choices=sorted(MONITOR_TRIGGERS), default=None,
+                   help="lock: at lock detection (default); over-locking: at the first "
+                   "record the over-locking guardrail flags")  # fmt: skip
+    g.add_argument(
+        "--monitor-k",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help=f"K of Sim_K and of the lock rule's srank < K ({MonitorConfig.k})",
+    )
+    g.add_argument("--overlock-rank", type=_nonneg, default=None, metavar="R",
+                   help="guardrail: flag a stable rank below R ... "
+                   f"({MonitorConfig.overlock_rank})")  # fmt: skip
+    g.add_argument("--overlock-fraction", type=_unit, default=None, metavar="F",
+                   help="... before this fraction of --steps "
+                   f"({MonitorConfig.overlock_fraction})")  # fmt: skip
+    g.add_argument("--perturb-scale", type=_nonneg, default=None, metavar="S",
+                   help="perturb action: noise norm as a fraction of each matrix's ||dW|| "
+                   f"({MonitorConfig.perturb_scale})")  # fmt: skip
 
     g = p.add_argument_group("models")
     g.add_argument("--model", default=None,
@@ -311,6 +358,9 @@ def _validate(args) -> None:
         raise DriverError("--eval-every and --warmup must be >= 0")
     if args.monitor_every < 0:
         raise DriverError(f"--monitor-every must be >= 0, got {args.monitor_every}")
+    given = [flag for dest, (flag, _) in MONITOR_FLAGS.items() if getattr(args, dest) is not None]
+    if given and not args.monitor_every:
+        raise DriverError(f"{given[0]} needs --monitor-every N > 0")
     uses_rlvr = hasattr(args, "samples") and getattr(args, "mix_rlvr", 0.0) < 1.0
     if uses_rlvr and args.samples < 2:
         raise DriverError("RLVR advantages need --samples >= 2 (the GRPO group)")
@@ -341,6 +391,10 @@ def _run(driver: str, args) -> int:
     from paramgeom.drivers.task import ArithmeticTask
 
     _validate(args)
+    if args.monitor_every:  # the monitor's defaults, recorded in run.json's config
+        for dest, (_, default) in MONITOR_FLAGS.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, default)
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -478,11 +532,23 @@ def _run(driver: str, args) -> int:
         from paramgeom.monitor import GeometryMonitor
 
         # Reference = the starting weights (checkpoint-0); records land in metrics.jsonl.
-        monitor = GeometryMonitor(student, every=args.monitor_every, total_steps=args.steps,
-                                  on_lock="log")  # fmt: skip
-        info["monitor"] = {"every": args.monitor_every, "k": monitor.config.k,
-                           "matrices": len(monitor.names),
-                           "reference_bytes": monitor.reference_bytes}  # fmt: skip
+        try:
+            monitor = GeometryMonitor(
+                student, every=args.monitor_every, k=args.monitor_k, total_steps=args.steps,
+                on_lock=args.monitor_action, trigger=MONITOR_TRIGGERS[args.monitor_trigger],
+                overlock_rank=args.overlock_rank, overlock_fraction=args.overlock_fraction,
+                perturb_scale=args.perturb_scale,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise DriverError(f"monitor: {exc}") from None
+        info["monitor"] = {
+            "every": args.monitor_every, "action": args.monitor_action,
+            "trigger": monitor.config.trigger, "k": monitor.config.k,
+            "overlock_rank": monitor.config.overlock_rank,
+            "overlock_fraction": monitor.config.overlock_fraction,
+            "perturb_scale": monitor.config.perturb_scale, "matrices": len(monitor.names),
+            "reference_bytes": monitor.reference_bytes,
+        }  # fmt: skip
     info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     loop.write_json(out / "run.json", info)
     say(f"{driver}: {args.steps} steps into {out}")
@@ -491,7 +557,14 @@ def _run(driver: str, args) -> int:
         log=say, checkpoint_extra={"driver": driver, "seed": args.seed}, monitor=monitor,
     )  # fmt: skip
     if monitor is not None:
-        info["monitor"].update(lock_step=monitor.lock_step, monitor_s=round(monitor.total_s, 3))
+        info["monitor"].update(
+            lock_step=monitor.lock_step, over_locking_step=monitor.over_locking_step,
+            action_step=monitor.action_step, stopped=monitor.should_stop,
+            monitor_s=round(monitor.total_s, 3),
+        )  # fmt: skip
+        if monitor.should_stop:
+            say(f"{driver}: the monitor stopped training at step {result.steps_done} "
+                f"(action {args.monitor_action}, trigger {monitor.config.trigger})")  # fmt: skip
     info.update(
         status="done",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

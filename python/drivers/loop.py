@@ -170,7 +170,9 @@ def train(
     With ``out`` set, writes ``checkpoint-0`` before the first step, ``checkpoint-<s>`` for
     ``s`` in ``cfg.save_steps``, and ``metrics.jsonl``. With a ``monitor``
     (:class:`paramgeom.GeometryMonitor`), ``monitor.step(step)`` runs after each optimiser
-    step (outside ``step_s``) and its figures join that step's record as ``geometry/*``.
+    step (outside ``step_s``) and its figures join that step's record as ``geometry/*``;
+    when it sets ``monitor.should_stop`` that step is the last: evaluated, saved as
+    ``checkpoint-<step>``, and ``steps_done`` is that step.
     """
     device = next(model.parameters()).device
     seed_everything(cfg.seed)
@@ -235,11 +237,13 @@ def train(
             result.steps_done = step
             rec = {"step": step, "loss": float(loss.detach()), **stats, "lr": lr_now,
                    "grad_norm": float(gnorm), "step_s": round(dt, 4)}  # fmt: skip
+            monitor_stop = False
             if monitor is not None:
                 mrec = monitor.step(step)
                 if mrec is not None:
                     rec.update(log_items(mrec))
-            last = step == cfg.steps
+                monitor_stop = monitor.should_stop
+            last = step == cfg.steps or monitor_stop
             is_eval = last or (cfg.eval_every and step % cfg.eval_every == 0)
             if is_eval:
                 rec["eval_accuracy"] = run_eval(step)
@@ -250,7 +254,7 @@ def train(
                 is_eval
                 and cfg.stop_accuracy is not None
                 and rec["eval_accuracy"] >= cfg.stop_accuracy
-            ) or (monitor is not None and monitor.should_stop)
+            ) or monitor_stop
             if step in cfg.save_steps or stop:
                 save(step)
             if stop:

@@ -43,7 +43,16 @@ figures from our own runs (several seeds, methods and widths) once they exist. W
 ``total_steps`` (and outside the HF callback, which reads ``max_steps``) the guardrail is
 off and records carry ``over_locking = None``.
 
-On lock (fires once, at detection): a callable ``on_lock(monitor, record)``, or
+Action trigger. ``trigger="lock"`` (default): the action fires once, at lock detection.
+``trigger="over_locking"``: it fires once instead at the first record the guardrail flags
+(the record that sets ``over_locking_step``), with that record's top-K subspaces; a lock is
+then still detected and recorded (``lock_step``), logged at INFO level, and fires nothing.
+Why: the paper's practical suggestion ("if stable rank drops too fast, OPD may be
+over-locking") needs an intervention to be tested, e.g. stop, project onto or perturb out
+of the subspace an over-locking run has collapsed to, and compare with the run left alone.
+The step the action fired at is ``action_step`` (monitor attribute and record key).
+
+The action (fires once, at the trigger): a callable ``on_lock(monitor, record)``, or
 
 * ``"log"``: a warning on the ``paramgeom.monitor`` logger;
 * ``"stop"``: sets ``monitor.should_stop`` (the HF callback and the drivers' loop stop);
@@ -81,6 +90,7 @@ from paramgeom.metrics import sim_k
 
 __all__ = [
     "LOCK_ACTIONS",
+    "LOCK_TRIGGERS",
     "OVERLOCK_FRACTION",
     "OVERLOCK_RANK",
     "GeometryMonitor",
@@ -92,12 +102,14 @@ __all__ = [
 logger = logging.getLogger("paramgeom.monitor")
 
 LOCK_ACTIONS = ("log", "stop", "project", "perturb")
+# What fires the action (module docstring): lock detection, or the over-locking guardrail.
+LOCK_TRIGGERS = ("lock", "over_locking")
 # Provisional guardrail defaults (module docstring): no runs of ours justify them yet.
 OVERLOCK_RANK = 2.0
 OVERLOCK_FRACTION = 0.05
 
 LOG_KEYS = ("unchanged_fraction", "dw_fro", "rel_update", "stable_rank", "sim_k", "locked",
-            "lock_step", "over_locking", "monitor_s")  # fmt: skip
+            "lock_step", "over_locking", "action_step", "monitor_s")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,8 +129,11 @@ class MonitorConfig:
     perturb_scale: float = 0.1
     seed: int = 0
     backend: str = "auto"
+    trigger: str = "lock"
 
     def __post_init__(self) -> None:
+        if self.trigger not in LOCK_TRIGGERS:
+            raise ValueError(f"trigger must be one of {LOCK_TRIGGERS}, got {self.trigger!r}")
         for name in ("every", "k", "lock_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -254,7 +269,7 @@ class GeometryMonitor:
     lock_threshold : float
         Sim_K threshold of the lock rule (DESIGN.md default 0.9).
     on_lock : None, callable or one of ``"log"``, ``"stop"``, ``"project"``, ``"perturb"``
-        Action at lock detection (once); see the module docstring.
+        Action, fired once at the ``trigger``; see the module docstring.
     modules : None, list of str or callable
         Watched weights: None is every ``nn.Linear`` except the output head and embeddings;
         a list names modules (their ``.weight``) or parameters; a callable
@@ -280,6 +295,9 @@ class GeometryMonitor:
         ``"perturb"`` noise norm as a fraction of each matrix's ``||dW_t||_F`` (0.1).
     backend : str
         :func:`paramgeom.diff_stats` backend (``"auto"``).
+    trigger : str
+        What fires ``on_lock``: ``"lock"`` (default, at lock detection) or
+        ``"over_locking"`` (at the first record the guardrail flags; needs ``total_steps``).
 
     Attributes
     ----------
@@ -288,7 +306,8 @@ class GeometryMonitor:
         ``unchanged_fraction``, ``dw_fro`` (over all watched matrices), ``rel_update``
         (``||dW||_F / ||W_0||_F``), ``stable_rank`` and ``sim_k`` (means over matrices),
         ``lock_run`` (consecutive holding records), ``locked``, ``lock_step``,
-        ``over_locking``, ``n_matrices``, ``monitor_s`` (seconds the record took).
+        ``over_locking``, ``action_step``, ``n_matrices``, ``monitor_s`` (seconds the
+        record took).
     matrix_records : list of dict
         Per matrix and record: ``step``, ``name``, ``rows``, ``cols``, ``k``,
         ``unchanged_fraction``, ``dw_fro``, ``s1``, ``stable_rank``, ``sim_k``,
@@ -297,12 +316,15 @@ class GeometryMonitor:
         The first lock's step (DESIGN's lock step, online) and the record that detected it.
     over_locking_step : int or None
         The first record the guardrail flagged (it also warns once, ``RuntimeWarning``).
+    action_step : int or None
+        The record at which the ``on_lock`` action fired (``trigger``): the lock detection
+        record or the first over-locking record; None until then.
     subspaces : dict of str to Tensor
         Each matrix's top-K right singular vectors at the last record.
     reference_bytes : int
         Memory of the reference (2 bytes per watched parameter).
     should_stop : bool
-        Set by ``on_lock="stop"``.
+        Set by ``on_lock="stop"`` (at the ``trigger``).
     total_s : float
         Seconds spent in records so far (the monitor's whole cost: ``step`` between
         records is a modulo).
@@ -330,12 +352,13 @@ class GeometryMonitor:
         perturb_scale: float = 0.1,
         seed: int = 0,
         backend: str = "auto",
+        trigger: str = "lock",
     ) -> None:
         self.config = MonitorConfig(
             every=every, k=k, lock_threshold=lock_threshold, lock_window=lock_window,
             overlock_rank=overlock_rank, overlock_fraction=overlock_fraction, rel_tol=rel_tol,
             oversample=oversample, power_iters=power_iters, exact_threshold=exact_threshold,
-            perturb_scale=perturb_scale, seed=seed, backend=backend,
+            perturb_scale=perturb_scale, seed=seed, backend=backend, trigger=trigger,
         )  # fmt: skip
         if not (on_lock is None or callable(on_lock) or on_lock in LOCK_ACTIONS):
             raise ValueError(f"on_lock must be None, a callable or one of {LOCK_ACTIONS}, "
@@ -365,6 +388,7 @@ class GeometryMonitor:
         self.lock_step: int | None = None
         self.lock_detected_step: int | None = None
         self.over_locking_step: int | None = None
+        self.action_step: int | None = None
         self.should_stop = False
         self.total_s = 0.0
         self._run = 0
@@ -451,13 +475,17 @@ class GeometryMonitor:
         else:
             self._run = 0
         locked = self._run >= cfg.lock_window
-        fire = locked and self.lock_step is None
-        if fire:
+        new_lock = locked and self.lock_step is None
+        if new_lock:
             self.lock_step, self.lock_detected_step = self._run_start, step
         frac = step / self.total_steps if self.total_steps else None
         over = None
         if frac is not None:
             over = changed and srank < cfg.overlock_rank and frac < cfg.overlock_fraction
+        new_over = bool(over) and self.over_locking_step is None
+        fire = self.action_step is None and (new_lock if cfg.trigger == "lock" else new_over)
+        if fire:
+            self.action_step = step
         rec: dict[str, Any] = {
             "step": step,
             "fraction": frac,
@@ -470,12 +498,13 @@ class GeometryMonitor:
             "locked": locked,
             "lock_step": self.lock_step,
             "over_locking": over,
+            "action_step": self.action_step,
             "n_matrices": len(self._watched),
         }
         self._prev_step, self._prev_srank = step, srank
         for w in self._watched:
             w.prev_v = w.last_v
-        if over and self.over_locking_step is None:
+        if new_over:
             self.over_locking_step = step
             msg = (f"paramgeom monitor: possible over-locking at step {step}: mean stable rank "
                    f"{srank:.3g} < {cfg.overlock_rank} before {cfg.overlock_fraction:.0%} of "
@@ -485,8 +514,11 @@ class GeometryMonitor:
         rec["monitor_s"] = time.perf_counter() - t0
         self.total_s += rec["monitor_s"]
         self.records.append(rec)
+        # The action runs after prev_v = this record's V: project/perturb use its subspace.
         if fire:
             self._fire(rec)
+        elif new_lock:
+            logger.info("paramgeom monitor: %s", self._lock_text(rec))
         return rec
 
     def _measure(self, w: _Watched, step: int) -> dict[str, Any]:
@@ -523,11 +555,19 @@ class GeometryMonitor:
 
     # -- lock actions -------------------------------------------------------------------
 
-    def _fire(self, rec: dict[str, Any]) -> None:
+    def _lock_text(self, rec: dict[str, Any]) -> str:
         where = f"subspace locked at step {self.lock_step} (detected at step {rec['step']}"
         if rec["fraction"] is not None and self.total_steps:
             where += f", {self.lock_step / self.total_steps:.1%} of training"
-        where += f"; Sim_K {rec['sim_k']:.3f}, stable rank {rec['stable_rank']:.2f})"
+        return where + f"; Sim_K {rec['sim_k']:.3f}, stable rank {rec['stable_rank']:.2f})"
+
+    def _fire(self, rec: dict[str, Any]) -> None:
+        if self.config.trigger == "lock":
+            where = self._lock_text(rec)
+        else:
+            where = (f"over-locking flagged at step {rec['step']} ({rec['fraction']:.1%} of "
+                     f"training; stable rank {rec['stable_rank']:.2f} < "
+                     f"{self.config.overlock_rank})")  # fmt: skip
         action = self.on_lock
         if action is None:
             logger.info("paramgeom monitor: %s", where)
