@@ -73,6 +73,12 @@ def run_reproduce(
     from paramgeom.reproduce.runner import finished_commands, run_jobs
     from paramgeom.reproduce.table import key_results
 
+    try:
+        import transformers  # noqa: F401  (the drivers build their models with it)
+    except ImportError:
+        raise ValueError(
+            "reproduce trains models with transformers: pip install 'paramgeom[train]'"
+        ) from None
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (one of {', '.join(PROFILES)})")
     prof = PROFILES[profile]
@@ -95,6 +101,10 @@ def run_reproduce(
         transient=False,
     ) as bar:
         task = bar.add_task(f"reproduce --{profile}", total=len(plan), now="")
+        phases: dict[str, int] = {}
+        for job in plan:
+            phases[job.phase] = phases.get(job.phase, 0) + 1
+        phase_task = {p: bar.add_task(f"  {p}", total=n, now="") for p, n in phases.items()}
 
         def on_event(kind: str, job, info: dict) -> None:
             if kind == "start":
@@ -102,16 +112,19 @@ def run_reproduce(
             else:
                 running.discard(job.id)
                 bar.advance(task)
+                bar.advance(phase_task[job.phase])
             if kind == "failed":
                 console.print(
                     f"[red]failed[/red] {job.id} (exit {info['returncode']}): "
                     f"see {out / 'logs' / (job.id + '.log')}"
                 )
-            bar.update(task, now=", ".join(sorted(running))[:80])
+            now = sorted(j for j in running if j.startswith(job.phase))
+            bar.update(phase_task[job.phase], now=", ".join(now)[:70])
 
         report = run_jobs(plan, out / "logs", workers=workers, threads=threads, on_event=on_event)
-        bar.update(task, description="analysis", now="reading runs, subspaces, report")
-        summary = analyse(out, prof, widths)
+        analysis = bar.add_task("  analysis", total=None, now="runs, subspaces, report")
+        summary = analyse(out, prof, widths, progress=lambda m: bar.update(analysis, now=m))
+        bar.update(analysis, total=1, completed=1, now="")
     summary["output"] = str(out)
     # This invocation's wall time; a resumed run reuses jobs whose time is in "jobs".
     summary["wall_s"] = round(time.perf_counter() - t0, 1)

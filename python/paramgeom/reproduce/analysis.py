@@ -221,7 +221,7 @@ def _drawdown(evals: list[tuple[int, float]]) -> float:
     return worst
 
 
-def _method_figures(runs: dict[str, dict], seeds: Sequence[int], width: int) -> dict[str, Any]:
+def _method_figures(runs: dict[str, dict], seeds: Sequence[int], eval_size: int) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for m in METHODS:
         rs = [runs[f"{m}-s{s}"] for s in seeds]
@@ -241,7 +241,7 @@ def _method_figures(runs: dict[str, dict], seeds: Sequence[int], width: int) -> 
             "locked_seeds": sum(lk["step"] is not None for lk in locks),
             "accuracy_base": _stat([r["evals"][0][1] for r in rs]),
             "accuracy_final": _stat([r["info"]["final_eval_accuracy"] for r in rs]),
-            "eval_size": None,
+            "eval_size": eval_size,
             "seeds": list(seeds),
         }
     return res
@@ -282,9 +282,7 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
     runs = runs_in(size, main_names + variant_names + proj_names + guard_names)
     eval_size = profile.eval_size
 
-    fig = _method_figures(runs, seeds, width)
-    for m in METHODS:
-        fig[m]["eval_size"] = eval_size
+    fig = _method_figures(runs, seeds, eval_size)
     regimes = _regimes(fig)
 
     # Matched budgets: unchanged fraction at a common relative update size and at a common
@@ -445,7 +443,7 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
             continue
         tick(f"scaling size {sz}")
         srun = runs_in(sz, [f"{m}-s{s}" for s in seeds for m in METHODS])
-        sf = _method_figures(srun, seeds, widths[sz])
+        sf = _method_figures(srun, seeds, eval_size)
         scaling[sz] = {
             m: {
                 k: sf[m][k]["mean"]

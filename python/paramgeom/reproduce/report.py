@@ -199,6 +199,23 @@ def _rows_table(rows: Sequence[Row]) -> _Table:
     )
 
 
+def _verdict(rows: Sequence[Row]) -> list[Any]:
+    """Which of the paper's claims survive in our runs, in words."""
+    kept = [r.diagnostic for r in rows if r.agrees]
+    lost = [f"{r.diagnostic}: {r.why}" for r in rows if r.agrees is False]
+    out: list[Any] = [
+        _P(
+            f"Claims that hold in our runs ({len(kept)} of {len(kept) + len(lost)}): "
+            + ("; ".join(kept) if kept else "none")
+            + "."
+        )
+    ]
+    if lost:
+        out.append(_P(f"Claims that do not hold here ({len(lost)}):"))
+        out.append(_List(lost))
+    return out
+
+
 def write_report(
     s: dict[str, Any],
     rows: Sequence[Row],
@@ -226,6 +243,7 @@ def write_report(
             "'claim tested'); where they do not, the sentence says what we measured."
         ),
         _rows_table(rows),
+        *_verdict(rows),
         _H(2, "Choices stated"),
         _List(
             [
@@ -406,10 +424,11 @@ def write_report(
     blocks += [
         _H(2, "Guardrail experiment (the paper's missing intervention)"),
         _P(
-            f"Rule: the GeometryMonitor (every {rule['every']} steps) flags over-locking when the "
-            f"mean stable rank of dW falls below {rule['overlock_rank']:g} (= K) before "
-            f"{rule['overlock_fraction']:.0%} of training; the action then fires once. Plain "
-            f"OPD's own monitor records in that window (stable rank): {calib or 'none'}."
+            f"Rule: the GeometryMonitor (every {rule['every']} steps) flags over-locking when "
+            f"the mean stable rank of dW falls below {rule['overlock_rank']:g} (1.5 K, K = "
+            f"{rule['k']}) before {rule['overlock_fraction']:.0%} of training; the action then "
+            "fires once. Plain OPD's own monitor records in that window (stable rank): "
+            f"{calib or 'none'}."
         ),
         _Table(
             [
@@ -455,7 +474,7 @@ def write_report(
             )
         )
     blocks += [_H(2, "Rerun any single step")]
-    blocks.append(_List([f"{c['id']}: `{c['command']}`" for c in commands]))
+    blocks.append(_List([f"{c['id']}: {c['command']}" for c in commands]))
     for note in s.get("notes", []):
         blocks.append(_P(note))
     return _write("paramgeom reproduce", blocks, out)

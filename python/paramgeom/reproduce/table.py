@@ -109,7 +109,8 @@ def key_results(s: dict[str, Any]) -> list[Row]:
     rows.append(
         Row(
             "unchanged_matched",
-            f"Unchanged at matched update size (||dW||/||W0|| = {mb['rel_update']:.3g})",
+            f"Unchanged at matched update size (attention/MLP ||dW||/||W0|| = "
+            f"{mb['rel_update']:.3g})",
             ("(not in the paper)",) * 3,
             tuple(
                 _pm(mb["methods"][m]["unchanged_pct_at_rel_update"], ".1f", "%") for m in METHODS
@@ -119,8 +120,13 @@ def key_results(s: dict[str, Any]) -> list[Row]:
             ok,
             ""
             if ok
-            else f"at equal update size we measure {_order_text(order, mu, '.1f')}: the "
-            "equal-lr ordering is (at least partly) an update-size effect.",
+            else f"at equal update size we measure {_order_text(order, mu, '.1f')}"
+            + (
+                " (the same ordering as at equal learning rate)."
+                if order == _order(u)
+                else f", not the equal-lr ordering ({_order_text(_order(u), u, '.1f')}): update "
+                "size drives the equal-lr comparison."
+            ),
         )
     )
 
