@@ -221,6 +221,17 @@ def _drawdown(evals: list[tuple[int, float]]) -> float:
     return worst
 
 
+def _would_fire(run: dict[str, Any], rank: float, fraction: float) -> int | None:
+    """First monitor record of ``run`` at which the guardrail rule (mean stable rank below
+    ``rank`` before ``fraction`` of training) holds."""
+    total = run["info"]["config"]["steps"]
+    for rec in run["monitor"]:
+        sr = rec.get("geometry/stable_rank")
+        if sr and rec["step"] / total < fraction and sr < rank:
+            return int(rec["step"])
+    return None
+
+
 def _method_figures(runs: dict[str, dict], seeds: Sequence[int], eval_size: int) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for m in METHODS:
@@ -301,7 +312,10 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
             at_g.append(
                 None if step is None else 100 * _interp_at(curves[n], "step", step, "unchanged")
             )
+        ends = [curves[f"{m}-s{s}"][-1] for s in seeds]
         matched["methods"][m] = {
+            "rel_update_final": _stat([c["rel_update"] for c in ends]),
+            "unchanged_pct_final": _stat([100 * c["unchanged"] for c in ends]),
             "unchanged_pct_at_rel_update": _stat(at_r),
             "unchanged_pct_at_gain": _stat(at_g),
         }
@@ -381,9 +395,10 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
             "accuracy_best": _stat([max(a for _, a in r["evals"]) for r in rs]),
             "drawdown": _stat([_drawdown(r["evals"]) for r in rs]),
             "steps_done": [r["info"].get("steps_done") for r in rs],
+            # Plain OPD's arm acts on nothing: report where the rule would have fired.
             "fired": [
-                m.get("action_step") if action != "log" else m.get("over_locking_step")
-                for m in mons
+                m.get("action_step") if action != "log" else _would_fire(r, rank, frac)
+                for m, r in zip(mons, rs, strict=True)
             ],
         }
     plain = arms["log"]["accuracy_final"]
