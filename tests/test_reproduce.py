@@ -300,3 +300,62 @@ def test_other_profile_in_same_folder_is_refused(smoke):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "smoke" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_full_plan_covers_every_experiment_and_the_scaling_sizes(tmp_path):
+    from paramgeom.drivers.models import SIZES
+    from paramgeom.reproduce.plan import build_plan
+    from paramgeom.reproduce.profiles import PROFILES, lock_k
+
+    prof = PROFILES["full"]
+    widths = {s: SIZES[s].hidden for s in (prof.main_size, *prof.scaling_sizes)}
+    assert widths[prof.main_size] >= 512  # the full run at the paper-like width
+    jobs = build_plan(prof, tmp_path, widths)
+    ids = {j.id for j in jobs}
+    assert len(ids) == len(jobs)
+    main = prof.main_size
+    for m in METHODS:
+        for s in prof.seeds:
+            for size in (main, *prof.scaling_sizes):
+                assert f"train-{size}-{m}-s{s}" in ids
+        assert f"train-{main}-{m}-keep50" in ids and f"train-{main}-{m}-proj16" in ids
+        assert f"train-tiny-{m}-keep50" not in ids  # variants only at the main size
+    for action in ("stop", "project", "perturb"):
+        assert all(f"train-{main}-opd-guard-{action}-s{s}" in ids for s in prof.seeds)
+    by_id = {j.id: j for j in jobs}
+    # Every job only needs jobs planned before it; RLVR does not wait for the teacher.
+    seen: set[str] = set()
+    for job in jobs:
+        assert set(job.needs) <= seen, job.id
+        seen.add(job.id)
+    assert f"pretrain-teacher-{main}" not in by_id[f"train-{main}-rlvr-s0"].needs
+    assert f"train-{main}-opd-s0" in by_id[f"train-{main}-opd-proj16"].needs
+    argv = by_id[f"train-{main}-opd-guard-stop-s0"].build()
+    k = lock_k(widths[main])
+    assert argv[argv.index("--monitor-k") + 1] == str(k)
+    assert float(argv[argv.index("--overlock-rank") + 1]) == 1.5 * k
+
+
+def test_runner_skips_dependents_of_a_failed_job_and_keeps_finished_ones(tmp_path):
+    from paramgeom.reproduce.plan import Job
+    from paramgeom.reproduce.runner import MARKER, JobsFailedError, run_jobs
+
+    ok = Job("ok", "x", lambda: ["backends", "--json"], tmp_path / "ok")
+    bad = Job("bad", "x", lambda: ["diff", str(tmp_path / "nope"), str(tmp_path / "nope"),
+                                   "--out", str(tmp_path / "bad")], tmp_path / "bad")  # fmt: skip
+    after = Job("after", "x", lambda: ["backends"], tmp_path / "after", needs=("bad",))
+    events: list[tuple[str, str]] = []
+    with pytest.raises(JobsFailedError) as err:
+        run_jobs([ok, bad, after], tmp_path / "logs", workers=2,
+                 on_event=lambda kind, job, _i: events.append((kind, job.id)))  # fmt: skip
+    assert set(err.value.failed) == {"bad"}
+    assert ("done", "ok") in events and ("failed", "bad") in events
+    assert not any(j == "after" for _, j in events)  # never started
+    assert (tmp_path / "ok" / MARKER).is_file() and not (tmp_path / "bad" / MARKER).exists()
+    assert "no such file" in (tmp_path / "logs" / "bad.log").read_text()
+    # A second pass reuses the finished job and runs only what is left.
+    events.clear()
+    with pytest.raises(JobsFailedError):
+        run_jobs([ok, bad, after], tmp_path / "logs", workers=1,
+                 on_event=lambda kind, job, _i: events.append((kind, job.id)))  # fmt: skip
+    assert ("reused", "ok") in events and ("start", "ok") not in events
