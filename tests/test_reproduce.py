@@ -215,7 +215,7 @@ class Oracle:
 def test_every_cell_is_computed(smoke):
     out, s = smoke
     rows = {r["key"]: r for r in s["key_results"]}
-    assert len(rows) == 12
+    assert len(rows) == 13  # 12 of the paper's rows (+ matched size) and top-K sufficiency
     for key, row in rows.items():
         assert len(row["ours"]) == 3 and len(row["paper"]) == 3
         for m, cell in zip(METHODS, row["ours"], strict=True):
@@ -259,9 +259,10 @@ def test_cells_match_float64_oracle(smoke):
         assert s["similarity"][m]["seed_pairs"] == pytest.approx(o.seed_similarity(m), abs=1e-4)
         infos = [json.loads((o.run(r) / "run.json").read_text()) for r in runs]
         assert fig["accuracy_final"]["values"] == [i["final_eval_accuracy"] for i in infos]
-        suff = s["sufficiency"][m]
-        proj = json.loads((o.run(f"{m}-proj16") / "run.json").read_text())
-        assert suff["accuracy_projected"] == proj["final_eval_accuracy"]
+        for key, k in (("sufficiency", 16), ("sufficiency_width", s["k_lock"])):
+            proj = json.loads((o.run(f"{m}-proj{k}") / "run.json").read_text())
+            assert proj["projection"]["k"] == k
+            assert s[key][m]["accuracy_projected"] == proj["final_eval_accuracy"]
 
     # The table's cells are these figures, formatted.
     rows = {r["key"]: r for r in s["key_results"]}

@@ -28,7 +28,8 @@ seeds of the main runs ``m-s<seed>``):
   >= 0.2;
 - functional sufficiency: final held-out accuracy of ``m-proj16`` (gradients projected on the
   top-16 right subspace of ``m-s0``'s dW at 20% of training) against ``m-s0``; "preserved"
-  when within two binomial standard errors of the unconstrained run's accuracy.
+  when within two binomial standard errors of the unconstrained run's accuracy; the same
+  at the width-relative K (``m-proj<K>``), where top-16 is a large part of the space.
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from paramgeom.reproduce.plan import GUARD_ACTIONS, METHODS, final_checkpoint, guard_rule
+from paramgeom.reproduce.plan import (
+    GUARD_ACTIONS,
+    METHODS,
+    final_checkpoint,
+    guard_rule,
+    project_ks,
+)
 from paramgeom.reproduce.profiles import Profile, lock_k, rotation_k
 
 __all__ = [
@@ -221,6 +228,29 @@ def _drawdown(evals: list[tuple[int, float]]) -> float:
     return worst
 
 
+def _sufficiency(runs: dict, s0: int, k: int, at: float, eval_size: int) -> dict[str, Any]:
+    out = {}
+    for m in METHODS:
+        free, proj = runs[f"{m}-s{s0}"], runs[f"{m}-proj{k}"]
+        a_free = free["info"]["final_eval_accuracy"]
+        a_proj = proj["info"]["final_eval_accuracy"]
+        a0 = free["evals"][0][1]
+        se = _binomial_se(a_free, eval_size)
+        gain = a_free - a0
+        out[m] = {
+            "accuracy_base": a0,
+            "accuracy_free": a_free,
+            "accuracy_projected": a_proj,
+            "gain_retained": (a_proj - a0) / gain if gain > 0 else None,
+            "two_se": 2 * se,
+            "preserved": a_proj >= a_free - 2 * se,
+            "k": k,
+            "at": at,
+            "projection": proj["info"].get("projection", {}).get("matrices"),
+        }
+    return out
+
+
 def _would_fire(run: dict[str, Any], rank: float, fraction: float) -> int | None:
     """First monitor record of ``run`` at which the guardrail rule (mean stable rank below
     ``rank`` before ``fraction`` of training) holds."""
@@ -288,7 +318,8 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
 
     main_names = [f"{m}-s{s}" for s in seeds for m in METHODS]
     variant_names = [f"{m}-keep50" for m in METHODS] + ["opd-offpolicy", "opd-mix50"]
-    proj_names = [f"{m}-proj{profile.project_k}" for m in METHODS]
+    ks = project_ks(profile, width)
+    proj_names = [f"{m}-proj{k}" for k in ks for m in METHODS]
     guard_names = [f"opd-guard-{a}-s{s}" for a in GUARD_ACTIONS for s in seeds]
     runs = runs_in(size, main_names + variant_names + proj_names + guard_names)
     eval_size = profile.eval_size
@@ -361,26 +392,8 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
             "dim_final": r["trajectory"]["steps"][-1]["stable_rank_mean"],
         }
 
-    # Functional sufficiency.
-    sufficiency = {}
-    for m in METHODS:
-        free, proj = runs[f"{m}-s{s0}"], runs[f"{m}-proj{profile.project_k}"]
-        a_free = free["info"]["final_eval_accuracy"]
-        a_proj = proj["info"]["final_eval_accuracy"]
-        a0 = free["evals"][0][1]
-        se = _binomial_se(a_free, eval_size)
-        gain = a_free - a0
-        sufficiency[m] = {
-            "accuracy_base": a0,
-            "accuracy_free": a_free,
-            "accuracy_projected": a_proj,
-            "gain_retained": (a_proj - a0) / gain if gain > 0 else None,
-            "two_se": 2 * se,
-            "preserved": a_proj >= a_free - 2 * se,
-            "k": profile.project_k,
-            "at": profile.project_at,
-            "projection": proj["info"].get("projection", {}).get("matrices"),
-        }
+    # Functional sufficiency, at the paper's k and at the width-relative K.
+    sufficiency = {k: _sufficiency(runs, s0, k, profile.project_at, eval_size) for k in ks}
 
     # Guardrail experiment.
     rank, frac = guard_rule(profile, width)
@@ -483,7 +496,12 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
         "matched_budget": matched,
         "similarity": sims,
         "variants": variants,
-        "sufficiency": sufficiency,
+        # The paper's top-16 test, and the same test at the width-relative K (None when
+        # K is 16).
+        "sufficiency": sufficiency[profile.project_k],
+        "sufficiency_width": next(
+            (v for k, v in sufficiency.items() if k != profile.project_k), None
+        ),
         "guardrail": guardrail,
         "scaling": scaling,
         "curves": curves_all,

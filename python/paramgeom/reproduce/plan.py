@@ -25,7 +25,15 @@ from pathlib import Path
 
 from paramgeom.reproduce.profiles import Profile, lock_k, rotation_k
 
-__all__ = ["GUARD_ACTIONS", "METHODS", "Job", "RunSpec", "build_plan", "guard_rule"]
+__all__ = [
+    "GUARD_ACTIONS",
+    "METHODS",
+    "Job",
+    "RunSpec",
+    "build_plan",
+    "guard_rule",
+    "project_ks",
+]
 
 METHODS = ("opd", "sft", "rlvr")
 # The guardrail's actions (GeometryMonitor on_lock); "log" changes nothing, so plain OPD with
@@ -72,6 +80,13 @@ def guard_rule(profile: Profile, width: int) -> tuple[float, float]:
     return 1.5 * lock_k(width), 0.2
 
 
+def project_ks(profile: Profile, width: int) -> tuple[int, ...]:
+    """Subspace sizes of the functional sufficiency test: the paper's 16, and the
+    width-relative lock K (16 at width 4096 is 1/256 of the width; at width 128 a top-16
+    subspace is an eighth of the space, too generous to constrain anything)."""
+    return tuple(sorted({profile.project_k, lock_k(width)}, reverse=True))
+
+
 def _size_runs(profile: Profile, size: str, width: int, full: bool) -> list[RunSpec]:
     seeds = profile.seeds
     s0 = seeds[0]
@@ -88,19 +103,12 @@ def _size_runs(profile: Profile, size: str, width: int, full: bool) -> list[RunS
         runs.append(RunSpec(size, f"{m}-keep50", m, s0, "variant", m, ("--token-keep", "0.5")))
     runs.append(RunSpec(size, "opd-offpolicy", "opd", s0, "variant", "opd", ("--off-policy",)))
     runs.append(RunSpec(size, "opd-mix50", "opd", s0, "variant", "opd", ("--mix-rlvr", "0.5")))
-    for m in METHODS:
-        ref = f"{m}-s{s0}"
-        flags = (
-            "--project-grad-from",
-            f"@{ref}",
-            "--project-k",
-            str(profile.project_k),
-            "--project-at",
-            str(profile.project_at),
-        )
-        runs.append(
-            RunSpec(size, f"{m}-proj{profile.project_k}", m, s0, "sufficiency", m, flags, (ref,))
-        )
+    for k in project_ks(profile, width):
+        for m in METHODS:
+            ref = f"{m}-s{s0}"
+            flags = ("--project-grad-from", f"@{ref}", "--project-k", str(k),
+                     "--project-at", str(profile.project_at))  # fmt: skip
+            runs.append(RunSpec(size, f"{m}-proj{k}", m, s0, "sufficiency", m, flags, (ref,)))
     rank, frac = guard_rule(profile, width)
     for action in GUARD_ACTIONS:
         for s in seeds:

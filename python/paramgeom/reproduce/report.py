@@ -379,27 +379,33 @@ def write_report(
         ),
     ]
     body = []
-    for m in METHODS:
-        x = s["sufficiency"][m]
-        body.append(
-            [
-                m.upper(),
-                _f(x["accuracy_base"], ".3f"),
-                _f(x["accuracy_free"], ".3f"),
-                _f(x["accuracy_projected"], ".3f"),
-                _f(x["gain_retained"], ".2f"),
-                _f(x["two_se"], ".3f"),
-                "preserved" if x["preserved"] else "degraded",
-            ]
-        )
+    for suff in (s["sufficiency"], s.get("sufficiency_width")):
+        for m in METHODS if suff else ():
+            x = suff[m]
+            body.append(
+                [
+                    f"top-{x['k']}",
+                    m.upper(),
+                    _f(x["accuracy_base"], ".3f"),
+                    _f(x["accuracy_free"], ".3f"),
+                    _f(x["accuracy_projected"], ".3f"),
+                    _f(x["gain_retained"], ".2f"),
+                    _f(x["two_se"], ".3f"),
+                    "preserved" if x["preserved"] else "degraded",
+                ]
+            )
     blocks += [
         _H(2, "Functional sufficiency"),
         _P(
-            f"Each run retrained from the same start with every weight matrix's gradient "
-            f"projected onto the top-{s['sufficiency']['opd']['k']} right singular subspace of "
-            f"the free run's dW at {s['sufficiency']['opd']['at']:.0%} of training (g <- g V V^T)."
+            "Each run retrained from the same start with every weight matrix's gradient "
+            "projected onto the top-k right singular subspace of the free run's dW at "
+            f"{s['sufficiency']['opd']['at']:.0%} of training (g <- g V V^T): the paper's k = 16, "
+            f"and k = K = {s['k_lock']} (width / 32), since top-16 is an eighth of a width-128 "
+            "space and constrains little."
         ),
-        _Table(["Method", "start", "free", "projected", "gain retained", "2 SE", "verdict"], body),
+        _Table(
+            ["k", "Method", "start", "free", "projected", "gain retained", "2 SE", "verdict"], body
+        ),
     ]
     g = s["guardrail"]
     rule = g["rule"]

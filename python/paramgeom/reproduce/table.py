@@ -63,6 +63,29 @@ def _order_text(order: list[str], values: dict[str, float | None], fmt: str) -> 
     return " > ".join(f"{m.upper()} ({format(values[m], fmt)})" for m in order)
 
 
+def _sufficiency_row(key: str, suff: dict[str, Any]) -> Row:
+    cells = []
+    for m in METHODS:
+        x = suff[m]
+        word = "preserved" if x["preserved"] else "degraded"
+        cells.append(f"{word} ({x['accuracy_projected']:.1%} vs {x['accuracy_free']:.1%})")
+    ok = suff["opd"]["preserved"] and not suff["sft"]["preserved"]
+    words = {m: "preserved" if suff[m]["preserved"] else "degraded" for m in METHODS}
+    return Row(
+        key,
+        f"Functional sufficiency (top-{suff['opd']['k']} subspace at {suff['opd']['at']:.0%})",
+        PAPER["sufficiency"],
+        tuple(cells),
+        {m: suff[m]["accuracy_projected"] for m in METHODS},
+        "OPD's accuracy preserved under the projection, SFT's degraded",
+        ok,
+        ""
+        if ok
+        else f"measured OPD {words['opd']}, SFT {words['sft']} (within two binomial SE of "
+        "the free run = preserved).",
+    )
+
+
 def key_results(s: dict[str, Any]) -> list[Row]:
     """The rows of the side-by-side table from a reproduce summary ``s``."""
     f, sims, suff = s["methods"], s["similarity"], s["sufficiency"]
@@ -296,30 +319,9 @@ def key_results(s: dict[str, Any]) -> list[Row]:
         )
     )
 
-    cells = []
-    for m in METHODS:
-        x = suff[m]
-        word = "preserved" if x["preserved"] else "degraded"
-        cells.append(f"{word} ({x['accuracy_projected']:.1%} vs {x['accuracy_free']:.1%})")
-    ok = suff["opd"]["preserved"] and not suff["sft"]["preserved"]
-    rows.append(
-        Row(
-            "sufficiency",
-            f"Functional sufficiency (top-{suff['opd']['k']} subspace at {suff['opd']['at']:.0%})",
-            PAPER["sufficiency"],
-            tuple(cells),
-            {m: suff[m]["accuracy_projected"] for m in METHODS},
-            "OPD's accuracy preserved under the projection, SFT's degraded",
-            ok,
-            ""
-            if ok
-            else "measured OPD "
-            + ("preserved" if suff["opd"]["preserved"] else "degraded")
-            + ", SFT "
-            + ("preserved" if suff["sft"]["preserved"] else "degraded")
-            + " (within two binomial SE of the free run = preserved).",
-        )
-    )
+    rows.append(_sufficiency_row("sufficiency", suff))
+    if s.get("sufficiency_width"):
+        rows.append(_sufficiency_row("sufficiency_width", s["sufficiency_width"]))
 
     dr = mean["spectral_drift"]
     order = _order(dr)
