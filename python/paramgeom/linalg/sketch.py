@@ -19,9 +19,27 @@ Sizes from the target rank ``r``: ``k = 2 r + 1`` and ``s = 2 k + 1``. TYUC need
 the range/co-range bounds and ``s >= 2 k + 1`` for a well-conditioned core solve; twice the
 target rank leaves room for a slowly decaying tail. Storage is ``k (m + n) + s^2`` numbers per
 weight instead of ``m n``; pass ``range_size`` / ``core_size`` to trade storage for accuracy.
+
+Linearity. The three sketches are linear in ``dW``: the sketches of ``dW = sum_i H_i`` are the
+sums of the sketches of the ``H_i``. TYUC build their streaming model on exactly this (both
+papers: the matrix arrives as a sequence of linear updates ``A <- theta A + eta H`` and the
+sketches are updated the same way, ``Y <- theta Y + eta H Omega`` etc., without ever forming
+``A``). :meth:`Sketch.add` exposes it in two ways:
+
+* increments in time: a ``dW`` that arrives as per-step updates ``dW_t - dW_{t-1}`` is
+  sketched by adding each increment as it comes;
+* row blocks in space: a matrix too large to hold at once (or held as tensor-parallel row
+  shards) is sketched one row block ``dW[start:stop]`` at a time, in any order, since
+  ``Y[start:stop]`` takes ``dW[start:stop] Omega`` while ``X`` and ``Z`` take
+  ``Psi[:, start:stop] dW[start:stop]`` and ``Phi[:, start:stop] dW[start:stop] Theta^T``.
+
+:meth:`Sketch.update` (one whole checkpoint) is :meth:`Sketch.reset` followed by one full
+:meth:`Sketch.add`.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 
@@ -37,7 +55,8 @@ class Sketch:
     DESIGN.md "Kernels" item 5 and "Metrics", Trajectory (Sim_K with the top-K right singular
     vectors of every ``dW_t``, paper K = 16): keep one ``Sketch`` per weight matrix, call
     :meth:`update` with each checkpoint, and :meth:`svd` recovers that checkpoint's top
-    singular triplets.
+    singular triplets. :meth:`add` accumulates instead of replacing (increments in time, row
+    blocks in space; see the module docstring) and :meth:`reset` zeroes the sketches.
 
     Parameters
     ----------
@@ -100,23 +119,143 @@ class Sketch:
     def update(self, w0: torch.Tensor, w1: torch.Tensor) -> Sketch:
         """Replace the sketches with those of this checkpoint's ``dW = w1 - w0``.
 
-        Two fused products while the pair is in memory: ``dW [Omega, Theta^T]`` gives ``Y`` and
-        ``dW Theta^T`` (then ``Z = Phi (dW Theta^T)``), ``dW^T Psi^T`` gives ``X^T``.
+        :meth:`reset` then :meth:`add` of the whole matrix (the inputs are checked first, so a
+        bad pair leaves the sketches as they were). Two fused products while the pair is in
+        memory: ``dW [Omega, Theta^T]`` gives ``Y`` and ``dW Theta^T`` (then
+        ``Z = Phi (dW Theta^T)``), ``dW^T Psi^T`` gives ``X^T``.
         """
-        m, n = check_pair(w0, w1)
-        if (m, n) != self.shape:
-            raise ValueError(f"shape mismatch: sketch is for {self.shape}, got {(m, n)}")
-        dev = w1.device
-        right = _ops.diff_matmul(w0, w1, self._right.to(dev)).to(self.device)
-        xt = _ops.diff_matmul(w0, w1, self._psi_t.to(dev), transpose=True).to(self.device)
-        k = self.range_size
-        self.Y = right[:, :k].to(self.dtype).contiguous()
-        self.Z = (self._phi @ right[:, k:]).to(self.dtype)
-        self.X = xt.T.to(self.dtype).contiguous()
+        start, stop = self._check_block(w0, w1, None)
+        self.reset()
+        self._accumulate(w0, w1, start, stop)
         return self
 
+    def add(
+        self,
+        w0: torch.Tensor,
+        w1: torch.Tensor,
+        rows: slice | tuple[int, int] | None = None,
+    ) -> Sketch:
+        """Add the sketches of ``w1 - w0`` to the current ones (linearity, TYUC 2017/2019).
+
+        The sketches are linear in ``dW``, so a ``dW`` that arrives as a sum of pieces is
+        sketched piece by piece, never formed:
+
+        * increments in time: ``add(p_{t-1}, p_t)`` for consecutive states ``p_t`` (or any
+          pair whose difference is the increment) accumulates ``dW = sum_t (p_t - p_{t-1})``;
+        * row blocks in space: with ``rows=slice(start, stop)`` (or a ``(start, stop)`` pair),
+          ``w0`` and ``w1`` are rows ``start:stop`` of the full ``(m, n)`` pair, and
+          ``Y[start:stop] += dW_b Omega``, ``X += Psi[:, start:stop] dW_b``,
+          ``Z += Phi[:, start:stop] dW_b Theta^T`` with ``dW_b = w1 - w0``. Blocks may come in
+          any order; blocks that partition ``[0, m)`` give the sketches of the whole matrix
+          (up to rounding of the sums). An empty block adds nothing.
+
+        Products go through the same fused kernels as :meth:`update` (``diff_matmul`` of the
+        block pair, the difference formed tile by tile); the sums are taken in float64 and
+        rounded once into the sketch ``dtype``. Before any :meth:`update` / :meth:`reset`
+        the sketches start from zero. Accumulation is in place: ``Y``, ``X``, ``Z`` are
+        modified (``.clone()`` them to keep a snapshot; :meth:`state_dict` returns copies).
+
+        Raises
+        ------
+        TypeError
+            Non-tensor or non-floating weights, ``rows`` not a slice / pair, non-int bounds.
+        ValueError
+            Mismatched pair shapes or devices, a block whose column count is not ``n`` or whose
+            row count is not ``stop - start``, bounds outside ``[0, m]`` or ``start > stop``,
+            a slice with a step other than 1, or a ``rows`` pair of the wrong length.
+        """
+        start, stop = self._check_block(w0, w1, rows)
+        if self.Y is None:
+            self.reset()
+        self._accumulate(w0, w1, start, stop)
+        return self
+
+    def reset(self) -> Sketch:
+        """Zero the sketches (fresh tensors; the test matrices are unchanged)."""
+        m, n = self.shape
+        k, s = self.range_size, self.core_size
+
+        def zeros(r: int, c: int) -> torch.Tensor:
+            return torch.zeros(r, c, dtype=self.dtype, device=self.device)
+
+        self.Y, self.X, self.Z = zeros(m, k), zeros(k, n), zeros(s, s)
+        return self
+
+    def _rows(self, rows: slice | tuple[int, int] | None) -> tuple[int, int]:
+        """``rows`` as ``(start, stop)`` with ``0 <= start <= stop <= m``."""
+        m = self.shape[0]
+        if rows is None:
+            return 0, m
+        if isinstance(rows, slice):
+            if rows.step not in (None, 1):
+                raise ValueError(f"rows must be a contiguous slice (step 1), got step {rows.step}")
+            bounds = (
+                0 if rows.start is None else rows.start,
+                m if rows.stop is None else rows.stop,
+            )
+        elif isinstance(rows, (tuple, list)):
+            if len(rows) != 2:
+                raise ValueError(
+                    f"rows must be a (start, stop) pair, got {len(rows)} entries: {tuple(rows)}"
+                )
+            bounds = tuple(rows)
+        else:
+            raise TypeError(
+                f"rows must be None, a slice or a (start, stop) pair, got {type(rows).__name__}"
+            )
+        start, stop = (_index(b, name) for b, name in zip(bounds, ("start", "stop"), strict=True))
+        if start < 0 or stop > m:
+            raise ValueError(
+                f"rows [{start}, {stop}) outside the matrix: need 0 <= start <= stop <= m = {m} "
+                "(negative indices are not supported)"
+            )
+        if start > stop:
+            raise ValueError(f"rows [{start}, {stop}): start must be <= stop")
+        return start, stop
+
+    def _check_block(
+        self, w0: torch.Tensor, w1: torch.Tensor, rows: slice | tuple[int, int] | None
+    ) -> tuple[int, int]:
+        """Validate a (block) pair against ``rows`` and the sketch shape; ``(start, stop)``."""
+        b, nb = check_pair(w0, w1)
+        if rows is None:
+            if (b, nb) != self.shape:
+                raise ValueError(f"shape mismatch: sketch is for {self.shape}, got {(b, nb)}")
+            return 0, b
+        start, stop = self._rows(rows)
+        if nb != self.shape[1]:
+            raise ValueError(
+                f"shape mismatch: block has {nb} columns, sketch is for {self.shape} "
+                f"(n = {self.shape[1]})"
+            )
+        if b != stop - start:
+            raise ValueError(
+                f"shape mismatch: rows [{start}, {stop}) need a block of {stop - start} rows, "
+                f"got {b} (block shape {(b, nb)})"
+            )
+        return start, stop
+
+    def _accumulate(self, w0: torch.Tensor, w1: torch.Tensor, start: int, stop: int) -> None:
+        """Add the sketches of the (validated) block ``w1 - w0`` = rows ``start:stop``.
+
+        The kernels of :meth:`update`: ``dW_b [Omega, Theta^T]`` gives ``dW_b Omega`` (into
+        ``Y[start:stop]``) and ``dW_b Theta^T`` (``Z += Phi[:, start:stop] (dW_b Theta^T)``);
+        ``dW_b^T Psi^T[start:stop]`` gives the block's ``X^T``. Float64 products, added to the
+        sketches in place (one rounding into ``dtype``).
+        """
+        if stop == start:
+            return  # an empty block contributes nothing
+        dev = w1.device
+        right = _ops.diff_matmul(w0, w1, self._right.to(dev)).to(self.device)
+        psi_t = self._psi_t[start:stop].to(dev)
+        xt = _ops.diff_matmul(w0, w1, psi_t, transpose=True).to(self.device)
+        k = self.range_size
+        self.Y[start:stop] += right[:, :k]
+        self.Z += self._phi[:, start:stop] @ right[:, k:]
+        self.X += xt.T
+
     def svd(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-``k`` singular triplets of the last sketched ``dW`` (default ``k = rank``).
+        """Top-``k`` singular triplets of the sketched ``dW`` (default ``k = rank``).
 
         TYUC 2019 reconstruction with the core sketch: ``Q = qr(Y)``, ``P = qr(X^T)``,
         ``C = (Phi Q)^+ Z ((Theta P)^+)^T``, ``C = U_c S V_c^T``, returns ``(Q U_c, S,
@@ -126,7 +265,7 @@ class Sketch:
         rank-``k`` tail energy; singular values past ``rank`` are progressively less accurate.
         """
         if self.Y is None:
-            raise RuntimeError("Sketch.svd() before any update()")
+            raise RuntimeError("Sketch.svd() before any update() / add() / reset()")
         kk = self.rank if k is None else k
         if isinstance(kk, bool) or not isinstance(kk, int) or not (1 <= kk <= self.range_size):
             raise ValueError(f"k must be an int in [1, {self.range_size}], got {k!r}")
@@ -145,7 +284,7 @@ class Sketch:
         return u.contiguous(), s[:kk].contiguous(), vh.contiguous()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The sketches and their parameters, as tensors only (for journaling).
+        """The sketches (copies, on CPU) and their parameters, as tensors only (for journaling).
 
         ``meta`` is an int64 tensor ``[m, n, rank, seed, range_size, core_size]``; the test
         matrices are not stored (they are regenerated from the seed).
@@ -156,7 +295,8 @@ class Sketch:
         )
         out = {"meta": meta}
         if self.Y is not None:
-            out.update(Y=self.Y.cpu(), X=self.X.cpu(), Z=self.Z.cpu())
+            # Copies: the live sketches are accumulated in place by add().
+            out.update({name: getattr(self, name).to("cpu", copy=True) for name in "YXZ"})
         return out
 
     @classmethod
@@ -171,9 +311,20 @@ class Sketch:
         dtype = state["Y"].dtype if "Y" in state else torch.float64
         sk = cls((m, n), rank, seed, device=device, dtype=dtype, range_size=k, core_size=s)
         if "Y" in state:
-            sk.Y = state["Y"].to(sk.device)
-            sk.X = state["X"].to(sk.device)
-            sk.Z = state["Z"].to(sk.device)
+            # Copies, so that add() never writes into the caller's state dict.
+            sk.Y = state["Y"].to(sk.device, copy=True)
+            sk.X = state["X"].to(sk.device, copy=True)
+            sk.Z = state["Z"].to(sk.device, copy=True)
             if sk.Y.shape != (m, k) or sk.X.shape != (k, n) or sk.Z.shape != (s, s):
                 raise ValueError("Sketch state dict: sketch shapes do not match meta")
         return sk
+
+
+def _index(value: object, name: str) -> int:
+    """An int row bound (``operator.index``; bools refused)."""
+    if isinstance(value, bool):
+        raise TypeError(f"rows {name} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"rows {name} must be an int, got {type(value).__name__}") from None
