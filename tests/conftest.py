@@ -37,3 +37,16 @@ except ImportError:  # hypothesis is in the [test] extra; property tests skip wi
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# One torch CPU thread (training and monitor figures are compared bit for bit; the thread
+# count changes float summation order). The module-scoped one also covers module fixtures.
+one_thread = pytest.fixture(_single_thread, name="one_thread")
+one_thread_module = pytest.fixture(_single_thread, scope="module", name="one_thread_module")

@@ -30,12 +30,7 @@ DRIVERS = {"sft": (sft.main, ["--batch", "16", "--bf16-autocast"]), "opd": (opd.
            "rlvr": (rlvr.main, POLICY)}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def opd_run(tmp_path_factory, cache) -> Path:
+def opd_run(tmp_path_factory, cache, one_thread_module) -> Path:
     out = tmp_path_factory.mktemp("runs") / "opd"
     assert opd.main(["--out", str(out), "--cache", str(cache), *FAST, *POLICY]) == 0
     return out

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 
@@ -19,12 +18,7 @@ FAST = ["--steps", "3", "--save-every", "1", "--eval-size", "16", "--eval-every"
         "--batch", "16", "--sft-target", "gold"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ from paramgeom.reference import decode_ref
 SHAPES = [(48, 64), (56, 48)]  # (out, in) of the two Linear layers of TwoLinear
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TwoLinear(torch.nn.Module):

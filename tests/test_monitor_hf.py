@@ -13,13 +13,7 @@ pytest.importorskip("accelerate")  # transformers.Trainer needs it on PyTorch
 from paramgeom import GeometryMonitor  # noqa: E402
 from paramgeom.integrations.hf import GeometryCallback  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tokens(torch.utils.data.Dataset):

@@ -24,12 +24,7 @@ from paramgeom.monitor import LOG_KEYS, GeometryMonitor, log_items
 GUARD = {"every": 10, "k": 8, "total_steps": 200, "overlock_fraction": 0.3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_over_locking_trigger_fires_once_at_the_flag():

@@ -366,24 +366,30 @@ def _validate(args) -> None:
         raise DriverError("RLVR advantages need --samples >= 2 (the GRPO group)")
 
 
+def guarded(prog: str, body) -> int:
+    """Run ``body()`` as a command: exit 2 with one line when transformers is missing or on
+    a :class:`DriverError`, 130 on Ctrl-C."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print(f"{prog}: error: the drivers need transformers "
+              "(pip install 'paramgeom[train]')", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        return body()
+    except DriverError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def run(driver: str, argv: list[str] | None = None) -> int:
     """Parse ``argv``, train, and write the run folder; 0 on success, 2 on bad input."""
     parser = build_parser(driver)
     args = parser.parse_args(argv)
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        print(f"{parser.prog}: error: the drivers need transformers "
-              "(pip install 'paramgeom[train]')", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        return _run(driver, args)
-    except DriverError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    return guarded(parser.prog, lambda: _run(driver, args))
 
 
 def _run(driver: str, args) -> int:

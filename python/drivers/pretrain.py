@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from paramgeom.drivers.cli import _Parser, _positive_int, _unit
+from paramgeom.drivers.cli import _Parser, _positive_int, _unit, guarded
 from paramgeom.drivers.errors import DriverError
 
 __all__ = ["build_parser", "main"]
@@ -51,20 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, ensure the cached model; 0 on success, 2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        print(f"{parser.prog}: error: the drivers need transformers "
-              "(pip install 'paramgeom[train]')", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        return _run(args)
-    except DriverError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    return guarded(parser.prog, lambda: _run(args))
 
 
 def _run(args) -> int:
