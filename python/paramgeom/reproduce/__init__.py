@@ -88,6 +88,15 @@ def run_reproduce(
     workers = jobs or max(1, (os.cpu_count() or 1) // max(1, threads))
     plan = build_plan(prof, out, widths, device=device, threads=threads)
     console = Console(stderr=True, quiet=quiet)
+    console.print(
+        f"reproduce --{profile}: {len(plan)} jobs, {workers} at a time, {threads} thread(s) "
+        f"each, into {out}"
+        + (
+            "; the full profile takes hours on a CPU (--quick: ~25 min on 2 cores)"
+            if profile == "full" and device == "cpu"
+            else ""
+        )
+    )
     t0 = time.perf_counter()
     running: set[str] = set()
     with Progress(
