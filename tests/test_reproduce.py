@@ -360,3 +360,36 @@ def test_runner_skips_dependents_of_a_failed_job_and_keeps_finished_ones(tmp_pat
         run_jobs([ok, bad, after], tmp_path / "logs", workers=1,
                  on_event=lambda kind, job, _i: events.append((kind, job.id)))  # fmt: skip
     assert ("reused", "ok") in events and ("start", "ok") not in events
+
+
+def test_scaling_sizes_reach_the_summary_and_the_report(smoke, tmp_path):
+    """The full profile's second and third sizes (three-way comparison only) go through
+    the same analysis: exercised here on a copy of the smoke runs relabelled as another
+    size, without training anything."""
+    import dataclasses
+    import shutil
+
+    from paramgeom.reproduce.analysis import analyse
+    from paramgeom.reproduce.profiles import PROFILES
+    from paramgeom.reproduce.report import plot_all, write_report
+    from paramgeom.reproduce.table import key_results
+
+    out, s = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("models", "*.png"))
+    for part in ("runs", "analysis"):
+        shutil.copytree(copy / part / "tiny", copy / part / "small")
+    prof = dataclasses.replace(PROFILES["smoke"], scaling_sizes=("small",))
+    got = analyse(copy, prof, {"tiny": 128, "small": 256})
+    assert set(got["scaling"]) == {"tiny", "small"}
+    for m in METHODS:
+        # Same files under another name: the same figures.
+        assert got["scaling"]["small"][m] == got["scaling"]["tiny"][m]
+        assert got["scaling"]["tiny"][m]["unchanged_pct"] == pytest.approx(
+            s["methods"][m]["unchanged_pct"]["mean"]
+        )
+    got.update(output=str(copy), wall_s=0.0, jobs={"run": 0, "reused": 0, "workers": 1})
+    plots = plot_all(got, copy)
+    write_report(got, key_results(got), copy, plots, [])
+    text = (copy / "report.md").read_text()
+    assert "| small | OPD |" in text and "no trend can be stated" not in text
