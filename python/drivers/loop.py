@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,10 +36,24 @@ __all__ = [
     "LoopConfig",
     "TrainResult",
     "evaluate",
+    "saved_steps",
     "seed_everything",
     "train",
     "write_json",
 ]
+
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def saved_steps(run_dir: Path) -> list[int]:
+    """Steps of the ``checkpoint-<step>`` folders a run wrote into ``run_dir``, ascending
+    (``checkpoint-0`` included)."""
+    return sorted(
+        int(m.group(1))
+        for d in Path(run_dir).iterdir()
+        if d.is_dir() and (m := _CHECKPOINT.fullmatch(d.name))
+    )
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ so ``W - W_0`` of every projected matrix stays in the row space of ``V_k``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from paramgeom.drivers.errors import DriverError
+from paramgeom.drivers.loop import saved_steps
 from paramgeom.linalg import randomized_svd
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "projection_targets",
     "resolve_reference",
 ]
-
-_CKPT = re.compile(r"checkpoint-(\d+)")
 
 
 def projection_targets(model: torch.nn.Module) -> list[str]:
@@ -62,9 +60,7 @@ def resolve_reference(path: Path, at: float) -> tuple[Path | None, Path, int | N
         raise DriverError(f"--project-grad-from: folder not found: {path}")
     if (path / "config.json").is_file():
         return None, path, None
-    steps = sorted(
-        int(m.group(1)) for d in path.iterdir() if d.is_dir() and (m := _CKPT.fullmatch(d.name))
-    )
+    steps = saved_steps(path)
     if 0 not in steps or len(steps) < 2:
         raise DriverError(
             f"--project-grad-from {path}: need a model folder or a run folder with "

@@ -17,8 +17,6 @@ Layout of the output folder::
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,30 +126,16 @@ def _size_runs(profile: Profile, size: str, width: int, full: bool) -> list[RunS
     return runs
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    """The last checkpoint a finished run wrote (``run.json`` lists them)."""
-    info = json.loads((run_dir / "run.json").read_text())
-    steps = info.get("checkpoints") or []
-    if steps:
-        step = max(int(s) for s in steps)
-    else:
-        found = [
-            int(m.group(1))
-            for p in run_dir.glob("checkpoint-*")
-            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-        ]
-        step = max(found)
-    return run_dir / f"checkpoint-{step}"
-
-
 def checkpoints(run_dir: Path) -> list[Path]:
     """Every saved checkpoint of a run after checkpoint-0, in training order."""
-    found = sorted(
-        (int(m.group(1)), p)
-        for p in run_dir.glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and int(m.group(1)) > 0
-    )
-    return [p for _, p in found]
+    from paramgeom.drivers.loop import saved_steps
+
+    return [run_dir / f"checkpoint-{s}" for s in saved_steps(run_dir) if s > 0]
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    """The last checkpoint a finished run wrote (the driver always saves its last step)."""
+    return checkpoints(run_dir)[-1]
 
 
 def build_plan(
