@@ -329,8 +329,8 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
 
     # Matched budgets: unchanged fraction at a common relative update size and at a common
     # accuracy gain, interpolated along each main run's saved checkpoints.
-    curves = {n: run_curve(runs[n]) for n in main_names}
-    r_star = min(c[-1]["rel_update"] for c in curves.values())
+    curves = {n: run_curve(r) for n, r in runs.items()}
+    r_star = min(curves[n][-1]["rel_update"] for n in main_names)
     gains = [runs[n]["evals"][-1][1] - runs[n]["evals"][0][1] for n in main_names]
     g_star = min(gains) if min(gains) > 0 else None
     matched: dict[str, Any] = {"rel_update": r_star, "accuracy_gain": g_star, "methods": {}}
@@ -481,7 +481,6 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
             for m in METHODS
         }
 
-    curves_all = {n: run_curve(r) for n, r in runs.items()}
     return {
         "profile": profile.name,
         "size": size,
@@ -504,7 +503,7 @@ def analyse(out: Path, profile: Profile, widths: dict[str, int], progress=None) 
         ),
         "guardrail": guardrail,
         "scaling": scaling,
-        "curves": curves_all,
+        "curves": curves,
         "runs": {
             n: {
                 "evals": r["evals"],

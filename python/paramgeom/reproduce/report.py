@@ -13,7 +13,7 @@ from typing import Any
 
 from paramgeom.report.render import _H, _P, _Img, _List, _Table, _write
 from paramgeom.reproduce.plan import GUARD_ACTIONS, METHODS
-from paramgeom.reproduce.table import Row
+from paramgeom.reproduce.table import Row, mean_sd
 
 __all__ = ["plot_all", "write_report"]
 
@@ -24,19 +24,6 @@ def _f(x: Any, fmt: str = ".3g") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     return format(x, fmt)
-
-
-def _pct(stat: dict[str, Any]) -> str:
-    """A mean ± sd of percentages (n/a when missing)."""
-    if stat.get("mean") is None:
-        return "n/a"
-    text = f"{stat['mean']:.1f}%"
-    return text + (f" ± {stat['sd']:.1f}" if stat.get("sd") is not None else "")
-
-
-def _acc(stat: dict[str, Any]) -> str:
-    """A mean ± sd of accuracies."""
-    return f"{_f(stat.get('mean'), '.3f')} ± {_f(stat.get('sd'), '.3f')}"
 
 
 def _method_of(run: str) -> str:
@@ -268,9 +255,9 @@ def write_report(
             [
                 m.upper(),
                 _f(x["rel_update_final"]["mean"]),
-                _pct(x["unchanged_pct_final"]),
-                _pct(x["unchanged_pct_at_rel_update"]),
-                _pct(x["unchanged_pct_at_gain"]),
+                mean_sd(x["unchanged_pct_final"], ".1f", "%"),
+                mean_sd(x["unchanged_pct_at_rel_update"], ".1f", "%"),
+                mean_sd(x["unchanged_pct_at_gain"], ".1f", "%"),
             ]
         )
     blocks += [
@@ -304,7 +291,7 @@ def write_report(
             [
                 m.upper(),
                 f"{_f(x['accuracy_base']['mean'], '.3f')}",
-                _acc(x["accuracy_final"]),
+                mean_sd(x["accuracy_final"], ".3f"),
                 ", ".join(_f(v, ".3f") for v in x["accuracy_final"]["values"]),
                 ", ".join(_f(v, ".1f") for v in x["unchanged_pct"]["values"]),
                 ", ".join(_f(v, ".3g") for v in x["rotation_deg"]["values"]),
@@ -415,7 +402,7 @@ def write_report(
         body.append(
             [
                 "plain OPD (log)" if a == "log" else a,
-                _acc(x["accuracy_final"]),
+                mean_sd(x["accuracy_final"], ".3f"),
                 _f(x["accuracy_best"]["mean"], ".3f"),
                 _f(x["drawdown"]["mean"], ".3f"),
                 ", ".join("-" if v is None else str(v) for v in x["fired"]),

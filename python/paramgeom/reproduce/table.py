@@ -15,7 +15,7 @@ from typing import Any
 from paramgeom.reproduce.analysis import ROBUST_LEVEL, SENSITIVE_LEVEL
 from paramgeom.reproduce.plan import METHODS
 
-__all__ = ["Row", "key_results"]
+__all__ = ["Row", "key_results", "mean_sd"]
 
 PAPER = {
     "unchanged": ("51.6%", "8.1%", "77.2%"),
@@ -44,7 +44,8 @@ class Row:
     why: str
 
 
-def _pm(stat: dict, fmt: str, unit: str = "") -> str:
+def mean_sd(stat: dict, fmt: str, unit: str = "") -> str:
+    """``mean ± sd`` of a figure over seeds (``n/a`` when missing; no sd for one seed)."""
     m, sd = stat.get("mean"), stat.get("sd")
     if m is None:
         return "n/a"
@@ -117,7 +118,7 @@ def key_results(s: dict[str, Any]) -> list[Row]:
             "unchanged",
             "Unchanged parameters (bf16, eta = 1e-3)",
             PAPER["unchanged"],
-            tuple(_pm(f[m]["unchanged_pct"], ".1f", "%") for m in METHODS),
+            tuple(mean_sd(f[m]["unchanged_pct"], ".1f", "%") for m in METHODS),
             u,
             "RLVR > OPD > SFT",
             ok,
@@ -136,7 +137,8 @@ def key_results(s: dict[str, Any]) -> list[Row]:
             f"{mb['rel_update']:.3g})",
             ("(not in the paper)",) * 3,
             tuple(
-                _pm(mb["methods"][m]["unchanged_pct_at_rel_update"], ".1f", "%") for m in METHODS
+                mean_sd(mb["methods"][m]["unchanged_pct_at_rel_update"], ".1f", "%")
+                for m in METHODS
             ),
             mu,
             "RLVR > OPD > SFT should survive holding the update size fixed",
@@ -161,7 +163,7 @@ def key_results(s: dict[str, Any]) -> list[Row]:
             "rotation",
             f"Subspace rotation (top-{s['k_rotation']} subspaces, mean max angle)",
             PAPER["rotation"],
-            tuple(_pm(f[m]["rotation_deg"], ".3g", "°") for m in METHODS),
+            tuple(mean_sd(f[m]["rotation_deg"], ".3g", "°") for m in METHODS),
             r,
             "SFT > OPD > RLVR",
             ok,
@@ -196,7 +198,7 @@ def key_results(s: dict[str, Any]) -> list[Row]:
             "dim_initial",
             "Effective update dimension, initial (stable rank at the first checkpoint)",
             PAPER["dim_initial"],
-            tuple(_pm(f[m]["dim_initial"], ".3g") for m in METHODS),
+            tuple(mean_sd(f[m]["dim_initial"], ".3g") for m in METHODS),
             d0,
             "RLVR lowest, OPD and SFT higher",
             ok,
@@ -211,10 +213,10 @@ def key_results(s: dict[str, Any]) -> list[Row]:
         fm = f[m]
         if fm["locked_seeds"]:
             cells.append(
-                f"{_pm(fm['dim_locked'], '.3g')} (locked in {fm['locked_seeds']}/{nseeds})"
+                f"{mean_sd(fm['dim_locked'], '.3g')} (locked in {fm['locked_seeds']}/{nseeds})"
             )
         else:
-            cells.append(f"no lock; final {_pm(fm['dim_final'], '.3g')}")
+            cells.append(f"no lock; final {mean_sd(fm['dim_final'], '.3g')}")
     opd_locks = f["opd"]["locked_seeds"] * 2 > nseeds
     ok = opd_locks and (mean["dim_locked"]["opd"] or K) < K
     rows.append(
@@ -235,7 +237,7 @@ def key_results(s: dict[str, Any]) -> list[Row]:
 
     lf = mean["lock_fraction"]
     cells = tuple(
-        "no lock" if f[m]["locked_seeds"] == 0 else _pm(f[m]["lock_fraction"], ".0%")
+        "no lock" if f[m]["locked_seeds"] == 0 else mean_sd(f[m]["lock_fraction"], ".0%")
         for m in METHODS
     )
     ok = lf["opd"] is not None and lf["opd"] <= 0.15
@@ -331,7 +333,7 @@ def key_results(s: dict[str, Any]) -> list[Row]:
             "drift",
             "Spectral drift ||s(W1)-s(W0)||/||s(W0)||",
             PAPER["drift"],
-            tuple(_pm(f[m]["spectral_drift"], ".2g") for m in METHODS),
+            tuple(mean_sd(f[m]["spectral_drift"], ".2g") for m in METHODS),
             dr,
             "SFT > OPD > RLVR",
             ok,
