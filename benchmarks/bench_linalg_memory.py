@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     full = m * n * 4 / 2**20
     print(f"shape {m}x{n} bf16 pair ({rows[0]['input_bytes'] / 2**20:.0f} MiB of inputs); "
-          f"one full fp32 m x n matrix = {full:.0f} MiB; k={K}, p={OVERSAMPLE}, q={POWER_ITERS}")  # fmt: skip
+          f"one full fp32 m x n matrix = {full:.0f} MiB; "
+          f"k={K}, p={OVERSAMPLE}, q={POWER_ITERS}")  # fmt: skip
     print("| method | extra peak RSS during the call (MiB) | in full fp32 matrices | s1 |")
     print("|---|---|---|---|")
     for r in rows:
