@@ -127,9 +127,12 @@ inline bool fused_bf16_block(const pg_u16* x, const pg_u16* y, int n, pg_u32& eq
   pg_u32 c_eq = 0, c_nf0 = 0, c_nf1 = 0, c_feq = 0;
   __mmask32 any_nf = 0;
   for (int i = 0; i < n; i += 32) {
-    const __mmask32 live = n - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - i)) - 1;
-    const __m512i va = _mm512_maskz_loadu_epi16(live, x + i);
-    const __m512i vb = _mm512_maskz_loadu_epi16(live, y + i);
+    // Masked loads run at half the speed of plain ones (measured on Zen 5), so only the
+    // block's last, partial vector is loaded under a mask.
+    const bool full = n - i >= 32;
+    const __mmask32 live = full ? ~__mmask32(0) : (__mmask32(1) << (n - i)) - 1;
+    const __m512i va = full ? _mm512_loadu_si512(x + i) : _mm512_maskz_loadu_epi16(live, x + i);
+    const __m512i vb = full ? _mm512_loadu_si512(y + i) : _mm512_maskz_loadu_epi16(live, y + i);
     const __mmask32 nfa = _mm512_cmpeq_epi16_mask(_mm512_and_si512(va, kExp), kExp);
     const __mmask32 nfb = _mm512_cmpeq_epi16_mask(_mm512_and_si512(vb, kExp), kExp);
     const __mmask32 nan_a = _mm512_cmpgt_epu16_mask(_mm512_and_si512(va, kMag), kExp);
