@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/diff_stats_cpu.h"
+#include "cpu/diff_matmul_cpu.h"
 #include "cpu/diff_tile_cpu.h"
 #include "paramgeom/diff_stats.h"
 
@@ -134,6 +135,42 @@ void diff_tile(HostArray w0, HostArray w1, int dtype, F32Matrix out, int num_thr
   if (status != paramgeom::kOk) throw nb::value_error("diff_tile_cpu: bad arguments");
 }
 
+
+using F32MatrixC = nb::ndarray<const float, nb::device::cpu, nb::ndim<2>>;
+
+void diff_matmul(HostArray w0, HostArray w1, int dtype, F32MatrixC x, F32Matrix out,
+                 bool transpose, int num_threads) {
+  check_bits_view(w0, "w0", dtype);
+  check_bits_view(w1, "w1", dtype);
+  PG_CHECK(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1),
+           "shape mismatch: w0 " + shape_str(w0) + " vs w1 " + shape_str(w1));
+  const int64_t m = static_cast<int64_t>(w0.shape(0));
+  const int64_t n = static_cast<int64_t>(w0.shape(1));
+  const int64_t inner = transpose ? m : n, outer = transpose ? n : m;
+  const int64_t l = static_cast<int64_t>(x.shape(1));
+  PG_CHECK(static_cast<int64_t>(x.shape(0)) == inner && static_cast<int64_t>(out.shape(0)) == outer &&
+               static_cast<int64_t>(out.shape(1)) == l,
+           "shape mismatch: w " + shape_str(w0) + ", x (" + std::to_string(x.shape(0)) + ", " +
+               std::to_string(x.shape(1)) + "), out (" + std::to_string(out.shape(0)) + ", " +
+               std::to_string(out.shape(1)) + "), transpose " + (transpose ? "true" : "false"));
+  PG_CHECK((l <= 1 || x.stride(1) == 1) && (l <= 1 || out.stride(1) == 1),
+           "x and out must have contiguous rows");
+  const int64_t ldx = x.shape(0) > 1 ? static_cast<int64_t>(x.stride(0)) : l;
+  const int64_t ldo = out.shape(0) > 1 ? static_cast<int64_t>(out.stride(0)) : l;
+  int status;
+  {
+    nb::gil_scoped_release release;
+    status = paramgeom::diff_matmul_cpu(w0.data(), w1.data(), dtype, m, n,
+                                        static_cast<int64_t>(w0.stride(0)),
+                                        static_cast<int64_t>(w1.stride(0)), x.data(), ldx, l,
+                                        out.data(), ldo, transpose, num_threads);
+  }
+  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
+  if (status == paramgeom::kBadDType)
+    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
+  if (status != paramgeom::kOk)
+    throw nb::value_error("diff_matmul_cpu: bad arguments or no AVX-512 on this CPU");
+}
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -154,6 +191,12 @@ NB_MODULE(_C, m) {
         "isa"_a = "",
         "Fused diff statistics of two 2-D bit views (see paramgeom/diff_stats.h). Writes "
         "totals into counts/sums and, when given, per-row outputs.");
+  m.def("diff_matmul_supported", &paramgeom::diff_matmul_cpu_supported,
+        "Whether this CPU runs the fused diff_matmul kernel (AVX-512F).");
+  m.def("diff_matmul", &diff_matmul, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "x"_a, "out"_a,
+        "transpose"_a, "num_threads"_a = 0,
+        "out = (w1 - w0) @ x, or (w1 - w0)^T @ x, for two 2-D bit views, the difference "
+        "formed in fp32 one cache-sized tile at a time (csrc/cpu/diff_matmul_cpu.h).");
   m.def("diff_tile", &diff_tile, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "out"_a,
         "num_threads"_a = 0,
         "out = fp32(w1) - fp32(w0) for two 2-D bit views: exact widening, one fp32 "

@@ -84,7 +84,34 @@ def _diff_tile(w0: torch.Tensor, w1: torch.Tensor, buf: torch.Tensor) -> torch.T
 def diff_matmul(
     w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool, out: torch.Tensor
 ) -> None:
-    """``out = (w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``) through fp32 difference tiles."""
+    """``out = (w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``), the difference never materialised.
+
+    On an AVX-512 CPU one call of the fused C++ kernel (``csrc/cpu/diff_matmul_cpu.h``:
+    fp32 difference tiles consumed in cache by a register-blocked micro-kernel); elsewhere
+    fp32 difference tiles handed to torch's GEMM (:func:`diff_matmul_tiles`).
+    """
+    module, why = _native.load("_C")
+    if module is None:
+        raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    if module.diff_matmul_supported():
+        module.diff_matmul(
+            _dtypes.bits_view(w0),
+            _dtypes.bits_view(w1),
+            dtype=_dtypes.dtype_code(w0.dtype),
+            x=x,
+            out=out,
+            transpose=transpose,
+            num_threads=torch.get_num_threads(),
+        )
+        return
+    diff_matmul_tiles(w0, w1, x, transpose, out)
+
+
+def diff_matmul_tiles(
+    w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, transpose: bool, out: torch.Tensor
+) -> None:
+    """``out = (w1 - w0) @ x`` (or ``(w1 - w0)^T @ x``) through fp32 difference tiles
+    handed to torch's GEMM (the path for CPUs without AVX-512)."""
     m, n = w0.shape
     block_c = min(n, DM_BLOCK_C)
     block_r = min(m, max(1, DM_TILE_ELEMS // block_c))

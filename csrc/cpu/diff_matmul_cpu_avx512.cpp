@@ -1,0 +1,186 @@
+// The fused difference product on AVX-512 (contract: diff_matmul_cpu.h). Built with the
+// avx512 flags (CMakeLists.txt) and reached only through the run-time gate.
+//
+// Why a kernel of our own rather than difference tiles handed to torch's GEMM: the range
+// finder's products are skinny (x has k + p <= 64 columns), where the library GEMM runs
+// at a fraction of the FMA peak and every tile costs a call and a thread fork. Here one
+// OpenMP region covers the whole product; each thread forms an fp32 difference tile in
+// its cache and multiplies it by x with a register-blocked micro-kernel (MR output rows
+// x NV 16-float vectors of accumulators, one broadcast per row and step).
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "diff_matmul_cpu.h"
+
+namespace paramgeom {
+namespace {
+
+constexpr int kLanes = 16;            // floats per zmm
+constexpr int kChunk = 4 * kLanes;    // x columns per micro-kernel pass (NV <= 4)
+constexpr int kPad = 24;              // every MR below divides it
+// Normal product: tiles of kRowsN x kColsN (fp32 384 KiB, plus the x panel, in L2).
+constexpr pg_i64 kRowsN = 96;
+constexpr pg_i64 kColsN = 1024;
+// Transposed product: tiles of kRowsT rows (the reduction) x kColsT output columns.
+constexpr pg_i64 kRowsT = 512;
+constexpr pg_i64 kColsT = 192;
+static_assert(kRowsN % kPad == 0 && kColsT % kPad == 0, "tiles must hold whole panels");
+
+template <int kDType>
+inline float decode(typename BitTraits<kDType>::U u) {
+  if constexpr (kDType == kFloat32) {
+    return bits_to_float(u);
+  } else {
+    return Storage<kDType>::decode(u);
+  }
+}
+
+// tile[i * ld + j] = w1 - w0 over a rows x cols block; the compiler vectorises the row.
+template <int kDType>
+void form_tile(const typename BitTraits<kDType>::U* a, const typename BitTraits<kDType>::U* b,
+               pg_i64 s0, pg_i64 s1, pg_i64 rows, pg_i64 cols, float* tile, pg_i64 ld) {
+  for (pg_i64 i = 0; i < rows; ++i) {
+    const typename BitTraits<kDType>::U* __restrict ra = a + i * s0;
+    const typename BitTraits<kDType>::U* __restrict rb = b + i * s1;
+    float* __restrict t = tile + i * ld;
+    for (pg_i64 j = 0; j < cols; ++j) t[j] = decode<kDType>(rb[j]) - decode<kDType>(ra[j]);
+  }
+}
+
+// C[r, :] += sum_q A(r, q) X[q, :] for MR rows r, NV vectors of columns, K steps, with
+// A(r, q) = A[r * sp + q * sq]: sp = ld, sq = 1 reads a tile's rows (normal product);
+// sp = 1, sq = ld reads its columns (transposed product). C and X rows are padded to
+// whole vectors.
+template <int MR, int NV>
+inline void micro(const float* A, pg_i64 sp, pg_i64 sq, pg_i64 K, const float* X, pg_i64 ldx,
+                  float* C, pg_i64 ldc) {
+  __m512 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(C + r * ldc + v * kLanes);
+  for (pg_i64 q = 0; q < K; ++q) {
+    __m512 xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(X + q * ldx + v * kLanes);
+    const float* a = A + q * sq;
+    for (int r = 0; r < MR; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r * sp]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, xv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + v * kLanes, acc[r][v]);
+}
+
+// All panels of one tile: P output rows (a multiple of kPad), every chunk of x's columns.
+// MR x NV accumulators fill 24 of the 32 zmm registers whatever NV is.
+template <int NV>
+void panels_nv(const float* A, pg_i64 sp, pg_i64 sq, pg_i64 P, pg_i64 K, const float* X,
+               pg_i64 ldx, float* C, pg_i64 ldc) {
+  constexpr int MR = 24 / NV;
+  for (pg_i64 p = 0; p < P; p += MR) micro<MR, NV>(A + p * sp, sp, sq, K, X, ldx, C + p * ldc, ldc);
+}
+
+void panels(const float* A, pg_i64 sp, pg_i64 sq, pg_i64 P, pg_i64 K, const float* X,
+            pg_i64 lp, float* C) {
+  for (pg_i64 c0 = 0; c0 < lp; c0 += kChunk) {
+    const int nv = static_cast<int>(std::min<pg_i64>(kChunk, lp - c0) / kLanes);
+    switch (nv) {
+      case 1: panels_nv<1>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
+      case 2: panels_nv<2>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
+      case 3: panels_nv<3>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
+      default: panels_nv<4>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
+    }
+  }
+}
+
+inline pg_i64 round_up(pg_i64 v, pg_i64 to) { return (v + to - 1) / to * to; }
+
+template <int kDType>
+int run(const void* w0, const void* w1, pg_i64 m, pg_i64 n, pg_i64 s0, pg_i64 s1,
+        const float* x, pg_i64 ldx, pg_i64 l, float* out, pg_i64 ldo, bool transpose,
+        int num_threads) {
+  using U = typename BitTraits<kDType>::U;
+  const U* a = static_cast<const U*>(w0);
+  const U* b = static_cast<const U*>(w1);
+  const pg_i64 lp = round_up(l, kLanes);
+  const pg_i64 inner = transpose ? m : n;
+  const pg_i64 outer = transpose ? n : m;
+  // x with its rows padded to whole vectors (zero columns), so no micro-kernel needs masks.
+  std::vector<float> xp;
+  try {
+    xp.assign(static_cast<size_t>(inner * lp), 0.0f);
+  } catch (const std::bad_alloc&) {
+    return kOutOfMemory;
+  }
+  for (pg_i64 q = 0; q < inner; ++q) std::memcpy(&xp[q * lp], x + q * ldx, l * sizeof(float));
+
+  const pg_i64 block = transpose ? kColsT : kRowsN;  // output rows per work item
+  const pg_i64 items = (outer + block - 1) / block;
+  int status = kOk;
+#pragma omp parallel num_threads(num_threads) if (items > 1)
+  {
+    float* tile = nullptr;
+    float* acc = nullptr;
+    const pg_i64 tile_elems = transpose ? kRowsT * kColsT : kRowsN * kColsN;
+    tile = static_cast<float*>(std::aligned_alloc(64, tile_elems * sizeof(float)));
+    acc = static_cast<float*>(std::aligned_alloc(64, block * lp * sizeof(float)));
+    if (tile == nullptr || acc == nullptr) {
+#pragma omp atomic write
+      status = kOutOfMemory;
+    }
+#pragma omp for schedule(static)
+    for (pg_i64 it = 0; it < items; ++it) {
+      if (tile == nullptr || acc == nullptr) continue;
+      const pg_i64 o0 = it * block;
+      const pg_i64 rows_out = std::min(block, outer - o0);
+      const pg_i64 P = round_up(rows_out, kPad);
+      std::memset(acc, 0, static_cast<size_t>(P * lp) * sizeof(float));
+      if (!transpose) {
+        // out[o0 : o0 + rows_out] = sum over column blocks of D[rows, cols] @ x[cols]
+        if (P > rows_out) std::memset(tile + rows_out * kColsN, 0, (P - rows_out) * kColsN * sizeof(float));
+        for (pg_i64 c0 = 0; c0 < n; c0 += kColsN) {
+          const pg_i64 kc = std::min(kColsN, n - c0);
+          form_tile<kDType>(a + o0 * s0 + c0, b + o0 * s1 + c0, s0, s1, rows_out, kc, tile, kColsN);
+          panels(tile, kColsN, 1, P, kc, xp.data() + c0 * lp, lp, acc);
+        }
+      } else {
+        // out[o0 : o0 + rows_out] = sum over row blocks of D[rows, cols]^T @ x[rows]
+        for (pg_i64 r0 = 0; r0 < m; r0 += kRowsT) {
+          const pg_i64 kr = std::min(kRowsT, m - r0);
+          form_tile<kDType>(a + r0 * s0 + o0, b + r0 * s1 + o0, s0, s1, kr, rows_out, tile, kColsT);
+          if (P > rows_out)
+            for (pg_i64 i = 0; i < kr; ++i)
+              std::memset(tile + i * kColsT + rows_out, 0, (P - rows_out) * sizeof(float));
+          panels(tile, 1, kColsT, P, kr, xp.data() + r0 * lp, lp, acc);
+        }
+      }
+      for (pg_i64 r = 0; r < rows_out; ++r)
+        std::memcpy(out + (o0 + r) * ldo, acc + r * lp, l * sizeof(float));
+    }
+    std::free(tile);
+    std::free(acc);
+  }
+  return status;
+}
+
+}  // namespace
+
+int diff_matmul_cpu_avx512(const void* w0, const void* w1, int dtype, pg_i64 m, pg_i64 n,
+                           pg_i64 stride0, pg_i64 stride1, const float* x, pg_i64 ldx,
+                           pg_i64 l, float* out, pg_i64 ldo, bool transpose, int num_threads) {
+  if (num_threads <= 0) num_threads = omp_get_max_threads();
+  switch (dtype) {
+    case kFloat32: return run<kFloat32>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
+    case kBFloat16: return run<kBFloat16>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
+    case kFloat16: return run<kFloat16>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
+    case kFloat8E4M3: return run<kFloat8E4M3>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
+    case kFloat8E5M2: return run<kFloat8E5M2>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
+    default: return kBadDType;
+  }
+}
+
+}  // namespace paramgeom
