@@ -16,6 +16,7 @@
 #include "cpu/diff_stats_cpu.h"
 #include "cpu/diff_matmul_cpu.h"
 #include "cpu/diff_tile_cpu.h"
+#include "cpu/fma_peak.h"
 #include "paramgeom/diff_stats.h"
 
 namespace nb = nanobind;
@@ -197,6 +198,15 @@ NB_MODULE(_C, m) {
         "transpose"_a, "num_threads"_a = 0,
         "out = (w1 - w0) @ x, or (w1 - w0)^T @ x, for two 2-D bit views, the difference "
         "formed in fp32 one cache-sized tile at a time (csrc/cpu/diff_matmul_cpu.h).");
+  m.def(
+      "fma_peak_gflops",
+      [](int64_t iterations, int num_threads) {
+        nb::gil_scoped_release release;
+        return paramgeom::fma_peak_gflops(iterations, num_threads);
+      },
+      "iterations"_a, "num_threads"_a = 0,
+      "Measured fp32 FMA throughput (GFLOP/s, all threads, registers only); 0 without "
+      "AVX-512.");
   m.def("diff_tile", &diff_tile, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "out"_a,
         "num_threads"_a = 0,
         "out = fp32(w1) - fp32(w0) for two 2-D bit views: exact widening, one fp32 "

@@ -22,7 +22,9 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "bench.json").read_text())
-    assert data["limits"]["copy_gbps"] > 0 and data["limits"]["gemm_tflops"] > 0
+    lim = data["limits"]
+    assert lim["copy_gbps"] > 0 and lim["gemm_tflops"] > 0
+    assert lim["compute_tflops"] == max(lim["gemm_tflops"], lim["fma_tflops"])
     ops = {(r["op"], r["provider"]) for r in data["rows"]}
     for op in ("diff_stats", "diff_matmul", "gram_update"):
         assert (op, "cpu") in ops, f"{op} on the cpu backend missing"

@@ -131,3 +131,11 @@ def test_bad_arguments():
             _dtypes.bits_view(w0), _dtypes.bits_view(w1), dtype=99, x=torch.randn(20, 3),
             out=torch.empty(10, 3), transpose=False,
         )  # fmt: skip
+
+
+def test_fma_peak_probe_measures_something():
+    """The compute limit `paramgeom bench` divides by: positive, and no faster than
+    64 flops per cycle per thread at 6 GHz (a loop the compiler folded away would be)."""
+    threads = 2
+    gflops = module.fma_peak_gflops(2_000_000, threads)
+    assert 0 < gflops < 64 * 6.0 * threads

@@ -66,7 +66,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     lim = result["limits"]
     console.print(
         f"wrote {args.out}/bench.json and bench.md (copy {lim['copy_gbps']:.1f} GB/s, "
-        f"GEMM {lim['gemm_tflops']:.2f} TFLOP/s)"
+        f"GEMM {lim['gemm_tflops']:.2f} TFLOP/s, FMA {lim['fma_tflops']:.2f} TFLOP/s)"
     )
     return 0
 
