@@ -17,6 +17,7 @@
 #include "cpu/diff_matmul_cpu.h"
 #include "cpu/diff_tile_cpu.h"
 #include "cpu/fma_peak.h"
+#include "cpu/gram_update_cpu.h"
 #include "paramgeom/diff_stats.h"
 
 namespace nb = nanobind;
@@ -172,6 +173,38 @@ void diff_matmul(HostArray w0, HostArray w1, int dtype, F32MatrixC x, F32Matrix 
   if (status != paramgeom::kOk)
     throw nb::value_error("diff_matmul_cpu: bad arguments or no AVX-512 on this CPU");
 }
+
+using F64Matrix = nb::ndarray<double, nb::device::cpu, nb::ndim<2>>;
+
+void gram_update(F64Matrix G, HostArray x, std::optional<HostArray> x0, int dtype, double alpha,
+                 int num_threads) {
+  check_bits_view(x, "x", dtype);
+  if (x0) {
+    check_bits_view(*x0, "x0", dtype);
+    PG_CHECK(x0->shape(0) == x.shape(0) && x0->shape(1) == x.shape(1),
+             "shape mismatch: x " + shape_str(x) + " vs x0 " + shape_str(*x0));
+  }
+  const int64_t r = static_cast<int64_t>(x.shape(0));
+  const int64_t n = static_cast<int64_t>(x.shape(1));
+  PG_CHECK(static_cast<int64_t>(G.shape(0)) == n && static_cast<int64_t>(G.shape(1)) == n,
+           "G must be (" + std::to_string(n) + ", " + std::to_string(n) + ") for x " +
+               shape_str(x) + ", got (" + std::to_string(G.shape(0)) + ", " +
+               std::to_string(G.shape(1)) + ")");
+  PG_CHECK(n <= 1 || G.stride(1) == 1, "G must have contiguous rows");
+  const int64_t ldg = n > 1 ? static_cast<int64_t>(G.stride(0)) : n;
+  int status;
+  {
+    nb::gil_scoped_release release;
+    status = paramgeom::gram_update_cpu(
+        x.data(), x0 ? x0->data() : nullptr, dtype, r, n, static_cast<int64_t>(x.stride(0)),
+        x0 ? static_cast<int64_t>(x0->stride(0)) : 0, alpha, G.data(), ldg, num_threads);
+  }
+  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
+  if (status == paramgeom::kBadDType)
+    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
+  if (status != paramgeom::kOk)
+    throw nb::value_error("gram_update_cpu: bad arguments or no AVX-512 on this CPU");
+}
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -207,6 +240,12 @@ NB_MODULE(_C, m) {
       "iterations"_a, "num_threads"_a = 0,
       "Measured fp32 FMA throughput (GFLOP/s, all threads, registers only); 0 without "
       "AVX-512.");
+  m.def("gram_update_supported", &paramgeom::gram_update_cpu_supported,
+        "Whether this CPU runs the float64 gram_update kernel (AVX-512F).");
+  m.def("gram_update", &gram_update, "G"_a, "x"_a, "x0"_a.none(), nb::kw_only(), "dtype"_a,
+        "alpha"_a, "num_threads"_a = 0,
+        "G += alpha (x - x0)^T (x - x0) in float64 for 2-D bit views (x0 None: zero); see "
+        "csrc/cpu/gram_update_cpu.h.");
   m.def("diff_tile", &diff_tile, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "out"_a,
         "num_threads"_a = 0,
         "out = fp32(w1) - fp32(w0) for two 2-D bit views: exact widening, one fp32 "

@@ -5,8 +5,8 @@
 // finder's products are skinny (x has k + p <= 64 columns), where the library GEMM runs
 // at a fraction of the FMA peak and every tile costs a call and a thread fork. Here one
 // OpenMP region covers the whole product; each thread forms an fp32 difference tile in
-// its cache and multiplies it by x with a register-blocked micro-kernel (MR output rows
-// x NV 16-float vectors of accumulators, one broadcast per row and step).
+// its cache and multiplies it by x with the register-blocked micro-kernel of
+// panel_kernel_avx512.h.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -16,13 +16,14 @@
 #include <vector>
 
 #include "diff_matmul_cpu.h"
+#include "panel_kernel_avx512.h"
 
 namespace paramgeom {
 namespace {
 
-constexpr int kLanes = 16;            // floats per zmm
-constexpr int kChunk = 4 * kLanes;    // x columns per micro-kernel pass (NV <= 4)
-constexpr int kPad = 24;              // every MR below divides it
+using panel::round_up;
+constexpr int kLanes = panel::Vec<float>::kLanes;
+constexpr int kPad = panel::kPanelPad;
 // Normal product: tiles of kRowsN x kColsN (fp32 384 KiB, plus the x panel, in L2).
 constexpr pg_i64 kRowsN = 96;
 constexpr pg_i64 kColsN = 1024;
@@ -51,53 +52,6 @@ void form_tile(const typename BitTraits<kDType>::U* a, const typename BitTraits<
     for (pg_i64 j = 0; j < cols; ++j) t[j] = decode<kDType>(rb[j]) - decode<kDType>(ra[j]);
   }
 }
-
-// C[r, :] += sum_q A(r, q) X[q, :] for MR rows r, NV vectors of columns, K steps, with
-// A(r, q) = A[r * sp + q * sq]: sp = ld, sq = 1 reads a tile's rows (normal product);
-// sp = 1, sq = ld reads its columns (transposed product). C and X rows are padded to
-// whole vectors.
-template <int MR, int NV>
-inline void micro(const float* A, pg_i64 sp, pg_i64 sq, pg_i64 K, const float* X, pg_i64 ldx,
-                  float* C, pg_i64 ldc) {
-  __m512 acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(C + r * ldc + v * kLanes);
-  for (pg_i64 q = 0; q < K; ++q) {
-    __m512 xv[NV];
-    for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(X + q * ldx + v * kLanes);
-    const float* a = A + q * sq;
-    for (int r = 0; r < MR; ++r) {
-      const __m512 ar = _mm512_set1_ps(a[r * sp]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, xv[v], acc[r][v]);
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + r * ldc + v * kLanes, acc[r][v]);
-}
-
-// All panels of one tile: P output rows (a multiple of kPad), every chunk of x's columns.
-// MR x NV accumulators fill 24 of the 32 zmm registers whatever NV is.
-template <int NV>
-void panels_nv(const float* A, pg_i64 sp, pg_i64 sq, pg_i64 P, pg_i64 K, const float* X,
-               pg_i64 ldx, float* C, pg_i64 ldc) {
-  constexpr int MR = 24 / NV;
-  for (pg_i64 p = 0; p < P; p += MR) micro<MR, NV>(A + p * sp, sp, sq, K, X, ldx, C + p * ldc, ldc);
-}
-
-void panels(const float* A, pg_i64 sp, pg_i64 sq, pg_i64 P, pg_i64 K, const float* X,
-            pg_i64 lp, float* C) {
-  for (pg_i64 c0 = 0; c0 < lp; c0 += kChunk) {
-    const int nv = static_cast<int>(std::min<pg_i64>(kChunk, lp - c0) / kLanes);
-    switch (nv) {
-      case 1: panels_nv<1>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
-      case 2: panels_nv<2>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
-      case 3: panels_nv<3>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
-      default: panels_nv<4>(A, sp, sq, P, K, X + c0, lp, C + c0, lp); break;
-    }
-  }
-}
-
-inline pg_i64 round_up(pg_i64 v, pg_i64 to) { return (v + to - 1) / to * to; }
 
 template <int kDType>
 int run(const void* w0, const void* w1, pg_i64 m, pg_i64 n, pg_i64 s0, pg_i64 s1,
@@ -145,7 +99,7 @@ int run(const void* w0, const void* w1, pg_i64 m, pg_i64 n, pg_i64 s0, pg_i64 s1
         for (pg_i64 c0 = 0; c0 < n; c0 += kColsN) {
           const pg_i64 kc = std::min(kColsN, n - c0);
           form_tile<kDType>(a + o0 * s0 + c0, b + o0 * s1 + c0, s0, s1, rows_out, kc, tile, kColsN);
-          panels(tile, kColsN, 1, P, kc, xp.data() + c0 * lp, lp, acc);
+          panel::panels<float>(tile, kColsN, 1, P, kc, xp.data() + c0 * lp, lp, acc, lp, lp);
         }
       } else {
         // out[o0 : o0 + rows_out] = sum over row blocks of D[rows, cols]^T @ x[rows]
@@ -155,7 +109,7 @@ int run(const void* w0, const void* w1, pg_i64 m, pg_i64 n, pg_i64 s0, pg_i64 s1
           if (P > rows_out)
             for (pg_i64 i = 0; i < kr; ++i)
               std::memset(tile + i * kColsT + rows_out, 0, (P - rows_out) * sizeof(float));
-          panels(tile, 1, kColsT, P, kr, xp.data() + r0 * lp, lp, acc);
+          panel::panels<float>(tile, 1, kColsT, P, kr, xp.data() + r0 * lp, lp, acc, lp, lp);
         }
       }
       for (pg_i64 r = 0; r < rows_out; ++r)

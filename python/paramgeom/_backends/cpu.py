@@ -143,7 +143,34 @@ def diff_matmul_tiles(
 
 
 def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float) -> None:
-    """``G += alpha * (x - x0)^T (x - x0)`` through float64 row blocks (fp64 accumulation)."""
+    """``G += alpha * (x - x0)^T (x - x0)`` in float64.
+
+    On an AVX-512 CPU one call of the C++ kernel (``csrc/cpu/gram_update_cpu.h``: float64
+    difference row blocks, upper-triangle blocks by the register-blocked micro-kernel,
+    each added to both halves of G); elsewhere float64 row blocks and torch's ``addmm_``
+    (:func:`gram_update_blocks`).
+    """
+    module, why = _native.load("_C")
+    if module is None:
+        raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    if module.gram_update_supported() and G.dtype == torch.float64:
+        module.gram_update(
+            G,
+            _dtypes.bits_view(x),
+            None if x0 is None else _dtypes.bits_view(x0),
+            dtype=_dtypes.dtype_code(x.dtype),
+            alpha=alpha,
+            num_threads=torch.get_num_threads(),
+        )
+        return
+    gram_update_blocks(G, x, x0, alpha)
+
+
+def gram_update_blocks(
+    G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float
+) -> None:
+    """``G += alpha * (x - x0)^T (x - x0)`` through float64 row blocks and torch's
+    ``addmm_`` (the path for CPUs without AVX-512)."""
     r, n = x.shape
     block_r = min(r, max(GRAM_MIN_ROWS, GRAM_TILE_ELEMS // n))
     buf = torch.empty(block_r, n, dtype=torch.float64)
