@@ -108,77 +108,6 @@ inline void sum_block(const typename BitTraits<kDType>::U* __restrict x,
   sums[kMaxAbsDelta] = mx > sums[kMaxAbsDelta] ? mx : sums[kMaxAbsDelta];
 }
 
-#if defined(__AVX512BW__) && defined(__AVX512DQ__)
-// The bf16 hot path on AVX-512 (the paper's dtype and rule: every tolerance a bit test):
-// one loop that runs the bit pass on 32 16-bit lanes (mask compares and popcounts) and the
-// float64 pass on the same registers, so the integer work hides under the float64 work
-// instead of running as a second loop. Same rule as count_bits + sum_block; lanes are
-// visited in unpack order, which fixes (and so keeps deterministic) the summation order.
-// Returns false when the block holds a non-finite value: the caller then redoes the sums
-// with the masked loop (the counts stay valid).
-inline bool fused_bf16_block(const pg_u16* x, const pg_u16* y, int n, pg_u32& eq, pg_u32& nf0,
-                             pg_u32& nf1, pg_u32& feq, double* sums) {
-  const __m512i kExp = _mm512_set1_epi16(0x7f80);
-  const __m512i kMag = _mm512_set1_epi16(0x7fff);
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512d sign = _mm512_set1_pd(-0.0);
-  __m512d d2[2], a2[2], b2[2], ab[2], mx[2];
-  for (int h = 0; h < 2; ++h) d2[h] = a2[h] = b2[h] = ab[h] = mx[h] = _mm512_setzero_pd();
-  pg_u32 c_eq = 0, c_nf0 = 0, c_nf1 = 0, c_feq = 0;
-  __mmask32 any_nf = 0;
-  for (int i = 0; i < n; i += 32) {
-    // Masked loads run at half the speed of plain ones (measured on Zen 5), so only the
-    // block's last, partial vector is loaded under a mask.
-    const bool full = n - i >= 32;
-    const __mmask32 live = full ? ~__mmask32(0) : (__mmask32(1) << (n - i)) - 1;
-    const __m512i va = full ? _mm512_loadu_si512(x + i) : _mm512_maskz_loadu_epi16(live, x + i);
-    const __m512i vb = full ? _mm512_loadu_si512(y + i) : _mm512_maskz_loadu_epi16(live, y + i);
-    const __mmask32 nfa = _mm512_cmpeq_epi16_mask(_mm512_and_si512(va, kExp), kExp);
-    const __mmask32 nfb = _mm512_cmpeq_epi16_mask(_mm512_and_si512(vb, kExp), kExp);
-    const __mmask32 nan_a = _mm512_cmpgt_epu16_mask(_mm512_and_si512(va, kMag), kExp);
-    const __mmask32 same = _mm512_cmpeq_epi16_mask(va, vb) & ~nan_a;
-    const __mmask32 zeros = _mm512_testn_epi16_mask(_mm512_or_si512(va, vb), kMag);
-    const __mmask32 e = (same | zeros) & live;
-    c_eq += static_cast<pg_u32>(__builtin_popcount(e));
-    c_nf0 += static_cast<pg_u32>(__builtin_popcount(nfa));
-    c_nf1 += static_cast<pg_u32>(__builtin_popcount(nfb));
-    c_feq += static_cast<pg_u32>(__builtin_popcount(e & ~nfa));
-    any_nf |= nfa | nfb;
-    // bf16 bits into the high half of 32-bit lanes = the fp32 value; padding lanes are 0.
-    const __m512i wa[2] = {_mm512_unpacklo_epi16(zero, va), _mm512_unpackhi_epi16(zero, va)};
-    const __m512i wb[2] = {_mm512_unpacklo_epi16(zero, vb), _mm512_unpackhi_epi16(zero, vb)};
-    for (int h = 0; h < 2; ++h) {
-      const __m512 fa = _mm512_castsi512_ps(wa[h]);
-      const __m512 fb = _mm512_castsi512_ps(wb[h]);
-      const __m512d a[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(fa)),
-                            _mm512_cvtps_pd(_mm512_extractf32x8_ps(fa, 1))};
-      const __m512d b[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(fb)),
-                            _mm512_cvtps_pd(_mm512_extractf32x8_ps(fb, 1))};
-      for (int q = 0; q < 2; ++q) {
-        const __m512d d = _mm512_sub_pd(b[q], a[q]);
-        d2[h] = _mm512_fmadd_pd(d, d, d2[h]);
-        a2[h] = _mm512_fmadd_pd(a[q], a[q], a2[h]);
-        b2[h] = _mm512_fmadd_pd(b[q], b[q], b2[h]);
-        ab[h] = _mm512_fmadd_pd(a[q], b[q], ab[h]);
-        mx[h] = _mm512_max_pd(mx[h], _mm512_andnot_pd(sign, d));
-      }
-    }
-  }
-  eq = c_eq;
-  nf0 = c_nf0;
-  nf1 = c_nf1;
-  feq = c_feq;
-  if (any_nf) return false;
-  sums[kSumSqDelta] += _mm512_reduce_add_pd(_mm512_add_pd(d2[0], d2[1]));
-  sums[kSumSqW0] += _mm512_reduce_add_pd(_mm512_add_pd(a2[0], a2[1]));
-  sums[kSumSqW1] += _mm512_reduce_add_pd(_mm512_add_pd(b2[0], b2[1]));
-  sums[kSumW0W1] += _mm512_reduce_add_pd(_mm512_add_pd(ab[0], ab[1]));
-  const double m = _mm512_reduce_max_pd(_mm512_max_pd(mx[0], mx[1]));
-  sums[kMaxAbsDelta] = m > sums[kMaxAbsDelta] ? m : sums[kMaxAbsDelta];
-  return true;
-}
-#endif
-
 // Which tolerance counts are bit tests: a relative tolerance at or below the format's
 // equality bound (common.h) counts exactly the finite equal pairs.
 struct TolPlan {
@@ -197,6 +126,170 @@ inline TolPlan plan_tols(const DiffStatsParams& p) {
   }
   return plan;
 }
+
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+// The hot path on AVX-512 for bf16 (the paper's dtype) and fp32: one loop that runs the
+// bit tests on integer lanes (mask compares and popcounts) and the float64 work on the
+// same registers: decode, b - a, the four sums, max |d|, and every tolerance that is not
+// a bit test (|d| <= eta * max(|a|, |b|) with vrangepd's max-magnitude, |d| <= tol), so
+// nothing is staged through memory. Same rule as count_bits + sum_block + finish_block;
+// lanes are visited in unpack order, which fixes (and so keeps deterministic) the
+// summation order. When the block holds a non-finite value it reports so, having
+// changed nothing, and the caller runs the generic passes (their masked rule).
+struct FusedCounts {
+  pg_u32 eq;
+  pg_u32 rel[kMaxTols];
+  pg_u32 abs[kMaxTols];
+};
+
+struct FusedAcc {
+  __m512d d2[2], a2[2], b2[2], ab[2], mx[2];
+  __m512d eta[kMaxTols], tol[kMaxTols];
+  int n_rel, n_abs;
+  __m512i c_rel[kMaxTols], c_abs[kMaxTols];  // per-lane counts (a masked add each)
+};
+
+// The float64 work on one 8-lane pair of (a, b) into accumulator set h; `live` marks the
+// real lanes (padding lanes are zeros: they add nothing to the sums or |d|, but would
+// pass the tolerance tests). kNR / kNA: the number of staged relative / absolute
+// tolerances when known at compile time (the common 0 and 1, so their counters stay in
+// registers), -1 for f.n_rel / f.n_abs.
+template <int kNR, int kNA>
+inline void fused_lanes(FusedAcc& f, __m512d a, __m512d b, int h, __mmask8 live) {
+  const __m512d d = _mm512_sub_pd(b, a);
+  f.d2[h] = _mm512_fmadd_pd(d, d, f.d2[h]);
+  f.a2[h] = _mm512_fmadd_pd(a, a, f.a2[h]);
+  f.b2[h] = _mm512_fmadd_pd(b, b, f.b2[h]);
+  f.ab[h] = _mm512_fmadd_pd(a, b, f.ab[h]);
+  const __m512d ad = _mm512_andnot_pd(_mm512_set1_pd(-0.0), d);
+  f.mx[h] = _mm512_max_pd(f.mx[h], ad);
+  const int n_rel = kNR >= 0 ? kNR : f.n_rel;
+  const int n_abs = kNA >= 0 ? kNA : f.n_abs;
+  const __m512i one = _mm512_set1_epi64(1);
+  if (n_rel) {
+    const __m512d m = _mm512_range_pd(a, b, 0x0B);  // max(|a|, |b|), sign cleared
+    for (int r = 0; r < n_rel; ++r) {
+      const __mmask8 in =
+          _mm512_mask_cmp_pd_mask(live, ad, _mm512_mul_pd(f.eta[r], m), _CMP_LE_OQ);
+      f.c_rel[r] = _mm512_mask_add_epi64(f.c_rel[r], in, f.c_rel[r], one);
+    }
+  }
+  for (int r = 0; r < n_abs; ++r) {
+    const __mmask8 in = _mm512_mask_cmp_pd_mask(live, ad, f.tol[r], _CMP_LE_OQ);
+    f.c_abs[r] = _mm512_mask_add_epi64(f.c_abs[r], in, f.c_abs[r], one);
+  }
+}
+
+// Returns the equal count, or -1 when the block holds a non-finite value.
+template <int kDType, int kNR, int kNA>
+inline pg_i64 fused_loop(const typename BitTraits<kDType>::U* x,
+                         const typename BitTraits<kDType>::U* y, int n, FusedAcc& f) {
+  constexpr bool kBf16 = kDType == kBFloat16;
+  constexpr bool kTols = kNR != 0 || kNA != 0;
+  constexpr int kStep = kBf16 ? 32 : 16;  // elements per iteration (one zmm of bits)
+  pg_u32 c_eq = 0;
+  pg_u32 any_nf = 0;
+  for (int i = 0; i < n; i += kStep) {
+    // Masked loads run at half the speed of plain ones (measured on Zen 5), so only the
+    // block's last, partial vector is loaded under a mask.
+    const bool full = n - i >= kStep;
+    if constexpr (kBf16) {
+      const __mmask32 live = full ? ~__mmask32(0) : (__mmask32(1) << (n - i)) - 1;
+      const __m512i va = full ? _mm512_loadu_si512(x + i) : _mm512_maskz_loadu_epi16(live, x + i);
+      const __m512i vb = full ? _mm512_loadu_si512(y + i) : _mm512_maskz_loadu_epi16(live, y + i);
+      const __m512i kExp = _mm512_set1_epi16(0x7f80), kMag = _mm512_set1_epi16(0x7fff);
+      any_nf |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(va, kExp), kExp) |
+                _mm512_cmpeq_epi16_mask(_mm512_and_si512(vb, kExp), kExp);
+      const __mmask32 same = _mm512_cmpeq_epi16_mask(va, vb);
+      const __mmask32 zeros = _mm512_testn_epi16_mask(_mm512_or_si512(va, vb), kMag);
+      c_eq += static_cast<pg_u32>(__builtin_popcount((same | zeros) & live));
+      // bf16 bits into the high half of 32-bit lanes = the fp32 value; padding lanes are 0.
+      const __m512i zero = _mm512_setzero_si512();
+      const __m512i wa[2] = {_mm512_unpacklo_epi16(zero, va), _mm512_unpackhi_epi16(zero, va)};
+      const __m512i wb[2] = {_mm512_unpacklo_epi16(zero, vb), _mm512_unpackhi_epi16(zero, vb)};
+      for (int h = 0; h < 2; ++h) {
+        // unpacklo/hi take words 0-3 / 4-7 of each 128-bit lane: the live lanes of this
+        // half, in its order (only the tolerance counts need them).
+        pg_u32 lm = 0xffffu;
+        if (kTols && !full) {
+          lm = 0;
+          for (int lane = 0; lane < 4; ++lane)
+            lm |= ((static_cast<pg_u32>(live) >> (8 * lane + 4 * h)) & 0xfu) << (4 * lane);
+        }
+        const __m512 fa = _mm512_castsi512_ps(wa[h]);
+        const __m512 fb = _mm512_castsi512_ps(wb[h]);
+        fused_lanes<kNR, kNA>(f, _mm512_cvtps_pd(_mm512_castps512_ps256(fa)),
+                              _mm512_cvtps_pd(_mm512_castps512_ps256(fb)), h,
+                              static_cast<__mmask8>(lm));
+        fused_lanes<kNR, kNA>(f, _mm512_cvtps_pd(_mm512_extractf32x8_ps(fa, 1)),
+                              _mm512_cvtps_pd(_mm512_extractf32x8_ps(fb, 1)), h,
+                              static_cast<__mmask8>(lm >> 8));
+      }
+    } else {
+      const __mmask16 live = full ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+      const __m512i va = full ? _mm512_loadu_si512(x + i) : _mm512_maskz_loadu_epi32(live, x + i);
+      const __m512i vb = full ? _mm512_loadu_si512(y + i) : _mm512_maskz_loadu_epi32(live, y + i);
+      const __m512i kExp = _mm512_set1_epi32(0x7f800000), kMag = _mm512_set1_epi32(0x7fffffff);
+      any_nf |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(va, kExp), kExp) |
+                _mm512_cmpeq_epi32_mask(_mm512_and_si512(vb, kExp), kExp);
+      const __mmask16 same = _mm512_cmpeq_epi32_mask(va, vb);
+      const __mmask16 zeros = _mm512_testn_epi32_mask(_mm512_or_si512(va, vb), kMag);
+      c_eq += static_cast<pg_u32>(__builtin_popcount((same | zeros) & live));
+      const __m512 fa = _mm512_castsi512_ps(va);
+      const __m512 fb = _mm512_castsi512_ps(vb);
+      fused_lanes<kNR, kNA>(f, _mm512_cvtps_pd(_mm512_castps512_ps256(fa)),
+                            _mm512_cvtps_pd(_mm512_castps512_ps256(fb)), 0,
+                            static_cast<__mmask8>(live));
+      fused_lanes<kNR, kNA>(f, _mm512_cvtps_pd(_mm512_extractf32x8_ps(fa, 1)),
+                            _mm512_cvtps_pd(_mm512_extractf32x8_ps(fb, 1)), 1,
+                            static_cast<__mmask8>(live >> 8));
+    }
+  }
+  return any_nf ? -1 : static_cast<pg_i64>(c_eq);
+}
+
+template <int kDType>
+inline bool fused_block(const typename BitTraits<kDType>::U* x,
+                        const typename BitTraits<kDType>::U* y, int n, const DiffStatsParams& p,
+                        const TolPlan& plan, FusedCounts& fc, double* sums) {
+  static_assert(kDType == kBFloat16 || kDType == kFloat32, "bf16 and fp32 only");
+  FusedAcc f;
+  int rel_slot[kMaxTols];
+  f.n_rel = 0;
+  f.n_abs = p.n_abs;
+  for (int r = 0; r < p.n_rel; ++r) {
+    if (plan.rel_is_equality[r]) continue;
+    f.eta[f.n_rel] = _mm512_set1_pd(p.rel_tols[r]);
+    f.c_rel[f.n_rel] = _mm512_setzero_si512();
+    rel_slot[f.n_rel++] = r;
+  }
+  for (int r = 0; r < f.n_abs; ++r) {
+    f.tol[r] = _mm512_set1_pd(p.abs_tols[r]);
+    f.c_abs[r] = _mm512_setzero_si512();
+  }
+  for (int h = 0; h < 2; ++h)
+    f.d2[h] = f.a2[h] = f.b2[h] = f.ab[h] = f.mx[h] = _mm512_setzero_pd();
+  pg_i64 eq;
+  if (f.n_rel == 0 && f.n_abs == 0) eq = fused_loop<kDType, 0, 0>(x, y, n, f);
+  else if (f.n_rel == 0 && f.n_abs == 1) eq = fused_loop<kDType, 0, 1>(x, y, n, f);
+  else if (f.n_rel == 1 && f.n_abs == 0) eq = fused_loop<kDType, 1, 0>(x, y, n, f);
+  else if (f.n_rel == 1 && f.n_abs == 1) eq = fused_loop<kDType, 1, 1>(x, y, n, f);
+  else eq = fused_loop<kDType, -1, -1>(x, y, n, f);
+  if (eq < 0) return false;
+  fc.eq = static_cast<pg_u32>(eq);  // every pair is finite here: finite-equal = equal
+  for (int r = 0; r < f.n_rel; ++r)
+    fc.rel[rel_slot[r]] = static_cast<pg_u32>(_mm512_reduce_add_epi64(f.c_rel[r]));
+  for (int r = 0; r < f.n_abs; ++r)
+    fc.abs[r] = static_cast<pg_u32>(_mm512_reduce_add_epi64(f.c_abs[r]));
+  sums[kSumSqDelta] += _mm512_reduce_add_pd(_mm512_add_pd(f.d2[0], f.d2[1]));
+  sums[kSumSqW0] += _mm512_reduce_add_pd(_mm512_add_pd(f.a2[0], f.a2[1]));
+  sums[kSumSqW1] += _mm512_reduce_add_pd(_mm512_add_pd(f.b2[0], f.b2[1]));
+  sums[kSumW0W1] += _mm512_reduce_add_pd(_mm512_add_pd(f.ab[0], f.ab[1]));
+  const double m = _mm512_reduce_max_pd(_mm512_max_pd(f.mx[0], f.mx[1]));
+  sums[kMaxAbsDelta] = m > sums[kMaxAbsDelta] ? m : sums[kMaxAbsDelta];
+  return true;
+}
+#endif
 
 // Tolerance counts (bit tests, or passes over the staged |d| and max) and the plain counts.
 inline void finish_block(const DiffStatsParams& p, const TolPlan& plan, int n, pg_u32 eq,
@@ -233,11 +326,14 @@ inline void block_terms(const typename BitTraits<kDType>::U* x,
   alignas(64) double m_buf[kBlock];
   pg_u32 eq, nf0, nf1, feq;
 #if defined(__AVX512BW__) && defined(__AVX512DQ__)
-  if constexpr (kDType == kBFloat16) {
-    if (!plan.stage) {
-      if (!fused_bf16_block(x, y, n, eq, nf0, nf1, feq, acc.sums))
-        sum_block<kDType, true, false>(x, y, n, acc.sums, ad_buf, m_buf);
-      finish_block(p, plan, n, eq, nf0, nf1, feq, ad_buf, m_buf, acc);
+  if constexpr (kDType == kBFloat16 || kDType == kFloat32) {
+    FusedCounts fc;
+    if (fused_block<kDType>(x, y, n, p, plan, fc, acc.sums)) {
+      for (int r = 0; r < p.n_rel; ++r)
+        acc.counts[kRel0 + r] += plan.rel_is_equality[r] ? fc.eq : fc.rel[r];
+      for (int r = 0; r < p.n_abs; ++r) acc.counts[kAbs0 + r] += fc.abs[r];
+      acc.counts[kCount] += n;
+      acc.counts[kEqual] += fc.eq;
       return;
     }
   }
