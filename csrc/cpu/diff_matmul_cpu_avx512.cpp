@@ -32,15 +32,6 @@ constexpr pg_i64 kRowsT = 512;
 constexpr pg_i64 kColsT = 192;
 static_assert(kRowsN % kPad == 0 && kColsT % kPad == 0, "tiles must hold whole panels");
 
-template <int kDType>
-inline float decode(typename BitTraits<kDType>::U u) {
-  if constexpr (kDType == kFloat32) {
-    return bits_to_float(u);
-  } else {
-    return Storage<kDType>::decode(u);
-  }
-}
-
 // tile[i * ld + j] = w1 - w0 over a rows x cols block; the compiler vectorises the row.
 template <int kDType>
 void form_tile(const typename BitTraits<kDType>::U* a, const typename BitTraits<kDType>::U* b,
@@ -49,7 +40,7 @@ void form_tile(const typename BitTraits<kDType>::U* a, const typename BitTraits<
     const typename BitTraits<kDType>::U* __restrict ra = a + i * s0;
     const typename BitTraits<kDType>::U* __restrict rb = b + i * s1;
     float* __restrict t = tile + i * ld;
-    for (pg_i64 j = 0; j < cols; ++j) t[j] = decode<kDType>(rb[j]) - decode<kDType>(ra[j]);
+    for (pg_i64 j = 0; j < cols; ++j) t[j] = decode_bits<kDType>(rb[j]) - decode_bits<kDType>(ra[j]);
   }
 }
 

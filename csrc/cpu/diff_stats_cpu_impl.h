@@ -25,15 +25,6 @@ namespace PG_ISA_NS {
 
 constexpr int kBlock = 2048;  // elements per block: both inputs' block stays in L1
 
-template <int kDType>
-inline float decode_bits(typename BitTraits<kDType>::U u) {
-  if constexpr (kDType == kFloat32) {
-    return bits_to_float(u);
-  } else {
-    return Storage<kDType>::decode(u);
-  }
-}
-
 // Pass 1: counts from the bits alone (equal, non-finite, finite-and-equal). Integer lanes
 // as narrow as the format allows (16 bits for bf16/fp16/fp8: a block's counts fit), so it
 // runs at memory speed and leaves the cores to the float64 pass.

@@ -9,15 +9,6 @@ namespace paramgeom {
 namespace {
 
 template <int kDType>
-inline float decode(typename BitTraits<kDType>::U u) {
-  if constexpr (kDType == kFloat32) {
-    return bits_to_float(u);
-  } else {
-    return Storage<kDType>::decode(u);
-  }
-}
-
-template <int kDType>
 void run(const void* w0, const void* w1, pg_i64 rows, pg_i64 cols, pg_i64 s0, pg_i64 s1,
          float* out, pg_i64 so, int num_threads) {
   using U = typename BitTraits<kDType>::U;
@@ -29,7 +20,7 @@ void run(const void* w0, const void* w1, pg_i64 rows, pg_i64 cols, pg_i64 s0, pg
     const U* __restrict ra = a + r * s0;
     const U* __restrict rb = b + r * s1;
     float* __restrict ro = out + r * so;
-    for (pg_i64 c = 0; c < cols; ++c) ro[c] = decode<kDType>(rb[c]) - decode<kDType>(ra[c]);
+    for (pg_i64 c = 0; c < cols; ++c) ro[c] = decode_bits<kDType>(rb[c]) - decode_bits<kDType>(ra[c]);
   }
 }
 

@@ -24,15 +24,6 @@ constexpr pg_i64 kBlock = 96;   // G blocks are kBlock x kBlock (72 KiB of float
 static_assert(kBlock % panel::kPanelPad == 0 && kBlock % 32 == 0, "whole panels and chunks");
 
 template <int kDType>
-inline double decode(typename BitTraits<kDType>::U u) {
-  if constexpr (kDType == kFloat32) {
-    return static_cast<double>(bits_to_float(u));
-  } else {
-    return static_cast<double>(Storage<kDType>::decode(u));
-  }
-}
-
-template <int kDType>
 int run(const void* xv, const void* x0v, pg_i64 r, pg_i64 n, pg_i64 sx, pg_i64 sx0,
         double alpha, double* G, pg_i64 ldg, int num_threads) {
   using U = typename BitTraits<kDType>::U;
@@ -69,10 +60,12 @@ int run(const void* xv, const void* x0v, pg_i64 r, pg_i64 n, pg_i64 sx, pg_i64 s
         const U* __restrict a = x + (k0 + i) * sx;
         double* __restrict d = D + i * ld;
         if (x0 == nullptr) {
-          for (pg_i64 j = 0; j < n; ++j) d[j] = decode<kDType>(a[j]);
+          for (pg_i64 j = 0; j < n; ++j) d[j] = static_cast<double>(decode_bits<kDType>(a[j]));
         } else {
           const U* __restrict b = x0 + (k0 + i) * sx0;
-          for (pg_i64 j = 0; j < n; ++j) d[j] = decode<kDType>(a[j]) - decode<kDType>(b[j]);
+          for (pg_i64 j = 0; j < n; ++j)
+            d[j] = static_cast<double>(decode_bits<kDType>(a[j])) -
+                   static_cast<double>(decode_bits<kDType>(b[j]));
         }
       }
 #pragma omp for schedule(dynamic, 1)

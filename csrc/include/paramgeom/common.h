@@ -168,6 +168,21 @@ struct BitTraits<kFloat8E5M2> {
   static constexpr int kPrecision = 3;
 };
 
+// The exact fp32 value of a storage element given as its bits: the CPU kernels read every
+// format as unsigned integers of its width.
+template <int kDType>
+struct BitsDecoder {
+  static PG_HD float decode(typename BitTraits<kDType>::U u) { return Storage<kDType>::decode(u); }
+};
+template <>
+struct BitsDecoder<kFloat32> {
+  static PG_HD float decode(pg_u32 u) { return bits_to_float(u); }
+};
+template <int kDType>
+PG_HD float decode_bits(typename BitTraits<kDType>::U u) {
+  return BitsDecoder<kDType>::decode(u);
+}
+
 // All return 0 or 1 in the lane type C (at least as wide as the storage bits), so that
 // vectorised loops can add them up directly and stay in C-wide lanes: the CPU kernel runs
 // them on 16-bit lanes for the 16-bit formats, 32 values per AVX-512 instruction.
