@@ -110,14 +110,17 @@ def test_non_contiguous_inputs(backend):
             raise AssertionError(f"{name}: {exc}") from None
 
 
-def test_cpu_blocks(monkeypatch):
-    """Shrink the cpu row blocks so that odd sizes cross several of them."""
+@pytest.mark.parametrize("with_x0", [True, False])
+def test_cpu_blocks(monkeypatch, with_x0):
+    """The addmm path (CPUs without AVX-512), its row blocks shrunk so that odd sizes cross
+    several of them."""
     monkeypatch.setattr(cpu_backend, "GRAM_TILE_ELEMS", 1)
     monkeypatch.setattr(cpu_backend, "GRAM_MIN_ROWS", 7)
     x, x0 = make_rows((123, 19), torch.bfloat16)
+    x0 = x0 if with_x0 else None
     G0 = torch.randn(19, 19, dtype=torch.float64)
     G = G0.clone()
-    gram_update(G, x, x0, alpha=2.0, backend="cpu")
+    cpu_backend.gram_update_blocks(G, x, x0, 2.0)
     want, scale = oracle(G0, x, x0, 2.0)
     assert_close(G, want, scale, 1e-12)
 
