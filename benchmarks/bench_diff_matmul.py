@@ -13,7 +13,8 @@ scripts write), ``gemm_only`` (``D @ x`` on a difference materialised in fp32 be
 clock starts: the GEMM alone, the floor a fused kernel aims at) and the same three with
 ``transpose``. Bytes counted: both weights once plus x and out (fp32); FLOPs: 2 m n k.
 gram_update providers, for ``G += (x - x0)^T (x - x0)`` with x (r, n): ``paramgeom`` and
-``torch_materialise`` (``G.addmm_(d.T, d)`` with ``d = x.double() - x0.double()``).
+``torch_materialise`` (``G.addmm_(d.T, d)`` with ``d = x.double() - x0.double()``); their
+FLOPs are counted as r n (n + 1), the work a symmetric Gram needs.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def sweep_gram(shapes, dtypes, reps, backend, device) -> list[Row]:
                 d,
                 times,
                 {k: nb for k in fns},
-                2 * r * n * n,
+                r * n * (n + 1),  # the symmetric Gram's work (SYRK); a full product is 2 r n^2
                 lambda key, med: (
                     {"speed-up vs torch_materialise": med["torch_materialise"] / med[key]}
                     if key == "paramgeom"
