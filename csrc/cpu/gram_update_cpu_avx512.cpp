@@ -53,7 +53,13 @@ int run(const void* xv, const void* x0v, pg_i64 r, pg_i64 n, pg_i64 sx, pg_i64 s
 #pragma omp atomic write
       status = kOutOfMemory;
     }
-    for (pg_i64 k0 = 0; k0 < r; k0 += kRowsK) {
+    // G is updated in place: every thread's buffer must exist before any thread writes,
+    // so that an allocation failure leaves G as it was.
+#pragma omp barrier
+    int seen;
+#pragma omp atomic read
+    seen = status;
+    for (pg_i64 k0 = 0; seen == kOk && k0 < r; k0 += kRowsK) {
       const pg_i64 kr = std::min(kRowsK, r - k0);
 #pragma omp for schedule(static)
       for (pg_i64 i = 0; i < kr; ++i) {
@@ -70,7 +76,6 @@ int run(const void* xv, const void* x0v, pg_i64 r, pg_i64 n, pg_i64 sx, pg_i64 s
       }
 #pragma omp for schedule(dynamic, 1)
       for (pg_i64 it = 0; it < items; ++it) {
-        if (local == nullptr) continue;
         const pg_i64 I = bi[2 * it], J = bi[2 * it + 1];
         std::memset(local, 0, kBlock * kBlock * sizeof(double));
         // local[p, c] = sum_q D[q, I*kBlock + p] * D[q, J*kBlock + c]
