@@ -158,3 +158,31 @@ def test_trajectory_sketch_mode_within_its_stated_error(tmp_path):
         assert r["sim_k"] == pytest.approx(sim, abs=0.05)
     summary = json.loads((out / "summary.json").read_text())
     assert "sketch of rank 16" in summary["rules"]["spectrum"]
+
+
+def test_randomized_subspaces_report_steps_residual_and_unconverged_note(tmp_path):
+    """On the randomized path every matrix row says how many subspace-iteration steps its
+    angles took and how far the last one still moved the subspace; rows stopped by the
+    step cap on these gapless Gaussian weights (residual above the 1e-6 stop test) are
+    counted in one note. The exact path leaves both columns empty."""
+    spec = SynthSpec(arch="llama", hidden=64, layers=1, intermediate=96, vocab=160, heads=4,
+                     kv_heads=2, update_rank=3, update_scale=2e-2, seed=2)  # fmt: skip
+    pair = write_pair(tmp_path / "pair", spec, tuned_prefix="")
+    out = tmp_path / "randomized"
+    assert main(["diff", str(pair.base), str(pair.tuned), "--out", str(out), "--rank", "16",
+                 "--exact-threshold", "0", "--quiet"]) == 0  # fmt: skip
+    rows = [r for r in read_table(out / "tensors.parquet") if r["rank_k"] is not None]
+    assert rows and all(r["subspace_steps"] >= 2 for r in rows)
+    assert all(r["subspace_residual"] >= 0.0 for r in rows)
+    unconverged = [r for r in rows if r["subspace_residual"] > 1e-6]
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    flagged = [n for n in notes if "before converging" in n]
+    if unconverged:
+        assert len(flagged) == 1 and flagged[0].startswith(f"{len(unconverged)} of {len(rows)}")
+    else:
+        assert flagged == []
+    exact = tmp_path / "exact"
+    assert main(["diff", str(pair.base), str(pair.tuned), "--out", str(exact), "--rank", "16",
+                 "--quiet"]) == 0  # fmt: skip
+    for r in read_table(exact / "tensors.parquet"):
+        assert r["subspace_steps"] is None and r["subspace_residual"] is None

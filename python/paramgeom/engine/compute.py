@@ -202,6 +202,8 @@ def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: Dif
         else:
             r0 = linalg.top_subspaces(w0, min(k + 10, p), exact_threshold=opts.exact_threshold)
             r1 = linalg.top_subspaces(w1, k, init=r0.V)
+            row["subspace_steps"] = r0.iterations + r1.iterations
+            row["subspace_residual"] = max(r0.delta, r1.delta)
         left = linalg.principal_angles(r0.U[:, :k], r1.U[:, :k])
         right = linalg.principal_angles(r0.V[:, :k], r1.V[:, :k])
         row.update(

@@ -28,6 +28,7 @@ from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
 from paramgeom.engine.plan import Unit, build_units, share_for_rank
 from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import DIFF_COLUMNS
+from paramgeom.linalg.subspaces import SUBSPACE_TOL
 
 __all__ = ["run_diff", "Streamer"]
 
@@ -311,11 +312,29 @@ def _clean(value):
     return value
 
 
+def unconverged_note(rows: list[dict]) -> list[str]:
+    """One note for the matrices whose top-K subspace iteration stopped at its step cap
+    (``subspace_residual`` above the 1e-6 stop test): their angles are not converged."""
+    bad = [r for r in rows if (r.get("subspace_residual") or 0.0) > SUBSPACE_TOL]
+    if not bad:
+        return []
+    worst = max(bad, key=lambda r: r["subspace_residual"])
+    return [
+        f"{len(bad)} of {sum(r.get('subspace_steps') is not None for r in rows)} matrices: "
+        f"top-K subspace iteration stopped at its step cap before converging (last step "
+        f"still moved the subspace by sin up to {worst['subspace_residual']:.1e}, in "
+        f"{worst['name']}; the stop test is {SUBSPACE_TOL:g}): their angles are not "
+        "converged (column subspace_residual). A spectrum with no gap at K does this; "
+        "--exact-threshold at or above min(m, n) gives exact subspaces"
+    ]
+
+
 def _write_outputs(out, rows, notes, pairing, opts, base_inputs, tuned_inputs) -> dict:
     from paramgeom.report import aggregate, plots, render, tables
 
     try:
         tables.write_table(rows, DIFF_COLUMNS, out, "tensors")
+        notes = notes + unconverged_note(rows)
         summary = aggregate.summarize_diff(rows)
         summary.update(
             {

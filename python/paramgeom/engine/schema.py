@@ -39,6 +39,17 @@ DIFF_COLUMNS: dict[str, tuple[str, str]] = {
     "angle_right_max": ("float64", "max principal angle of the top-K right subspaces, degrees"),
     "angle_right_mean": ("float64", "mean principal angle of the top-K right subspaces, degrees"),
     "spectrum": ("string", "how dW's spectrum was found: 'exact' or 'randomized' (2-D only)"),
+    "subspace_steps": (
+        "int64",
+        "subspace-iteration steps for W0's and W1's top-K subspaces together (randomized "
+        "path; None where they come from an exact eigendecomposition)",
+    ),
+    "subspace_residual": (
+        "float64",
+        "sine of the last step's move of the top-K right subspace, the larger of W0's and "
+        "W1's (randomized path; the iteration stops below 1e-6, else at its step cap: the "
+        "angles are then not converged)",
+    ),
     "changed_in_principal": (
         "float64",
         "--masks: fraction of the changed entries inside W0's principal mask (top half of "

@@ -38,6 +38,11 @@ __all__ = [
 ]
 
 
+# Default stop test of subspace iteration: sine of the largest principal angle between
+# consecutive iterates of the top-k right subspace.
+SUBSPACE_TOL = 1e-6
+
+
 @dataclass(frozen=True)
 class TopSubspaces:
     """Top-k singular triplets of a matrix; unpacks as ``U, S, V = result``.
@@ -93,7 +98,7 @@ def top_subspaces(
     k: int,
     init: torch.Tensor | None = None,
     iters: int = 30,
-    tol: float = 1e-6,
+    tol: float = SUBSPACE_TOL,
     oversample: int = 10,
     exact_threshold: int = 4096,
     seed: int | None = 0,
@@ -224,7 +229,7 @@ def subspace_rotation(
     w1: torch.Tensor,
     k: int,
     iters: int = 30,
-    tol: float = 1e-6,
+    tol: float = SUBSPACE_TOL,
     oversample: int = 10,
     exact_threshold: int = 4096,
     seed: int | None = 0,
