@@ -12,10 +12,11 @@ import torch
 from oracle import assert_matches, diff_stats_oracle, to_f64
 from test_diff_stats import run_cpu_isa
 
-from paramgeom._backends import cpu as cpu_backend
+from paramgeom import _native
 
+_module, _ = _native.load("_C")
 pytestmark = pytest.mark.skipif(
-    "avx512" not in cpu_backend.status()[1], reason="needs the avx512 kernel variant"
+    _module is None or _module.best_isa() != "avx512", reason="needs the avx512 kernel variant"
 )
 
 TOLS = [

@@ -15,7 +15,12 @@ def status() -> tuple[bool, str]:
     module, why = _native.load("_C")
     if module is None:
         return False, f"paramgeom._C {why}"
-    return True, f"C++/OpenMP, {module.best_isa()}, {module.max_threads()} threads"
+    products = (
+        "AVX-512 product kernels"
+        if module.diff_matmul_supported()
+        else "products via torch's GEMM on fp32 tiles"
+    )
+    return True, f"C++/OpenMP, {module.best_isa()}, {module.max_threads()} threads, {products}"
 
 
 def diff_stats(job: DiffStatsJob, *, num_threads: int | None = None, isa: str = "") -> DiffStatsRaw:
