@@ -226,7 +226,7 @@ NB_MODULE(_C, m) {
         "Fused diff statistics of two 2-D bit views (see paramgeom/diff_stats.h). Writes "
         "totals into counts/sums and, when given, per-row outputs.");
   m.def("diff_matmul_supported", &paramgeom::diff_matmul_cpu_supported,
-        "Whether this CPU runs the fused diff_matmul kernel (AVX-512F).");
+        "Whether this CPU runs the fused diff_matmul kernel (AVX-512 F/BW/DQ/VL).");
   m.def("diff_matmul", &diff_matmul, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "x"_a, "out"_a,
         "transpose"_a, "num_threads"_a = 0,
         "out = (w1 - w0) @ x, or (w1 - w0)^T @ x, for two 2-D bit views, the difference "
@@ -241,7 +241,7 @@ NB_MODULE(_C, m) {
       "Measured fp32 FMA throughput (GFLOP/s, all threads, registers only); 0 without "
       "AVX-512.");
   m.def("gram_update_supported", &paramgeom::gram_update_cpu_supported,
-        "Whether this CPU runs the float64 gram_update kernel (AVX-512F).");
+        "Whether this CPU runs the float64 gram_update kernel (AVX-512 F/BW/DQ/VL).");
   m.def("gram_update", &gram_update, "G"_a, "x"_a, "x0"_a.none(), nb::kw_only(), "dtype"_a,
         "alpha"_a, "num_threads"_a = 0,
         "G += alpha (x - x0)^T (x - x0) in float64 for 2-D bit views (x0 None: zero); see "

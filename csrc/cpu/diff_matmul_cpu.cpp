@@ -12,8 +12,11 @@ int diff_matmul_cpu_avx512(const void* w0, const void* w1, int dtype, pg_i64 m, 
 
 bool diff_matmul_cpu_supported() {
 #if defined(PARAMGEOM_X86_DISPATCH)
+  // The same feature set the avx512 sources are compiled for (CMakeLists.txt): the
+  // compiler may use any of it, e.g. 16-bit lanes (BW) in the bf16 decode.
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 #else
   return false;
 #endif

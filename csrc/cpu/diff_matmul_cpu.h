@@ -11,8 +11,8 @@
 
 namespace paramgeom {
 
-// True when this CPU runs the kernel (AVX-512F); otherwise diff_matmul_cpu returns
-// kBadArgument and callers use another path.
+// True when this CPU runs the kernel (AVX-512 F, BW, DQ and VL); otherwise
+// diff_matmul_cpu returns kBadArgument and callers use another path.
 bool diff_matmul_cpu_supported();
 
 // w0/w1: storage bits of `dtype`, m x n, rows `stride0`/`stride1` elements apart (inner

@@ -11,8 +11,8 @@
 
 namespace paramgeom {
 
-// True when this CPU runs the kernel (AVX-512F); otherwise gram_update_cpu returns
-// kBadArgument and callers use another path.
+// True when this CPU runs the kernel (AVX-512 F, BW, DQ and VL); otherwise
+// gram_update_cpu returns kBadArgument and callers use another path.
 bool gram_update_cpu_supported();
 
 // x / x0: storage bits of `dtype`, r x n, rows `stride_x` / `stride_x0` elements apart
