@@ -40,6 +40,16 @@ std::string shape_str(const HostArray& a) {
   return s + ")";
 }
 
+// A kernel's paramgeom::Status as the Python exception it means; `failure` names the
+// kernel and what else went wrong (kBadArgument and the rest).
+void raise_on_status(int status, int dtype, const std::string& failure) {
+  if (status == paramgeom::kOk) return;
+  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
+  if (status == paramgeom::kBadDType)
+    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
+  throw nb::value_error(failure.c_str());
+}
+
 void check_bits_view(const HostArray& a, const char* name, int dtype) {
   PG_CHECK(a.ndim() == 2, std::string(name) + " must be a 2-D bit view, got ndim " +
                               std::to_string(a.ndim()));
@@ -104,12 +114,9 @@ void diff_stats(HostArray w0, HostArray w1, int dtype, const std::vector<double>
     nb::gil_scoped_release release;
     status = paramgeom::diff_stats_cpu(args, num_threads, isa.c_str());
   }
-  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
-  if (status == paramgeom::kBadDType)
-    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
-  if (status != paramgeom::kOk)
-    throw nb::value_error(("diff_stats_cpu failed (status " + std::to_string(status) +
-                           ", isa '" + isa + "')").c_str());
+  raise_on_status(status, dtype,
+                  "diff_stats_cpu failed (status " + std::to_string(status) + ", isa '" + isa +
+                      "')");
 }
 
 using F32Matrix = nb::ndarray<float, nb::device::cpu, nb::ndim<2>>;
@@ -132,11 +139,8 @@ void diff_tile(HostArray w0, HostArray w1, int dtype, F32Matrix out, int num_thr
                                       static_cast<int64_t>(w1.stride(0)), out.data(),
                                       static_cast<int64_t>(out.stride(0)), num_threads);
   }
-  if (status == paramgeom::kBadDType)
-    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
-  if (status != paramgeom::kOk) throw nb::value_error("diff_tile_cpu: bad arguments");
+  raise_on_status(status, dtype, "diff_tile_cpu: bad arguments");
 }
-
 
 using F32MatrixC = nb::ndarray<const float, nb::device::cpu, nb::ndim<2>>;
 
@@ -167,11 +171,7 @@ void diff_matmul(HostArray w0, HostArray w1, int dtype, F32MatrixC x, F32Matrix 
                                         static_cast<int64_t>(w1.stride(0)), x.data(), ldx, l,
                                         out.data(), ldo, transpose, num_threads);
   }
-  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
-  if (status == paramgeom::kBadDType)
-    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
-  if (status != paramgeom::kOk)
-    throw nb::value_error("diff_matmul_cpu: bad arguments or no AVX-512 on this CPU");
+  raise_on_status(status, dtype, "diff_matmul_cpu: bad arguments or no AVX-512 on this CPU");
 }
 
 using F64Matrix = nb::ndarray<double, nb::device::cpu, nb::ndim<2>>;
@@ -199,11 +199,7 @@ void gram_update(F64Matrix G, HostArray x, std::optional<HostArray> x0, int dtyp
         x.data(), x0 ? x0->data() : nullptr, dtype, r, n, static_cast<int64_t>(x.stride(0)),
         x0 ? static_cast<int64_t>(x0->stride(0)) : 0, alpha, G.data(), ldg, num_threads);
   }
-  if (status == paramgeom::kOutOfMemory) throw std::bad_alloc();
-  if (status == paramgeom::kBadDType)
-    throw nb::type_error(("unsupported dtype code " + std::to_string(dtype)).c_str());
-  if (status != paramgeom::kOk)
-    throw nb::value_error("gram_update_cpu: bad arguments or no AVX-512 on this CPU");
+  raise_on_status(status, dtype, "gram_update_cpu: bad arguments or no AVX-512 on this CPU");
 }
 }  // namespace
 

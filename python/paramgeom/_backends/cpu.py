@@ -23,11 +23,17 @@ def status() -> tuple[bool, str]:
     return True, f"C++/OpenMP, {module.best_isa()}, {module.max_threads()} threads, {products}"
 
 
-def diff_stats(job: DiffStatsJob, *, num_threads: int | None = None, isa: str = "") -> DiffStatsRaw:
-    """Run the OpenMP kernel; ``num_threads`` defaults to ``torch.get_num_threads()``."""
+def _kernels():
+    """The compiled ``paramgeom._C`` module, or a RuntimeError saying why it is missing."""
     module, why = _native.load("_C")
     if module is None:
         raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    return module
+
+
+def diff_stats(job: DiffStatsJob, *, num_threads: int | None = None, isa: str = "") -> DiffStatsRaw:
+    """Run the OpenMP kernel; ``num_threads`` defaults to ``torch.get_num_threads()``."""
+    module = _kernels()
     counts = torch.zeros(_layout.NUM_COUNTS, dtype=torch.int64)
     sums = torch.zeros(_layout.NUM_SUMS, dtype=torch.float64)
     row_changed = row_sq = None
@@ -73,9 +79,7 @@ def _diff_tile(w0: torch.Tensor, w1: torch.Tensor, buf: torch.Tensor) -> torch.T
     """``buf[:rows, :cols] = w1 - w0`` in fp32: exact widening, then one subtraction, in one
     pass of the C++ kernel (``torch`` needs two: ``copy_`` then ``sub_``)."""
     tile = buf[: w0.shape[0], : w0.shape[1]]
-    module, why = _native.load("_C")
-    if module is None:
-        raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    module = _kernels()
     module.diff_tile(
         _dtypes.bits_view(w0),
         _dtypes.bits_view(w1),
@@ -95,9 +99,7 @@ def diff_matmul(
     fp32 difference tiles consumed in cache by a register-blocked micro-kernel); elsewhere
     fp32 difference tiles handed to torch's GEMM (:func:`diff_matmul_tiles`).
     """
-    module, why = _native.load("_C")
-    if module is None:
-        raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    module = _kernels()
     if module.diff_matmul_supported():
         module.diff_matmul(
             _dtypes.bits_view(w0),
@@ -155,9 +157,7 @@ def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha
     each added to both halves of G); elsewhere float64 row blocks and torch's ``addmm_``
     (:func:`gram_update_blocks`).
     """
-    module, why = _native.load("_C")
-    if module is None:
-        raise RuntimeError(f"cpu backend unavailable: paramgeom._C {why}")
+    module = _kernels()
     if module.gram_update_supported() and G.dtype == torch.float64:
         module.gram_update(
             G,
