@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "diff_matmul_cpu.h"
+#include "dtype_dispatch.h"
 #include "panel_kernel_avx512.h"
 
 namespace paramgeom {
@@ -118,14 +119,10 @@ int diff_matmul_cpu_avx512(const void* w0, const void* w1, int dtype, pg_i64 m, 
                            pg_i64 stride0, pg_i64 stride1, const float* x, pg_i64 ldx,
                            pg_i64 l, float* out, pg_i64 ldo, bool transpose, int num_threads) {
   if (num_threads <= 0) num_threads = omp_get_max_threads();
-  switch (dtype) {
-    case kFloat32: return run<kFloat32>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
-    case kBFloat16: return run<kBFloat16>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
-    case kFloat16: return run<kFloat16>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
-    case kFloat8E4M3: return run<kFloat8E4M3>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
-    case kFloat8E5M2: return run<kFloat8E5M2>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo, transpose, num_threads);
-    default: return kBadDType;
-  }
+  return with_storage_dtype(dtype, [&](auto d) {
+    return run<decltype(d)::value>(w0, w1, m, n, stride0, stride1, x, ldx, l, out, ldo,
+                                   transpose, num_threads);
+  });
 }
 
 }  // namespace paramgeom

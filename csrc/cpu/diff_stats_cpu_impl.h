@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dtype_dispatch.h"
 #include "paramgeom/diff_stats.h"
 
 #ifndef PG_ISA_NS
@@ -458,14 +459,9 @@ int run_dtype(const DiffStatsArgs& args, int num_threads) {
 
 template <bool kScalar>
 int diff_stats(const DiffStatsArgs& args, int num_threads) {
-  switch (args.dtype) {
-    case kFloat32: return run_dtype<kFloat32, kScalar>(args, num_threads);
-    case kBFloat16: return run_dtype<kBFloat16, kScalar>(args, num_threads);
-    case kFloat16: return run_dtype<kFloat16, kScalar>(args, num_threads);
-    case kFloat8E4M3: return run_dtype<kFloat8E4M3, kScalar>(args, num_threads);
-    case kFloat8E5M2: return run_dtype<kFloat8E5M2, kScalar>(args, num_threads);
-    default: return kBadDType;
-  }
+  return with_storage_dtype(args.dtype, [&](auto d) {
+    return run_dtype<decltype(d)::value, kScalar>(args, num_threads);
+  });
 }
 
 }  // namespace PG_ISA_NS

@@ -5,6 +5,8 @@
 
 #include <omp.h>
 
+#include "dtype_dispatch.h"
+
 namespace paramgeom {
 namespace {
 
@@ -31,15 +33,10 @@ int diff_tile_cpu(const void* w0, const void* w1, int dtype, pg_i64 rows, pg_i64
                   int num_threads) {
   if (rows < 0 || cols < 0) return kBadArgument;
   if (num_threads <= 0) num_threads = omp_get_max_threads();
-  switch (dtype) {
-    case kFloat32: run<kFloat32>(w0, w1, rows, cols, stride0, stride1, out, out_stride, num_threads); break;
-    case kBFloat16: run<kBFloat16>(w0, w1, rows, cols, stride0, stride1, out, out_stride, num_threads); break;
-    case kFloat16: run<kFloat16>(w0, w1, rows, cols, stride0, stride1, out, out_stride, num_threads); break;
-    case kFloat8E4M3: run<kFloat8E4M3>(w0, w1, rows, cols, stride0, stride1, out, out_stride, num_threads); break;
-    case kFloat8E5M2: run<kFloat8E5M2>(w0, w1, rows, cols, stride0, stride1, out, out_stride, num_threads); break;
-    default: return kBadDType;
-  }
-  return kOk;
+  return with_storage_dtype(dtype, [&](auto d) {
+    run<decltype(d)::value>(w0, w1, rows, cols, stride0, stride1, out, out_stride, num_threads);
+    return static_cast<int>(kOk);
+  });
 }
 
 }  // namespace paramgeom

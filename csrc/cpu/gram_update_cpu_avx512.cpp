@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "gram_update_cpu.h"
+#include "dtype_dispatch.h"
 #include "panel_kernel_avx512.h"
 
 namespace paramgeom {
@@ -109,14 +110,10 @@ int gram_update_cpu_avx512(const void* x, const void* x0, int dtype, pg_i64 r, p
                            pg_i64 stride_x, pg_i64 stride_x0, double alpha, double* G,
                            pg_i64 ldg, int num_threads) {
   if (num_threads <= 0) num_threads = omp_get_max_threads();
-  switch (dtype) {
-    case kFloat32: return run<kFloat32>(x, x0, r, n, stride_x, stride_x0, alpha, G, ldg, num_threads);
-    case kBFloat16: return run<kBFloat16>(x, x0, r, n, stride_x, stride_x0, alpha, G, ldg, num_threads);
-    case kFloat16: return run<kFloat16>(x, x0, r, n, stride_x, stride_x0, alpha, G, ldg, num_threads);
-    case kFloat8E4M3: return run<kFloat8E4M3>(x, x0, r, n, stride_x, stride_x0, alpha, G, ldg, num_threads);
-    case kFloat8E5M2: return run<kFloat8E5M2>(x, x0, r, n, stride_x, stride_x0, alpha, G, ldg, num_threads);
-    default: return kBadDType;
-  }
+  return with_storage_dtype(dtype, [&](auto d) {
+    return run<decltype(d)::value>(x, x0, r, n, stride_x, stride_x0, alpha, G, ldg,
+                                   num_threads);
+  });
 }
 
 }  // namespace paramgeom
