@@ -14,6 +14,13 @@ both models whole, then loop over the tensors:
   ``torch.svd_lowrank(W1, q=64)`` for the top-64 singular subspaces, and the principal
   angles ``arccos(svdvals(U0^T U1))`` (cosine form), left and right, in degrees.
 
+``--svd full`` is the same script written for correct answers instead of speed (what a
+careful user does once they see that ``svd_lowrank``'s two power iterations cannot find the
+top-64 subspace of a matrix without a spectral gap): ``torch.linalg.svdvals(dW)`` for the
+stable rank and ``torch.linalg.svd(W, full_matrices=False)`` of W0 and W1 (float32, the
+dtype such a script computes in), top-``q`` columns for the angles. It is the
+equal-accuracy baseline for paramgeom's spectral runs.
+
 Nothing here is tuned for speed beyond what such a script does; nothing is crippled
 either: it loads with ``safetensors`` (faster and lighter than building the Hugging Face
 model, which ``--load hf`` does for the record), uses all of torch's threads, and one
@@ -21,7 +28,8 @@ global ``torch.manual_seed`` as the scripts do (so every ``svd_lowrank`` call dr
 own Gaussian test matrix).
 
 Run: ``python benchmarks/peers/plain_torch.py BASE TUNED --out result.json [--q 64]
-[--no-svd] [--load safetensors|hf]``. Writes one JSON: per-tensor rows and timings.
+[--no-svd | --svd lowrank|full] [--load safetensors|hf]``. Writes one JSON: per-tensor
+rows and timings.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ def analyze(
     svd: bool = True,
     load: str = "safetensors",
     seed: int = 0,
+    method: str = "lowrank",
 ) -> dict:
     """The baseline's figures for a checkpoint pair (see the module docstring)."""
     torch.manual_seed(seed)
@@ -103,12 +112,18 @@ def analyze(
             d = w1f - w0f
             fro2 = float(d.pow(2).sum())
             k = min(q, *w0.shape)
-            _, s, _ = torch.svd_lowrank(d, q=k)
+            if method == "full":
+                s = torch.linalg.svdvals(d)
+                u0, _, v0h = torch.linalg.svd(w0f, full_matrices=False)
+                u1, _, v1h = torch.linalg.svd(w1f, full_matrices=False)
+                u0, v0, u1, v1 = u0[:, :k], v0h[:k].T, u1[:, :k], v1h[:k].T
+            else:
+                _, s, _ = torch.svd_lowrank(d, q=k)
+                u0, _, v0 = torch.svd_lowrank(w0f, q=k)
+                u1, _, v1 = torch.svd_lowrank(w1f, q=k)
             row["frobenius_delta"] = math.sqrt(fro2)
             row["sigma_max_delta"] = float(s[0])
             row["stable_rank"] = fro2 / float(s[0]) ** 2 if float(s[0]) > 0 else 0.0
-            u0, s0, v0 = torch.svd_lowrank(w0f, q=k)
-            u1, s1, v1 = torch.svd_lowrank(w1f, q=k)
             left, right = _angles_deg(u0, u1), _angles_deg(v0, v1)
             row.update(
                 rank_k=k,
@@ -133,7 +148,13 @@ def analyze(
         summary["angle_right_max_mean"] = sum(r["angle_right_max"] for r in mats) / len(mats)
     return {
         "tool": "plain_torch",
-        "options": {"q": q, "svd": svd, "load": load, "atol": ATOL, "rtol": RTOL},
+        "options": {
+            "q": q,
+            "svd": method if svd else None,
+            "load": load,
+            "atol": ATOL,
+            "rtol": RTOL,
+        },
         "threads": torch.get_num_threads(),
         "seconds_load": t_load,
         "seconds_total": time.perf_counter() - t0,
@@ -150,9 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--q", type=int, default=64, help="torch.svd_lowrank q (default 64)")
     p.add_argument("--no-svd", action="store_true", help="unchanged fractions only")
+    p.add_argument(
+        "--svd",
+        choices=("lowrank", "full"),
+        default="lowrank",
+        help="torch.svd_lowrank (the scripts' way, default) or full torch.linalg.svd",
+    )
     p.add_argument("--load", choices=("safetensors", "hf"), default="safetensors")
     args = p.parse_args(argv)
-    result = analyze(args.base, args.tuned, q=args.q, svd=not args.no_svd, load=args.load)
+    result = analyze(
+        args.base, args.tuned, q=args.q, svd=not args.no_svd, load=args.load, method=args.svd
+    )
     result["pid"] = os.getpid()
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0

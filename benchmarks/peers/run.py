@@ -83,6 +83,12 @@ TOOLS: dict[str, tuple[str, str]] = {
         "plain-torch script: the above + `svd_lowrank(q=64)` of dW (stable rank), of W0 and "
         "of W1 (top-64 subspaces) + cosine-form principal angles, per 2-D tensor",
     ),
+    "plain_torch_exact": (
+        "plain torch",
+        "plain-torch script `--svd full`, the equal-accuracy baseline: as `plain_torch` but "
+        "`torch.linalg.svdvals(dW)` and full `torch.linalg.svd` of W0 and W1 (float32) in "
+        "place of `svd_lowrank`, per 2-D tensor",
+    ),
     "paramgeom_default": (
         "paramgeom",
         "`paramgeom diff` defaults: statistics + dW's exact spectrum (float64 Gram, "
@@ -108,6 +114,7 @@ DEFAULT_TOOLS = [
     "paramgeom_k64",
     "plain_torch",
     "paramgeom_default",
+    "plain_torch_exact",
     "weightwatcher",
 ]
 
@@ -317,6 +324,7 @@ def _command(tool: str, base: Path, tuned: Path, out: Path) -> list[str]:
         return [*_paramgeom(), "diff", str(base), str(tuned), "--out", str(out), *extra, "--quiet"]
     if tool.startswith("plain_torch"):
         extra = {"plain_torch_stats": ["--no-svd"], "plain_torch": [],
+                 "plain_torch_exact": ["--svd", "full"],
                  "plain_torch_hf": ["--load", "hf"]}[tool]  # fmt: skip
         return [py, str(HERE / "plain_torch.py"), str(base), str(tuned), "--out",
                 str(out / "result.json"), *extra]  # fmt: skip
@@ -763,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = data / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"sizes": {}}
     results.setdefault("sizes", {})
+    results["data"] = str(data)
 
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1) + "\n")
@@ -1312,8 +1321,8 @@ def write_markdown(results: dict, path: Path, plot: Path) -> None:
         + ", ".join(f"{s} {_f(results['sizes'][s].get('minutes'))} min" for s in sizes)
         + (f", trajectory {results['trajectory']['wall_s'] / 60:.1f} min"
            if results.get("trajectory") else "")
-        + " (each including its synth pair, reads and oracle). Data under /work/data/peers "
-        "(not in the repository).\n")  # fmt: skip
+        + f" (each including its synth pair, reads and oracle). Data under "
+        f"{results.get('data', '/work/data/peers')} (not in the repository).\n")  # fmt: skip
     drivers = (
         "Pairs written by our training drivers are compared apart, in "
         "[Checkpoints written by our drivers](#checkpoints-written-by-our-drivers) below; "
@@ -1382,6 +1391,8 @@ def write_markdown(results: dict, path: Path, plot: Path) -> None:
         ("paramgeom_k64", "weightwatcher"),
         ("paramgeom_default", "plain_torch"),
         ("paramgeom_default", "weightwatcher"),
+        ("paramgeom_k64", "plain_torch_exact"),
+        ("paramgeom_default", "plain_torch_exact"),
     )
 
     def wall(size, t):
@@ -1410,6 +1421,17 @@ def write_markdown(results: dict, path: Path, plot: Path) -> None:
         add(f"At the largest size ({big}) the fastest peer is `{fastest}` "
             f"({peers_ok[fastest]:.1f} s); `paramgeom_stats` is {sp:.2f}x faster: the >= 10x "
             f"target is **{'met' if sp >= 10 else 'not met'}** for the scan.")  # fmt: skip
+    # The spectral work at equal accuracy: paramgeom's exact path against full SVDs, at the
+    # largest size where both ran (the lowrank script is faster but its subspaces are wrong;
+    # see the oracle sample below).
+    both = [s for s in sizes if wall(s, "paramgeom_default") and wall(s, "plain_torch_exact")]
+    if both:
+        s = both[-1]
+        wa, wb = wall(s, "paramgeom_default"), wall(s, "plain_torch_exact")
+        add(f"Spectra at equal accuracy, at the largest size both ran ({s}): "
+            f"`paramgeom_default` {wa:.1f} s, `plain_torch_exact` {wb:.1f} s: {wb / wa:.2f}x"
+            + (f"; `paramgeom_k64` {wall(s, 'paramgeom_k64'):.1f} s"
+               if wall(s, "paramgeom_k64") else "") + ".")  # fmt: skip
     for t, w in peers.items():
         r = results["sizes"][big]["runs"][t]
         if w is None and r.get("timed_out"):
