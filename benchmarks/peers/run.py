@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -108,6 +109,8 @@ TOOLS: dict[str, tuple[str, str]] = {
         "plain-torch script, models loaded with transformers' AutoModelForCausalLM",
     ),
 }
+# Tools that build Hugging Face models (need transformers).
+HF_TOOLS = ("weightwatcher", "plain_torch_hf")
 DEFAULT_TOOLS = [
     "paramgeom_stats",
     "plain_torch_stats",
@@ -766,6 +769,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=str(HERE / "scaling.png"))
     args = p.parse_args(argv)
 
+    # A peer that cannot even import would only show up as a failed row minutes later.
+    needs = {"weightwatcher": "weightwatcher==0.7.7", "transformers": "transformers"}
+    for mod, spec in needs.items():
+        wanted = any(t.startswith(mod) or (mod == "transformers" and t in HF_TOOLS)
+                     for t in args.tools)  # fmt: skip
+        if wanted and not args.report_only and importlib.util.find_spec(mod) is None:
+            raise SystemExit(f"run.py: --tools needs {mod}, which is not installed "
+                             f"(pip install {spec}), or leave its tools out")  # fmt: skip
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     results_path = data / "results.json"
