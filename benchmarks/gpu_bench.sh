@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: build paramgeom (CUDA extension included), run the
-# GPU tests, then the diff_stats benchmarks on every CUDA backend, and print the tables.
+# GPU tests, `paramgeom bench --device cuda`, the pytest-benchmark cases, the diff_stats
+# sweeps on every CUDA backend and whole `paramgeom diff` runs, and print the tables.
 # Usage (repository root): bash benchmarks/gpu_bench.sh [OUT_DIR]
 # The GPU image has no network: it builds with the packages already installed.
 set -uo pipefail
@@ -20,6 +21,12 @@ python -m pytest -q -x tests 2>&1 | tee "$out/tests.txt" | tail -25
 
 echo "== paramgeom bench (every kernel, every CUDA backend, vs torch and the measured limits)"
 python -m paramgeom.cli bench --device cuda --out "$out/bench" 2>&1 | tee "$out/bench.txt" || status=1
+
+echo "== pytest-benchmark suite over the same cases (full profile, on the GPU)"
+PARAMGEOM_BENCH_DEVICE=cuda PARAMGEOM_BENCH_PROFILE=full python -m pytest -q \
+  benchmarks/bench_cases.py --benchmark-enable --benchmark-json "$out/bench_cases.json" \
+  2>&1 | tail -40 | tee "$out/bench_cases.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== diff_stats sweeps per backend"
 for backend in cuda cupy triton torch; do

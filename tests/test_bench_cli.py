@@ -59,3 +59,21 @@ def test_bench_cuda_without_gpu_is_bad_input(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_case_builders_are_what_bench_and_the_pytest_suite_time():
+    builders = bench.case_builders("cpu", "smoke")
+    assert list(builders) == [
+        "diff_stats-bf16-1e+05",
+        "diff_stats-fp32-1e+05",
+        "diff_matmul-128x512",
+        "gram_update-128x512",
+        "randomized_svd-128x512",
+        "sketch_update-128x512",
+    ]
+    case = builders["diff_matmul-128x512"]()
+    assert case.primary == bench.usable_backends("cpu")[0]
+    assert case.baseline == "torch_materialise" and case.baseline in case.providers
+    assert case.flop[case.primary] == 2 * 128 * 512 * bench.PRODUCT_K
+    with pytest.raises(ValueError, match="profile must be one of"):
+        bench.case_builders("cpu", "huge")

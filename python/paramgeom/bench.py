@@ -8,8 +8,9 @@ FMA throughput of a register-only loop (products are reported against the larger
 two). Every case checks
 its answer against a reference before it is timed: a fast wrong answer fails the bench.
 Timing: warm-up, then providers interleaved round by round (drift in a shared machine hits
-all of them alike), medians with p20-p80. The benchmark scripts in ``benchmarks/`` use the
-same helpers.
+all of them alike), medians with p20-p80. The cases are built by :func:`case_builders`,
+which the pytest-benchmark suite ``benchmarks/bench_cases.py`` times too; the sweep scripts
+in ``benchmarks/`` use the same timing helpers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,19 @@ import torch
 
 import paramgeom
 
-__all__ = ["WrongAnswerError", "Row", "machine", "once", "quantile", "run", "time_interleaved"]
+__all__ = [
+    "PROFILES",
+    "Case",
+    "Row",
+    "WrongAnswerError",
+    "case_builders",
+    "machine",
+    "once",
+    "quantile",
+    "run",
+    "time_interleaved",
+    "usable_backends",
+]
 
 
 def once(fn: Callable[[], object], device: str = "cpu") -> float:
@@ -135,27 +148,62 @@ def _fma_peak_tflops() -> float:
     return max(module.fma_peak_gflops(20_000_000, threads) for _ in range(3)) / 1e3
 
 
-def _rows(op, case, times, nbytes, flop, limits, baseline) -> list[Row]:
+class WrongAnswerError(AssertionError):
+    """A provider returned a wrong answer."""
+
+
+@dataclass
+class Case:
+    """One benchmark case: providers that compute the same thing, each checked against a
+    reference when the case is built (a fast wrong answer is never timed).
+
+    ``baseline`` names the plain-torch way of getting the same numbers (speed-ups are
+    against it); ``primary`` is what paramgeom's own dispatch would run (the first
+    non-torch provider). ``nbytes`` / ``flop`` per provider give GB/s and TFLOP/s;
+    ``compute_share`` is the fraction of the compute limit the case can reach (0.5 for the
+    CPU's float64 Gram: 8 lanes per FMA instead of 16).
+    """
+
+    op: str
+    label: str
+    providers: dict[str, Callable[[], object]]
+    baseline: str
+    nbytes: dict[str, int] = field(default_factory=dict)
+    flop: dict[str, float] = field(default_factory=dict)
+    compute_share: float = 1.0
+
+    @property
+    def primary(self) -> str:
+        return next(k for k in self.providers if not k.startswith("torch"))
+
+
+# Sizes per profile: diff_stats element counts, and the (m, n) of the matrix cases.
+PROFILES: dict[str, tuple[list[int], tuple[int, int]]] = {
+    "smoke": ([100_000], (128, 512)),
+    "quick": ([1_000_000, 10_000_000], (1024, 4096)),
+    "full": ([1_000_000, 10_000_000, 100_000_000], (4096, 14336)),
+}
+PRODUCT_K = 64  # columns of the diff_matmul test matrix (the --rank 64 range finder's width)
+SVD_K = 8  # triplets of the randomized_svd case
+
+
+def _rows(case: Case, times: dict[str, list[float]], limits: dict) -> list[Row]:
     med = {k: statistics.median(v) for k, v in times.items()}
     out = []
     for k, v in times.items():
-        gbps = nbytes.get(k, 0) / med[k] / 1e9
-        tflops = flop.get(k, 0) / med[k] / 1e12
+        gbps = case.nbytes.get(k, 0) / med[k] / 1e9
+        tflops = case.flop.get(k, 0) / med[k] / 1e12
         pct = (
-            100 * tflops / limits["compute_tflops"]
-            if flop.get(k)
+            100 * tflops / (limits["compute_tflops"] * case.compute_share)
+            if case.flop.get(k)
             else 100 * gbps / limits["copy_gbps"]
         )
-        speedup = med[baseline] / med[k] if not k.startswith("torch") else None
+        speedup = med[case.baseline] / med[k] if not k.startswith("torch") else None
         out.append(
-            Row(op, case, k, 1e3 * med[k], 1e3 * quantile(v, 0.2), 1e3 * quantile(v, 0.8),
-                gbps, tflops, pct, speedup)
+            Row(case.op, case.label, k, 1e3 * med[k], 1e3 * quantile(v, 0.2),
+                1e3 * quantile(v, 0.8), gbps, tflops, pct, speedup)
         )  # fmt: skip
     return out
-
-
-class WrongAnswerError(AssertionError):
-    """A provider returned a wrong answer."""
 
 
 def _check(cond: bool, what: str) -> None:
@@ -169,44 +217,43 @@ def _rel_idiom(w0: torch.Tensor, w1: torch.Tensor, eta: float = 1e-3) -> int:
     return int(((b - a).abs() <= eta * torch.maximum(a.abs(), b.abs())).sum())
 
 
-def _diff_stats_providers(w0: torch.Tensor, w1: torch.Tensor, backends: list[str]) -> dict:
-    """Each backend (checked against torch's equal count first) and the torch ways."""
+def _diff_stats_case(device: str, backends: list[str], dname: str, n: int) -> Case:
+    """Each backend (checked against torch's counts first) and the torch ways."""
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
+    g = torch.Generator().manual_seed(0)
+    w0 = (0.02 * torch.randn(n, generator=g)).to(dtype)
+    w1 = torch.where(torch.rand(n, generator=g) < 0.5, w0.float() * 1.01, w0.float())
+    w0, w1 = w0.to(device), w1.to(dtype).to(device)
     want_eq = int(torch.count_nonzero(w0 == w1))
     fns = {}
     for be in backends:
         s = paramgeom.diff_stats(w0, w1, backend=be)
         _check(s.n_equal == want_eq, f"diff_stats[{be}] equal count")
-        _check(s.n_within_rel[0] == _rel_idiom(w0, w1) or w0.dtype == torch.float32,
+        _check(s.n_within_rel[0] == _rel_idiom(w0, w1) or dtype == torch.float32,
                f"diff_stats[{be}] relative count")  # fmt: skip
         fns[be] = lambda be=be: paramgeom.diff_stats(w0, w1, backend=be)
     fns["torch_rel_idiom"] = lambda: _rel_idiom(w0, w1)
     fns["torch_count_nonzero_eq"] = lambda: int(torch.count_nonzero(w0 == w1))
-    return fns
+    return Case("diff_stats", f"{dname} n={n:.0e}", fns, "torch_rel_idiom",
+                nbytes={k: 2 * w0.nbytes for k in fns})  # fmt: skip
 
 
-def _diff_stats_cases(device, backends, sizes, reps, limits):
-    for dname, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        for n in sizes:
-            g = torch.Generator().manual_seed(0)
-            w0 = (0.02 * torch.randn(n, generator=g)).to(dtype)
-            w1 = torch.where(torch.rand(n, generator=g) < 0.5, w0.float() * 1.01, w0.float())
-            w0, w1 = w0.to(device), w1.to(dtype).to(device)
-            fns = _diff_stats_providers(w0, w1, backends)
-            nbytes = {k: 2 * w0.nbytes for k in fns}
-            times = time_interleaved(fns, reps, device)
-            yield from _rows("diff_stats", f"{dname} n={n:.0e}", times, nbytes, {}, limits,
-                             "torch_rel_idiom")  # fmt: skip
-
-
-def _matmul_cases(device, backends, shape, k, reps, limits):
+def _weights(shape: tuple[int, int], device: str, seed: int):
+    """A bf16 pair whose difference is a rank-8 update well above the bf16 rounding noise:
+    a spectrum the range finder and svd_lowrank can both resolve, so the accuracy checks
+    mean something."""
     m, n = shape
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     w0 = (0.02 * torch.randn(m, n, generator=g)).to(torch.bfloat16).to(device)
-    # A rank-8 update well above the bf16 rounding noise: a spectrum the range finder and
-    # svd_lowrank can both resolve, so the accuracy check below means something.
     low_rank = torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)
     w1 = (w0.float() + 1e-3 * low_rank.to(device)).to(torch.bfloat16)
-    x = torch.randn(n, k, generator=g).to(device)
+    return w0, w1, g
+
+
+def _diff_matmul_case(device: str, backends: list[str], shape: tuple[int, int]) -> Case:
+    m, n = shape
+    w0, w1, g = _weights(shape, device, 1)
+    x = torch.randn(n, PRODUCT_K, generator=g).to(device)
     want = (w1.double() - w0.double()) @ x.double()
     fns = {}
     for be in backends:
@@ -217,12 +264,14 @@ def _matmul_cases(device, backends, shape, k, reps, limits):
     fns["torch_materialise"] = lambda: (w1.float() - w0.float()) @ x
     d = w1.float() - w0.float()
     fns["torch_gemm_only"] = lambda: d @ x
-    flop = {key: 2 * m * n * k for key in fns}
-    nbytes = {key: 2 * w0.nbytes for key in fns}
-    times = time_interleaved(fns, reps, device)
-    yield from _rows("diff_matmul", f"bf16 {m}x{n} k={k}", times, nbytes, flop, limits,
-                     "torch_materialise")  # fmt: skip
+    return Case("diff_matmul", f"bf16 {m}x{n} k={PRODUCT_K}", fns, "torch_materialise",
+                nbytes={key: 2 * w0.nbytes for key in fns},
+                flop={key: 2 * m * n * PRODUCT_K for key in fns})  # fmt: skip
 
+
+def _gram_update_case(device: str, backends: list[str], shape: tuple[int, int]) -> Case:
+    m, n = shape
+    w0, w1, _ = _weights(shape, device, 1)
     r, c = n // 4, m // 8
     xg = w1[:r, :c].contiguous()
     x0g = w0[:r, :c].contiguous()
@@ -244,49 +293,38 @@ def _matmul_cases(device, backends, shape, k, reps, limits):
         Gt.addmm_(d.T, d)
 
     fns["torch_materialise"] = materialise
-    times = time_interleaved(fns, reps, device)
     # A Gram is symmetric: r n (n + 1) flops is the work it needs (what SYRK and the CPU
     # kernel do); the materialising baseline spends 2 r n^2 on the full product.
-    flop = {key: r * c * (c + 1) for key in fns}
-    # The CPU accumulates in float64: 8 lanes per FMA instead of 16, half the fp32 limit.
-    glimits = (
-        dict(limits, compute_tflops=limits["compute_tflops"] / 2)
-        if acc == torch.float64
-        else limits
-    )
-    yield from _rows("gram_update", f"bf16 {r}x{c}", times, {}, flop, glimits,
-                     "torch_materialise")  # fmt: skip
+    return Case("gram_update", f"bf16 {r}x{c}", fns, "torch_materialise",
+                flop={key: r * c * (c + 1) for key in fns},
+                compute_share=0.5 if acc == torch.float64 else 1.0)  # fmt: skip
 
-    kk = 8
+
+def _randomized_svd_case(device: str, shape: tuple[int, int]) -> Case:
     # The randomized path against the same method on a materialised difference (equal
     # oversampling and power iterations); the exact Gram path is another trade-off.
-    U, S, Vh = paramgeom.linalg.randomized_svd(w0, w1, kk, seed=0, exact_threshold=0)
-    s_true = torch.linalg.svdvals(w1.double() - w0.double())[:kk]
+    m, n = shape
+    w0, w1, _ = _weights(shape, device, 1)
+    k = SVD_K
+    U, S, Vh = paramgeom.linalg.randomized_svd(w0, w1, k, seed=0, exact_threshold=0)
+    s_true = torch.linalg.svdvals(w1.double() - w0.double())[:k]
     _check(float(((S - s_true).abs() / s_true).max()) < 1e-2, "randomized_svd top values")
-    times = time_interleaved(
-        {
-            "randomized_svd": lambda: paramgeom.linalg.randomized_svd(
-                w0, w1, kk, seed=0, exact_threshold=0
-            ),
-            "torch_materialise_svd_lowrank": lambda: torch.svd_lowrank(
-                w1.float() - w0.float(), q=kk + 10, niter=2
-            ),
-        },
-        reps,
-        device,
-    )
-    yield from _rows("randomized_svd", f"bf16 {m}x{n} k={kk}", times, {}, {}, limits,
-                     "torch_materialise_svd_lowrank")  # fmt: skip
+    fns = {
+        "randomized_svd": lambda: paramgeom.linalg.randomized_svd(
+            w0, w1, k, seed=0, exact_threshold=0
+        ),
+        "torch_materialise_svd_lowrank": lambda: torch.svd_lowrank(
+            w1.float() - w0.float(), q=k + 10, niter=2
+        ),
+    }
+    return Case("randomized_svd", f"bf16 {m}x{n} k={k}", fns, "torch_materialise_svd_lowrank")
 
 
-def _sketch_case(device, shape, reps, limits):
+def _sketch_case(device: str, shape: tuple[int, int]) -> Case:
     """One checkpoint's sketch update vs materialising dW and multiplying by the same test
     matrices (the only other way to get the same sketches)."""
     m, n = shape
-    g = torch.Generator().manual_seed(2)
-    w0 = (0.02 * torch.randn(m, n, generator=g)).to(torch.bfloat16).to(device)
-    low_rank = torch.randn(m, 8, generator=g) @ torch.randn(8, n, generator=g)
-    w1 = (w0.float() + 1e-3 * low_rank.to(device)).to(torch.bfloat16)
+    w0, w1, _ = _weights(shape, device, 2)
     sk = paramgeom.linalg.Sketch((m, n), rank=8, seed=0, device=device)
     right = sk._right.float()
     psi_t = sk._psi_t.float()
@@ -300,15 +338,44 @@ def _sketch_case(device, shape, reps, limits):
     k = sk.range_size
     err = torch.linalg.norm(sk.Y - want_y[:, :k].double())
     _check(err <= 1e-4 * torch.linalg.norm(want_y[:, :k].double()), "Sketch.update Y")
-    times = time_interleaved(
-        {"sketch_update": lambda: sk.update(w0, w1), "torch_materialise": materialise},
-        reps,
-        device,
-    )
-    flop = {key: 2 * m * n * (right.shape[1] + psi_t.shape[1]) for key in times}
-    nbytes = {key: 2 * w0.nbytes for key in times}
-    yield from _rows("sketch_update", f"bf16 {m}x{n} rank=8", times, nbytes, flop, limits,
-                     "torch_materialise")  # fmt: skip
+    fns = {"sketch_update": lambda: sk.update(w0, w1), "torch_materialise": materialise}
+    flop = 2 * m * n * (right.shape[1] + psi_t.shape[1])
+    return Case("sketch_update", f"bf16 {m}x{n} rank=8", fns, "torch_materialise",
+                nbytes={key: 2 * w0.nbytes for key in fns},
+                flop={key: flop for key in fns})  # fmt: skip
+
+
+def usable_backends(device: str = "cpu") -> list[str]:
+    """The kernel backends ``bench`` times on ``device``: every usable one but the plain-torch
+    reference backend, which only stands in when nothing else is usable."""
+    infos = paramgeom.backends()
+    backends = [n for n, i in infos.items() if i.available and device in i.devices]
+    return [b for b in backends if b != "torch"] or backends
+
+
+def case_builders(
+    device: str = "cpu", profile: str = "quick", backends: list[str] | None = None
+) -> dict[str, Callable[[], Case]]:
+    """Every case of a profile (``smoke``, ``quick``, ``full``), by a stable id, unbuilt:
+    building one allocates its tensors and checks every provider's answer (raising
+    :class:`WrongAnswerError`), so callers build them one at a time. ``paramgeom bench``
+    and the pytest-benchmark suite ``benchmarks/bench_cases.py`` both time these."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    sizes, shape = PROFILES[profile]
+    be = usable_backends(device) if backends is None else backends
+    out: dict[str, Callable[[], Case]] = {}
+    for dname in ("bf16", "fp32"):
+        for n in sizes:
+            out[f"diff_stats-{dname}-{n:.0e}"] = lambda dname=dname, n=n: _diff_stats_case(
+                device, be, dname, n
+            )
+    tag = f"{shape[0]}x{shape[1]}"
+    out[f"diff_matmul-{tag}"] = lambda: _diff_matmul_case(device, be, shape)
+    out[f"gram_update-{tag}"] = lambda: _gram_update_case(device, be, shape)
+    out[f"randomized_svd-{tag}"] = lambda: _randomized_svd_case(device, shape)
+    out[f"sketch_update-{tag}"] = lambda: _sketch_case(device, shape)
+    return out
 
 
 def markdown(rows: list[Row], limits: dict, info: dict) -> str:
@@ -346,31 +413,22 @@ def run(
 
     ``quick`` uses sizes that finish in about a minute on a 2-core CPU; ``smoke`` tiny sizes
     that only prove the whole pipeline works (seconds; the tests use it). ``progress``: an
-    optional callable ``progress(description)`` called before each phase. Raises
-    :class:`WrongAnswerError` when a provider returns a wrong answer.
+    optional callable ``progress(description)`` called before each case. Raises
+    :class:`WrongAnswerError` when a provider returns a wrong answer (nothing is written).
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU here")
-    infos = paramgeom.backends()
-    backends = [n for n, i in infos.items() if i.available and device in i.devices]
+    profile = "smoke" if smoke else "quick" if quick else "full"
     reps = 2 if smoke else 5 if quick else 11
     say = progress or (lambda _msg: None)
     say("measuring copy bandwidth and GEMM peak")
     limits = _limits(device, quick or smoke)
-    if smoke:
-        sizes, shape = [100_000], (128, 512)
-    elif quick:
-        sizes, shape = [1_000_000, 10_000_000], (1024, 4096)
-    else:
-        sizes, shape = [1_000_000, 10_000_000, 100_000_000], (4096, 14336)
     rows: list[Row] = []
-    say("diff_stats")
-    fast = [b for b in backends if b != "torch"] or backends
-    rows += list(_diff_stats_cases(device, fast, sizes, reps, limits))
-    say("diff_matmul, gram_update, randomized_svd")
-    rows += list(_matmul_cases(device, fast, shape, 64, reps, limits))
-    say("sketch update")
-    rows += list(_sketch_case(device, shape, reps, limits))
+    for cid, build in case_builders(device, profile).items():
+        say(cid)
+        case = build()
+        rows += _rows(case, time_interleaved(case.providers, reps, device), limits)
+        del case  # its tensors (up to a few GB in the full profile) before the next case
     info = machine()
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "limits": limits, "rows": [asdict(r) for r in rows]}
