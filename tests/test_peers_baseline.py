@@ -117,3 +117,35 @@ def test_weightwatcher_delta_stable_rank_matches_oracle(pair):
         assert row["stable_rank"] == pytest.approx(float(np.sum(s**2) / s[0] ** 2), rel=1e-6)
         checked += 1
     assert checked >= 4
+
+
+def test_exact_baseline_matches_float64_oracle(pair):
+    """``--svd full``: full float32 SVDs, so its stable ranks and top-k principal angles are
+    the float64 oracle's to float32 accuracy; ``svd_lowrank``'s need not be."""
+    from scipy.linalg import subspace_angles
+
+    pt = _load("plain_torch")
+    k = 16
+    res = pt.analyze(pair.base, pair.tuned, q=k, svd=True, method="full")
+    assert res["options"]["svd"] == "full"
+    oracle = _numpy_oracle(pair)
+    checked = 0
+    for r in res["rows"]:
+        if "stable_rank" not in r:
+            continue
+        w0, w1 = oracle[r["name"]][3], oracle[r["name"]][4]
+        s = np.linalg.svd(w1 - w0, compute_uv=False)
+        want = float(np.sum(s**2) / s[0] ** 2) if s[0] > 0 else 0.0  # unchanged matrix: 0
+        assert r["stable_rank"] == pytest.approx(want, rel=1e-4)
+        u0, _, v0h = np.linalg.svd(w0, full_matrices=False)
+        u1, _, v1h = np.linalg.svd(w1, full_matrices=False)
+        kk = min(k, *w0.shape)
+        assert r["rank_k"] == kk
+        left = np.rad2deg(subspace_angles(u0[:, :kk], u1[:, :kk]))
+        right = np.rad2deg(subspace_angles(v0h[:kk].T, v1h[:kk].T))
+        # Float32 SVDs: subspaces to ~1e-6 / gap; angles in degrees to well under 0.1.
+        assert r["angle_left_max"] == pytest.approx(left.max(), abs=0.1), r["name"]
+        assert r["angle_right_max"] == pytest.approx(right.max(), abs=0.1), r["name"]
+        assert r["angle_left_mean"] == pytest.approx(left.mean(), abs=0.1), r["name"]
+        checked += 1
+    assert checked >= 4

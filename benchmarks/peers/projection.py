@@ -7,7 +7,7 @@ and the cold read rate of this VM's disk. GPU rows are derived from the stated
 assumptions below only: no GPU was lent to the session that wrote them (NOT MEASURED).
 
 Run: ``python benchmarks/peers/projection.py [--results /work/data/peers/results.json]``
-prints the tables in Markdown.
+prints the tables in Markdown (the figures of benchmarks/projection.md).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def measured(results: dict) -> dict:
         "paramgeom_k64",
         "plain_torch",
         "paramgeom_default",
+        "plain_torch_exact",
         "weightwatcher",
     ):
         pts = [
@@ -78,6 +79,15 @@ def measured(results: dict) -> dict:
             out[tool] = {"s_per_B": pts[0][1] / pts[0][0], "fixed_s": 0.0,
                          "at_bytes": pts[0][0], "n": 1}  # fmt: skip
     return out
+
+
+def largest_hidden(results: dict, tool: str) -> int:
+    """The largest hidden size among the synth sizes ``tool`` finished."""
+    return max(
+        e["pair"]["spec"]["hidden_size"]
+        for e in results["sizes"].values()
+        if e.get("runs", {}).get(tool, {}).get("rc") == 0
+    )
 
 
 def gpu_rows() -> list[tuple[str, str, float, str]]:
@@ -133,20 +143,27 @@ def main(argv: list[str] | None = None) -> int:
         if tool == "cold_Bps":
             continue
         note = ""
-        if tool in ("plain_torch_stats", "plain_torch"):
+        if tool in ("plain_torch_stats", "plain_torch", "plain_torch_exact"):
             note = "; needs both models in RAM (800 GB)"
         if tool == "weightwatcher":
             note = "; HF input: both models in RAM (800 GB)"
         if tool == "paramgeom_default":
-            note = "; exact Gram path measured (min(m,n) <= 1024): NOT what 200B runs"
+            note = "; exact Gram path measured (min(m,n) <= 4096): NOT what 200B runs"
+        if tool == "plain_torch_exact":  # full SVDs: cost per parameter grows with min(m, n)
+            note = "; needs both models in RAM (800 GB); full SVDs, see the derived row"
         row(f"`{tool}`", v["s_per_B"], f"n={v['n']}", PAIR, tool.startswith("paramgeom"), note)
     if "paramgeom_k64" in m:  # default at 200B scale: randomized path with k = 512
         row("`paramgeom diff` default at 200B (derived: k64 cost x 522/74)",
             m["paramgeom_k64"]["s_per_B"] * L_K512 / L_K64, "derived", PAIR, True)  # fmt: skip
-    if "weightwatcher" in m:  # full SVD cost per parameter grows with min(m, n)
-        row("`weightwatcher` at 200B (derived: x hidden 12288 / 2560)",
-            m["weightwatcher"]["s_per_B"] * 12288 / 2560, "derived", PAIR, False,
-            "; HF input: both models in RAM (800 GB)")  # fmt: skip
+    # Full SVDs cost O(min(m, n)) per parameter, min(m, n) being the hidden size: scale the
+    # fitted cost by 12288 over the largest hidden size the tool ran at.
+    for tool, note in (("plain_torch_exact", "; needs both models in RAM (800 GB)"),
+                       ("weightwatcher", "; HF input: both models in RAM (800 GB)")):  # fmt: skip
+        if tool not in m:
+            continue
+        hidden = largest_hidden(results, tool)
+        row(f"`{tool}` at 200B (derived: x hidden 12288 / {hidden})",
+            m[tool]["s_per_B"] * 12288 / hidden, "derived", PAIR, False, note)  # fmt: skip
     tr = results.get("trajectory")
     if tr and tr.get("rc") == 0:
         fixed = m.get("paramgeom_stats", {}).get("fixed_s", 0.0)

@@ -79,6 +79,12 @@ TOOLS: dict[str, tuple[str, str]] = {
         "top-64 spectrum by the randomized range finder (stable rank) + top-64 left/right "
         "subspaces of W0 and W1 (W1's warm-started from W0's) + principal angles + drift",
     ),
+    "paramgeom_spectra": (
+        "paramgeom",
+        "`paramgeom diff --no-angles`: statistics + dW's exact spectrum (stable rank, float64 "
+        "Gram eigenvalues when min(m,n) <= 4096) and norms; no subspaces: the figures "
+        "WeightWatcher's delta analysis computes",
+    ),
     "plain_torch": (
         "plain torch",
         "plain-torch script: the above + `svd_lowrank(q=64)` of dW (stable rank), of W0 and "
@@ -118,6 +124,7 @@ DEFAULT_TOOLS = [
     "plain_torch",
     "paramgeom_default",
     "plain_torch_exact",
+    "paramgeom_spectra",
     "weightwatcher",
 ]
 
@@ -323,6 +330,7 @@ def _command(tool: str, base: Path, tuned: Path, out: Path) -> list[str]:
             "paramgeom_stats": ["--no-spectra"],
             "paramgeom_k64": ["--rank", "64", "--exact-threshold", "0"],
             "paramgeom_default": [],
+            "paramgeom_spectra": ["--no-angles"],
         }[tool]
         return [*_paramgeom(), "diff", str(base), str(tuned), "--out", str(out), *extra, "--quiet"]
     if tool.startswith("plain_torch"):
@@ -1404,6 +1412,7 @@ def write_markdown(results: dict, path: Path, plot: Path) -> None:
         ("paramgeom_default", "weightwatcher"),
         ("paramgeom_k64", "plain_torch_exact"),
         ("paramgeom_default", "plain_torch_exact"),
+        ("paramgeom_spectra", "weightwatcher"),
     )
 
     def wall(size, t):
