@@ -58,6 +58,7 @@ def measured(results: dict) -> dict:
         "plain_torch",
         "paramgeom_default",
         "plain_torch_exact",
+        "paramgeom_spectra",
         "weightwatcher",
     ):
         pts = [
