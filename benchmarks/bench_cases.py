@@ -48,8 +48,8 @@ def test_case(benchmark, case_id, role):
         op=case.op,
         case=case.label,
         provider=name,
-        bytes=case.nbytes.get(name, 0),
-        flop=case.flop.get(name, 0),
+        bytes=case.nbytes,
+        flop=case.flop,
         device=DEVICE,
     )
     benchmark.pedantic(case.providers[name], rounds=5, warmup_rounds=1, iterations=1)

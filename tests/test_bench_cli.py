@@ -74,6 +74,6 @@ def test_case_builders_are_what_bench_and_the_pytest_suite_time():
     case = builders["diff_matmul-128x512"]()
     assert case.primary == bench.usable_backends("cpu")[0]
     assert case.baseline == "torch_materialise" and case.baseline in case.providers
-    assert case.flop[case.primary] == 2 * 128 * 512 * bench.PRODUCT_K
+    assert case.flop == 2 * 128 * 512 * bench.PRODUCT_K
     with pytest.raises(ValueError, match="profile must be one of"):
         bench.case_builders("cpu", "huge")

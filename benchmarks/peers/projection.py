@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if tool == "cold_Bps":
             continue
         note = ""
-        if tool in ("plain_torch_stats", "plain_torch", "plain_torch_exact"):
+        if tool in ("plain_torch_stats", "plain_torch"):
             note = "; needs both models in RAM (800 GB)"
         if tool == "weightwatcher":
             note = "; HF input: both models in RAM (800 GB)"

@@ -115,8 +115,14 @@ TOOLS: dict[str, tuple[str, str]] = {
         "plain-torch script, models loaded with transformers' AutoModelForCausalLM",
     ),
 }
-# Tools that build Hugging Face models (need transformers).
-HF_TOOLS = ("weightwatcher", "plain_torch_hf")
+# The peer packages a tool imports (none is a paramgeom dependency) and how to get them;
+# WeightWatcher's HF input and plain_torch_hf build transformers models.
+TOOL_NEEDS: dict[str, tuple[str, ...]] = {
+    "weightwatcher": ("weightwatcher", "transformers"),
+    "weightwatcher_dir": ("weightwatcher",),
+    "plain_torch_hf": ("transformers",),
+}
+PIP_NAME = {"weightwatcher": "weightwatcher==0.7.7", "transformers": "transformers"}
 DEFAULT_TOOLS = [
     "paramgeom_stats",
     "plain_torch_stats",
@@ -778,13 +784,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     # A peer that cannot even import would only show up as a failed row minutes later.
-    needs = {"weightwatcher": "weightwatcher==0.7.7", "transformers": "transformers"}
-    for mod, spec in needs.items():
-        wanted = any(t.startswith(mod) or (mod == "transformers" and t in HF_TOOLS)
-                     for t in args.tools)  # fmt: skip
-        if wanted and not args.report_only and importlib.util.find_spec(mod) is None:
-            raise SystemExit(f"run.py: --tools needs {mod}, which is not installed "
-                             f"(pip install {spec}), or leave its tools out")  # fmt: skip
+    for tool in [] if args.report_only else args.tools:
+        for mod in TOOL_NEEDS.get(tool, ()):
+            if importlib.util.find_spec(mod) is None:
+                raise SystemExit(f"run.py: {tool} needs {mod}, which is not installed "
+                                 f"(pip install {PIP_NAME[mod]}), or leave it out")  # fmt: skip
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     results_path = data / "results.json"

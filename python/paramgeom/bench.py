@@ -159,7 +159,8 @@ class Case:
 
     ``baseline`` names the plain-torch way of getting the same numbers (speed-ups are
     against it); ``primary`` is what paramgeom's own dispatch would run (the first
-    non-torch provider). ``nbytes`` / ``flop`` per provider give GB/s and TFLOP/s;
+    non-torch provider). ``nbytes`` / ``flop``, the same for every provider (they all do
+    the same work), give GB/s and TFLOP/s (0: not reported);
     ``compute_share`` is the fraction of the compute limit the case can reach (0.5 for the
     CPU's float64 Gram: 8 lanes per FMA instead of 16).
     """
@@ -168,8 +169,8 @@ class Case:
     label: str
     providers: dict[str, Callable[[], object]]
     baseline: str
-    nbytes: dict[str, int] = field(default_factory=dict)
-    flop: dict[str, float] = field(default_factory=dict)
+    nbytes: int = 0
+    flop: float = 0
     compute_share: float = 1.0
 
     @property
@@ -191,11 +192,11 @@ def _rows(case: Case, times: dict[str, list[float]], limits: dict) -> list[Row]:
     med = {k: statistics.median(v) for k, v in times.items()}
     out = []
     for k, v in times.items():
-        gbps = case.nbytes.get(k, 0) / med[k] / 1e9
-        tflops = case.flop.get(k, 0) / med[k] / 1e12
+        gbps = case.nbytes / med[k] / 1e9
+        tflops = case.flop / med[k] / 1e12
         pct = (
             100 * tflops / (limits["compute_tflops"] * case.compute_share)
-            if case.flop.get(k)
+            if case.flop
             else 100 * gbps / limits["copy_gbps"]
         )
         speedup = med[case.baseline] / med[k] if not k.startswith("torch") else None
@@ -235,7 +236,7 @@ def _diff_stats_case(device: str, backends: list[str], dname: str, n: int) -> Ca
     fns["torch_rel_idiom"] = lambda: _rel_idiom(w0, w1)
     fns["torch_count_nonzero_eq"] = lambda: int(torch.count_nonzero(w0 == w1))
     return Case("diff_stats", f"{dname} n={n:.0e}", fns, "torch_rel_idiom",
-                nbytes={k: 2 * w0.nbytes for k in fns})  # fmt: skip
+                nbytes=2 * w0.nbytes)  # fmt: skip
 
 
 def _weights(shape: tuple[int, int], device: str, seed: int):
@@ -265,8 +266,7 @@ def _diff_matmul_case(device: str, backends: list[str], shape: tuple[int, int]) 
     d = w1.float() - w0.float()
     fns["torch_gemm_only"] = lambda: d @ x
     return Case("diff_matmul", f"bf16 {m}x{n} k={PRODUCT_K}", fns, "torch_materialise",
-                nbytes={key: 2 * w0.nbytes for key in fns},
-                flop={key: 2 * m * n * PRODUCT_K for key in fns})  # fmt: skip
+                nbytes=2 * w0.nbytes, flop=2 * m * n * PRODUCT_K)  # fmt: skip
 
 
 def _gram_update_case(device: str, backends: list[str], shape: tuple[int, int]) -> Case:
@@ -296,7 +296,7 @@ def _gram_update_case(device: str, backends: list[str], shape: tuple[int, int]) 
     # A Gram is symmetric: r n (n + 1) flops is the work it needs (what SYRK and the CPU
     # kernel do); the materialising baseline spends 2 r n^2 on the full product.
     return Case("gram_update", f"bf16 {r}x{c}", fns, "torch_materialise",
-                flop={key: r * c * (c + 1) for key in fns},
+                flop=r * c * (c + 1),
                 compute_share=0.5 if acc == torch.float64 else 1.0)  # fmt: skip
 
 
@@ -339,10 +339,9 @@ def _sketch_case(device: str, shape: tuple[int, int]) -> Case:
     err = torch.linalg.norm(sk.Y - want_y[:, :k].double())
     _check(err <= 1e-4 * torch.linalg.norm(want_y[:, :k].double()), "Sketch.update Y")
     fns = {"sketch_update": lambda: sk.update(w0, w1), "torch_materialise": materialise}
-    flop = 2 * m * n * (right.shape[1] + psi_t.shape[1])
     return Case("sketch_update", f"bf16 {m}x{n} rank=8", fns, "torch_materialise",
-                nbytes={key: 2 * w0.nbytes for key in fns},
-                flop={key: flop for key in fns})  # fmt: skip
+                nbytes=2 * w0.nbytes,
+                flop=2 * m * n * (right.shape[1] + psi_t.shape[1]))  # fmt: skip
 
 
 def usable_backends(device: str = "cpu") -> list[str]:
