@@ -16,12 +16,16 @@ student's (OPD compares their probabilities token by token); the task's prompts
 Output folder: ``checkpoint-0`` (the starting weights) and ``checkpoint-<step>`` (bf16 Hugging
 Face folders, readable by ``paramgeom diff`` / ``trajectory``), ``metrics.jsonl`` and
 ``run.json`` (config, seed, versions, models used, results). Exit status 0 on success, 2 on
-bad input with one line on stderr (no traceback).
+bad input or a failed write (full disk: the line names the file) with one line on stderr
+(no traceback). A checkpoint folder is complete or absent: each is written as a hidden
+``.checkpoint-<step>.tmp-<pid>`` and renamed when complete; a rerun into the folder removes
+those a killed run left (:mod:`paramgeom.drivers.storage`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import shutil
@@ -32,6 +36,7 @@ from pathlib import Path
 import torch
 
 from paramgeom.drivers.errors import DriverError
+from paramgeom.drivers.storage import remove_stale
 from paramgeom.monitor import LOCK_ACTIONS, MonitorConfig
 
 __all__ = ["build_parser", "run"]
@@ -318,10 +323,15 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if existing and not overwrite:
         raise DriverError(f"--out {out} already holds a run ({existing[0].name}); pass --overwrite")
     for path in existing:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            raise DriverError(f"--out {out}: cannot remove {path.name} ({exc.strerror})") from None
+    # Checkpoints half-written by a killed run (hidden .checkpoint-<step>.tmp-<pid>).
+    remove_stale(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -367,8 +377,9 @@ def _validate(args) -> None:
 
 
 def guarded(prog: str, body) -> int:
-    """Run ``body()`` as a command: exit 2 with one line when transformers is missing or on
-    a :class:`DriverError`, 130 on Ctrl-C."""
+    """Run ``body()`` as a command: exit 2 with one line when transformers is missing, on
+    a :class:`DriverError` (bad input; a failed write, naming the file:
+    :mod:`paramgeom.drivers.storage`) or on an ``OSError`` no caller named, 130 on Ctrl-C."""
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -379,6 +390,11 @@ def guarded(prog: str, body) -> int:
         return body()
     except DriverError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a failing environment the drivers did not name themselves
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"{prog}: error: {where}{what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -558,10 +574,20 @@ def _run(driver: str, args) -> int:
     info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     loop.write_json(out / "run.json", info)
     say(f"{driver}: {args.steps} steps into {out}")
-    result = loop.train(
-        student, objective, cfg, task=task, codec=codec, out=out, projector=projector,
-        log=say, checkpoint_extra={"driver": driver, "seed": args.seed}, monitor=monitor,
-    )  # fmt: skip
+    try:
+        result = loop.train(
+            student, objective, cfg, task=task, codec=codec, out=out, projector=projector,
+            log=say, checkpoint_extra={"driver": driver, "seed": args.seed}, monitor=monitor,
+        )  # fmt: skip
+    except DriverError as exc:
+        # A failed write (full disk): what was saved stays (complete checkpoints, whole
+        # metrics.jsonl lines); run.json says so if it can still be written.
+        info.update(status="failed", error=str(exc),
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))  # fmt: skip
+        with contextlib.suppress(DriverError, OSError):
+            info["checkpoints"] = loop.saved_steps(out)
+            loop.write_json(out / "run.json", info)
+        raise
     if monitor is not None:
         info["monitor"].update(
             lock_step=monitor.lock_step, over_locking_step=monitor.over_locking_step,

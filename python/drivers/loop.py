@@ -14,6 +14,7 @@ so a CPU run repeated with the same seed writes bit-identical checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import torch
 from paramgeom.drivers.models import save_model
 from paramgeom.drivers.rollout import sample
 from paramgeom.drivers.steps import StepContext
+from paramgeom.drivers.storage import write_error, writing
 from paramgeom.drivers.task import ArithmeticTask, Codec, Problem, rewards
 from paramgeom.monitor import log_items
 
@@ -48,7 +50,9 @@ _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 def saved_steps(run_dir: Path) -> list[int]:
     """Steps of the ``checkpoint-<step>`` folders a run wrote into ``run_dir``, ascending
-    (``checkpoint-0`` included)."""
+    (``checkpoint-0`` included). Only complete folders carry that name: one being written,
+    or left half-written by a killed run, is the hidden ``.checkpoint-<step>.tmp-<pid>``
+    (:func:`paramgeom.drivers.storage.atomic_folder`), which this never lists."""
     return sorted(
         int(m.group(1))
         for d in Path(run_dir).iterdir()
@@ -136,11 +140,53 @@ def seed_everything(seed: int) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON through a temporary file and a rename (never half a file)."""
+    """Write ``obj`` as JSON through a fsynced temporary file and a rename (never half a
+    file); a failed write raises :class:`DriverError` naming ``path`` and keeps the old
+    ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    try:
+        with writing(path):
+            with tmp.open("w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class _JsonLines:
+    """``metrics.jsonl``: one JSON object per line, unbuffered. A failed write (full disk)
+    cuts the file back to its last whole line and raises :class:`DriverError` naming it,
+    so every line already written stays readable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        with writing(path):
+            self.file = open(path, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+
+    def write(self, rec: dict) -> None:
+        data = memoryview((json.dumps(rec) + "\n").encode())
+        try:
+            while data:
+                data = data[self.file.write(data) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.file.fileno(), self.size)
+            raise write_error(self.path, exc) from None
+        self.size = self.file.tell()
+
+    def close(self) -> None:
+        try:
+            with writing(self.path):
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
 
 
 @torch.no_grad()
@@ -201,8 +247,9 @@ def train(
     metrics = None
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        metrics = (out / "metrics.jsonl").open("w")
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+        metrics = _JsonLines(out / "metrics.jsonl")
     say = log or (lambda _msg: None)
     extra = dict(checkpoint_extra or {})
 
@@ -219,8 +266,7 @@ def train(
 
     def emit(rec: dict) -> None:
         if metrics is not None:
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
+            metrics.write(rec)
 
     t_start = time.perf_counter()
     step_time = 0.0
@@ -274,9 +320,13 @@ def train(
                 save(step)
             if stop:
                 break
-    finally:
+    except BaseException:
         if metrics is not None:
-            metrics.close()
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                metrics.close()
+        raise
+    if metrics is not None:
+        metrics.close()
     result.wall_s = time.perf_counter() - t_start
     result.step_s = step_time / max(1, result.steps_done)
     return result

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from paramgeom.drivers.errors import DriverError
+from paramgeom.drivers.storage import WRITE_ERRORS, atomic_folder, write_error, writing
 from paramgeom.drivers.task import TOKENIZER_FILE, CharTokenizer, Codec
 
 __all__ = [
@@ -240,10 +241,14 @@ def save_model(
     Tied weights stay tied (one stored tensor). ``config.json`` records ``dtype`` so that
     ``from_pretrained(dtype="auto")`` gets the stored precision. ``extra`` (JSON) goes to
     ``paramgeom_checkpoint.json`` beside the weights.
+
+    The folder is complete or absent (:func:`paramgeom.drivers.storage.atomic_folder`):
+    everything is written into a hidden sibling ``.<name>.tmp-<pid>``, fsynced and renamed
+    to ``folder`` (replacing a folder of that name). A failed write (full disk, ...) raises
+    :class:`DriverError` naming the file, as ``folder / name``, and leaves nothing behind.
     """
     _quiet_transformers()
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     converted: dict[int, torch.Tensor] = {}
     state = {}
     for name, t in model.state_dict().items():
@@ -257,18 +262,46 @@ def save_model(
     # and has no such argument.
     params = inspect.signature(model.save_pretrained).parameters
     kw = {"safe_serialization": True} if "safe_serialization" in params else {}
-    model.save_pretrained(str(folder), state_dict=state, **kw)
-    cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    # transformers 5 writes "dtype", 4.x "torch_dtype"; both name the model's fp32 here.
-    keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
-    for k in keys:
-        cfg[k] = _dtype_name(dtype)
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    codec.save(folder)
-    if extra is not None:
-        (folder / "paramgeom_checkpoint.json").write_text(json.dumps(extra, indent=1) + "\n")
+    with atomic_folder(folder) as tmp:
+        try:
+            model.save_pretrained(str(tmp), state_dict=state, **kw)
+        except WRITE_ERRORS as exc:
+            raise write_error(folder / _failed_file(tmp, exc, "model.safetensors"), exc) from None
+        with writing(folder / "config.json"):
+            cfg_path = tmp / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            # transformers 5 writes "dtype", 4.x "torch_dtype"; both name the model's fp32.
+            keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
+            for k in keys:
+                cfg[k] = _dtype_name(dtype)
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        try:
+            codec.save(tmp)
+        except WRITE_ERRORS as exc:
+            raise write_error(folder / _failed_file(tmp, exc, ""), exc) from None
+        if extra is not None:
+            with writing(folder / "paramgeom_checkpoint.json"):
+                text = json.dumps(extra, indent=1) + "\n"
+                (tmp / "paramgeom_checkpoint.json").write_text(text)
     return folder
+
+
+def _failed_file(tmp: Path, exc: BaseException, weights: str) -> str:
+    """Path, relative to ``tmp``, of the file a library writer failed on: the error's own
+    file name, the weights file for a safetensors error (``weights``), else the newest file
+    in ``tmp`` (the one being written; "" when there is none)."""
+    filename = getattr(exc, "filename", None)
+    if filename:
+        try:
+            return str(Path(filename).resolve().relative_to(tmp.resolve()))
+        except ValueError:
+            return str(filename)
+    if not isinstance(exc, OSError) and weights:
+        return weights
+    files = [p for p in tmp.rglob("*") if p.is_file()]
+    if not files:
+        return ""
+    return str(max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(tmp))
 
 
 def check_compatible(

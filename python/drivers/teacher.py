@@ -41,6 +41,7 @@ from pathlib import Path
 from paramgeom.drivers.loop import LoopConfig, evaluate, train, write_json
 from paramgeom.drivers.models import build_model, count_parameters, load_model, save_model
 from paramgeom.drivers.steps import SFTStep
+from paramgeom.drivers.storage import writing
 from paramgeom.drivers.task import ArithmeticTask, CharTokenizer
 
 __all__ = [
@@ -121,9 +122,26 @@ def ensure_pretrained(
     folder = cache_dir / name
     if (folder / RECIPE_FILE).is_file():
         return folder, json.loads((folder / RECIPE_FILE).read_text())
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with writing(cache_dir):
+        cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _train_entry(recipe, task, codec, tmp, folder, say)
+    except BaseException:
+        # A full disk (DriverError naming the file), an error, Ctrl-C: no half entry.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _train_entry(
+    recipe: PretrainRecipe,
+    task: ArithmeticTask,
+    codec: CharTokenizer,
+    tmp: Path,
+    folder: Path,
+    say: Callable[[str], None],
+) -> tuple[Path, dict]:
     say(f"training the {recipe.role} ({recipe.size}, up to {recipe.steps} steps) into {folder}")
     t0 = time.perf_counter()
     model = build_model(recipe.size, codec, recipe.seed)
