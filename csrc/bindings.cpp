@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "cpu/diff_stats_cpu.h"
@@ -18,6 +19,7 @@
 #include "cpu/diff_tile_cpu.h"
 #include "cpu/fma_peak.h"
 #include "cpu/gram_update_cpu.h"
+#include "io/guarded_map.h"
 #include "paramgeom/diff_stats.h"
 
 namespace nb = nanobind;
@@ -201,6 +203,26 @@ void gram_update(F64Matrix G, HostArray x, std::optional<HostArray> x0, int dtyp
   }
   raise_on_status(status, dtype, "gram_update_cpu: bad arguments or no AVX-512 on this CPU");
 }
+// A guarded, copy-on-write view of a file's bytes as a numpy uint8 array that owns the
+// mapping (unmapped when the last view of it is freed); see io/guarded_map.h. Raises
+// OSError with the errno when the range cannot be mapped (the caller then reads it).
+nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> map_file_range(int fd, uint64_t offset,
+                                                             size_t length) {
+  auto* m = new paramgeom::GuardedMapping();
+  if (int err = paramgeom::guarded_map(fd, offset, length, m)) {
+    delete m;
+    errno = err;
+    throw std::system_error(err, std::generic_category(), "guarded mapping failed");
+  }
+  nb::capsule owner(m, [](void* p) noexcept {
+    auto* g = static_cast<paramgeom::GuardedMapping*>(p);
+    paramgeom::guarded_unmap(g);
+    delete g;
+  });
+  auto* data = static_cast<uint8_t*>(m->base) + m->delta;
+  size_t shape[1] = {length};
+  return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(data, 1, shape, owner);
+}
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -246,4 +268,12 @@ NB_MODULE(_C, m) {
         "num_threads"_a = 0,
         "out = fp32(w1) - fp32(w0) for two 2-D bit views: exact widening, one fp32 "
         "subtraction, one pass (the tile diff_matmul hands to a GEMM).");
+  m.def("map_file_range", &map_file_range, "fd"_a, "offset"_a, "length"_a,
+        "Bytes [offset, offset + length) of file descriptor fd as a copy-on-write uint8 "
+        "array whose pages, should the file shrink under them, read as zeros and are "
+        "counted (mapped_fault_count) instead of killing the process with SIGBUS.");
+  m.def("mapped_fault_count", &paramgeom::guarded_fault_count,
+        "Faults in guarded mappings turned into zero pages since the process started.");
+  m.def("mapped_live_count", &paramgeom::guarded_live_count,
+        "Guarded mappings alive now.");
 }
