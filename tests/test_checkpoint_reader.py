@@ -270,15 +270,19 @@ def test_nonexistent_unknown_and_empty(tmp_path):
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
-    import paramgeom.checkpoints.safetensors_header as sh
+    import paramgeom.checkpoints.files as files
 
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.ones(2)}, str(path))
 
-    def denied(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
+    class DeniedOS:  # os as the checkpoint files module sees it, with open() refused
+        def __getattr__(self, name):
+            return getattr(os, name)
 
-    monkeypatch.setattr(sh, "open", denied, raising=False)  # works when running as root too
+        def open(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files, "os", DeniedOS())  # works when running as root too
     with expect_error("cannot read file: Permission denied", path):
         open_checkpoint(path)
 

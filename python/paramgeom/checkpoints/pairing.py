@@ -8,13 +8,12 @@ missing or extra tensors (listed; an error with ``--strict``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.fp8 import scale_shape
 from paramgeom.checkpoints.naming import PREFIX_RULE, NameInfo, pairing_key, parse_name
 
 __all__ = ["Pairing", "PairedTensor", "TensorRef", "pair_checkpoints", "RULES"]
@@ -83,24 +82,31 @@ class Pairing:
     notes: list[str] = field(default_factory=list)
 
 
-def _config(ckpt) -> dict:
-    root = Path(ckpt.path)
-    folder = root if root.is_dir() else root.parent
-    path = folder / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
 def _tied(cfg: dict) -> bool:
     if "tie_word_embeddings" in cfg:
         return bool(cfg["tie_word_embeddings"])
     text = cfg.get("text_config")
     return bool(text.get("tie_word_embeddings")) if isinstance(text, dict) else False
+
+
+def _check_scale(info, scale) -> None:
+    """A block scale must fit its weight, checked from the headers before any data is read
+    (DESIGN.md: a bad input fails when opened, not after earlier tensors were computed)."""
+    if info.dtype not in FP8_DTYPES:
+        raise CheckpointError(
+            info.file, info.name, f"has a {SCALE_SUFFIX} block scale but is {info.dtype}, not fp8"
+        )
+    if not scale.dtype.is_floating_point or scale.dtype in FP8_DTYPES:
+        raise CheckpointError(
+            scale.file, scale.name, f"block scale must be float32-like, got {scale.dtype}"
+        )
+    want = scale_shape(info.shape) if len(info.shape) >= 2 else None
+    if want is None or tuple(scale.shape) != want:
+        raise CheckpointError(
+            scale.file, scale.name, f"block scale of shape {tuple(scale.shape)} does not fit "
+            f"weight {info.name} of shape {tuple(info.shape)} (128x128 blocks need "
+            f"{want if want is not None else 'a weight of at least 2 dimensions'})",
+        )  # fmt: skip
 
 
 def _refs(ckpt, side: str, notes: list[str]) -> dict[str, TensorRef]:
@@ -119,10 +125,8 @@ def _refs(ckpt, side: str, notes: list[str]) -> dict[str, TensorRef]:
             skipped.append(name)
             continue
         scale = tensors.get(name + SCALE_SUFFIX)
-        if scale is not None and info.dtype not in FP8_DTYPES:
-            raise CheckpointError(
-                info.file, name, f"has a {SCALE_SUFFIX} block scale but is {info.dtype}, not fp8"
-            )
+        if scale is not None:
+            _check_scale(info, scale)
         key = pairing_key(name)
         if key in refs:
             raise CheckpointError(
@@ -155,7 +159,7 @@ def pair_checkpoints(base, tuned) -> Pairing:
     tied: list[str] = []
     lm_b, lm_t = _find(b, "lm_head"), _find(t, "lm_head")
     em_b, em_t = _find(b, "embed"), _find(t, "embed")
-    if _tied(_config(base)) or _tied(_config(tuned)):
+    if _tied(base.config or {}) or _tied(tuned.config or {}):
         for refs, key in ((b, lm_b), (t, lm_t)):
             if key is not None:
                 refs.pop(key)
@@ -178,6 +182,13 @@ def pair_checkpoints(base, tuned) -> Pairing:
             raise CheckpointError(
                 tr.info.file, tr.name, f"shape {tshape} differs from the base's {bshape}"
                 f" ({br.info.file})",
+            )  # fmt: skip
+        if (br.scale is None) != (tr.scale is None):
+            has, lacks = ("base", "tuned") if br.scale is not None else ("tuned", "base")
+            raise CheckpointError(
+                tr.info.file, tr.name, f"block-scaled FP8 on one side only: the {has} "
+                f"checkpoint stores {SCALE_SUFFIX} for it, the {lacks} does not ({br.info.file}"
+                " is the base); comparing raw FP8 codes with dequantised values would be wrong",
             )  # fmt: skip
         meta = parse_name(tr.name, len(tshape))
         pairs.append(PairedTensor(tr.name, br, tr, meta, tshape))

@@ -7,30 +7,38 @@ Accepted inputs (:func:`open_checkpoint`):
   ``*.safetensors.index.json``, else ``pytorch_model.bin.index.json`` + ``.bin`` shards,
   else ``pytorch_model.bin``, else exactly one ``*.bin`` / ``*.pt`` / ``*.pth`` file;
 - a single ``.safetensors`` file, or an index file ``*.index.json`` itself;
-- a torch state dict file ``.pt`` / ``.pth`` / ``.bin``, loaded only by
-  ``torch.load(weights_only=True, map_location="cpu")`` (memory-mapped for the zip format
-  that ``torch.save`` has written since torch 1.6; legacy non-zip files are loaded without
-  mmap, still ``weights_only``). Arbitrary objects are never unpickled. ``{"state_dict":
-  {...}}``, ``{"model": {...}}``, ``{"module": {...}}`` and ``{"model_state_dict": {...}}``
-  are unwrapped one level when the top level holds no tensors; non-tensor values are ignored.
+- a torch state dict file ``.pt`` / ``.pth`` / ``.bin``, unpickled only by torch's
+  ``weights_only`` unpickler (arbitrary objects are never unpickled): for the zip format
+  that ``torch.save`` has written since torch 1.6 its structure is read at open and every
+  storage record checked against the file (:mod:`paramgeom.checkpoints.torch_zip`), and
+  each tensor is read when asked for by positioned reads; legacy non-zip files are loaded
+  whole by ``torch.load(weights_only=True)``. ``{"state_dict": {...}}``, ``{"model":
+  {...}}``, ``{"module": {...}}`` and ``{"model_state_dict": {...}}`` are unwrapped one level
+  when the top level holds no tensors; non-tensor values are ignored.
 
 Every safetensors header is validated (:func:`read_header`) and every index entry checked
-when the checkpoint is opened, before any tensor is read. Tensor data is read through the
-``safetensors`` library's ``safe_open(framework="pt")`` (memory-mapped; one handle per file,
-opened on first use, closed by :meth:`Checkpoint.close`).
+when the checkpoint is opened, before any tensor is read; every input file is opened as a
+regular file without blocking (:mod:`paramgeom.checkpoints.files`: a FIFO is refused, never
+waited on). Safetensors data are read by positioned reads into private memory or, for the
+engine's zero-copy reads (``copy=False``), through a guarded copy-on-write mapping of just
+that tensor's bytes.
 
-Reading a memory-mapped file that was truncated after it was opened kills the process with
-SIGBUS, which Python cannot catch, so every read first checks that the file's size and
-modification time are those seen when the checkpoint was opened, and raises
-:class:`CheckpointError` otherwise. With ``copy=True`` (the default) the data is copied into
-private memory at once, so a returned tensor never faults later and never aliases another.
+A memory-mapped page of a file truncated after it was mapped raises SIGBUS, which would kill
+the process; the guarded mappings (``paramgeom._C.map_file_range``) turn such a fault into
+a zero page and count it (:func:`mapped_fault_count`), and every read first checks that the
+file's size, modification time, status-change time and inode are those seen when the
+checkpoint was opened, raising :class:`CheckpointError` otherwise; :meth:`Checkpoint.verify`
+makes the same check after a computation, so figures from a file that changed under the run
+are never kept. With ``copy=True`` (the default) the data is copied into private memory at
+once, so a returned tensor never faults later and never aliases another. The
+``reader="safe_open"`` mode (the ``safetensors`` library's own unguarded mapping) is for
+benchmarks only; nothing in the command line uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import pickle
 import re
@@ -43,12 +51,15 @@ from pathlib import Path, PureWindowsPath
 import torch
 
 from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.files import open_regular, read_json
 from paramgeom.checkpoints.safetensors_header import read_header
+from paramgeom.checkpoints.torch_zip import TensorSpec, TorchZip, read_tensor
 
 __all__ = [
     "Checkpoint",
     "FileIdentity",
     "TensorInfo",
+    "mapped_fault_count",
     "open_checkpoint",
 ]
 
@@ -88,16 +99,36 @@ class TensorInfo:
 # --------------------------------------------------------------------------- data files
 
 
+def _guarded_mapper():
+    """``paramgeom._C`` when it can make guarded mappings, else None (reads then copy)."""
+    from paramgeom import _native
+
+    kernels, _ = _native.load("_C")
+    return kernels if kernels is not None and hasattr(kernels, "map_file_range") else None
+
+
+def mapped_fault_count() -> int:
+    """Page faults in guarded mappings turned into zero pages so far in this process (a
+    file shrank under a zero-copy read); 0 without the native extension."""
+    kernels = _guarded_mapper()
+    return int(kernels.mapped_fault_count()) if kernels is not None else 0
+
+
 class _Source:
     """One data file of a checkpoint."""
 
     file: Path
     tensors: dict[str, TensorInfo]
 
-    def __init__(self, file: Path, size: int, mtime_ns: int) -> None:
+    def __init__(
+        self, file: Path, size: int, mtime_ns: int, ctime_ns: int | None = None,
+        inode: int | None = None,
+    ) -> None:  # fmt: skip
         self.file = file
         self._size = size
         self._mtime_ns = mtime_ns
+        self._ctime_ns = ctime_ns
+        self._inode = inode
         self._identity: FileIdentity | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -112,13 +143,24 @@ class _Source:
             raise CheckpointError(
                 self.file, tensor, f"cannot read file: {exc.strerror or exc}"
             ) from exc
-        if st.st_size != self._size or st.st_mtime_ns != self._mtime_ns:
-            raise CheckpointError(
-                self.file,
-                tensor,
-                f"file changed since the checkpoint was opened (size {self._size} -> "
-                f"{st.st_size}, mtime_ns {self._mtime_ns} -> {st.st_mtime_ns})",
+        # ctime and the inode catch what size and mtime can miss: a same-size rewrite whose
+        # mtime was set back with utime (ctime cannot be), or a file replaced by rename.
+        changed = [
+            f"{what} {was} -> {now}"
+            for what, was, now in (
+                ("size", self._size, st.st_size),
+                ("mtime_ns", self._mtime_ns, st.st_mtime_ns),
+                ("ctime_ns", self._ctime_ns, st.st_ctime_ns),
+                ("inode", self._inode, st.st_ino),
             )
+            if was is not None and was != now
+        ]
+        if changed:
+            raise CheckpointError(
+                self.file, tensor,
+                f"file changed since the checkpoint was opened ({', '.join(changed)}): "
+                "figures read from it are not kept",
+            )  # fmt: skip
 
     def _header_digest(self) -> str:
         raise NotImplementedError
@@ -147,7 +189,7 @@ class _Source:
 class _SafetensorsSource(_Source):
     def __init__(self, file: Path) -> None:
         header = read_header(file)
-        super().__init__(file, header.file_size, header.mtime_ns)
+        super().__init__(file, header.file_size, header.mtime_ns, header.ctime_ns, header.inode)
         self.header = header
         self.tensors = {
             name: TensorInfo(name, file, spec.dtype, spec.shape, spec.nbytes)
@@ -178,7 +220,7 @@ class _SafetensorsSource(_Source):
         view = memoryview(buf.numpy())
         start = self.header.entries[name].file_offset + offset
         done = 0
-        with open(self.file, "rb", buffering=0) as fh:
+        with open_regular(self.file, name) as fh:
             fd = fh.fileno()
             while done < nbytes:
                 n = os.preadv(fd, [view[done:]], start + done)
@@ -190,27 +232,29 @@ class _SafetensorsSource(_Source):
         return buf
 
     def _map(self, name: str, offset: int, nbytes: int) -> torch.Tensor:
-        """Zero-copy, read-only view of ``nbytes`` at ``offset`` of tensor ``name``'s data:
-        a private (copy-on-write) mapping of that byte range, with the kernel told to read
-        it ahead (``MADV_WILLNEED``) from the calling thread: the prefetch thread.
-        The mapping lives exactly as long as the returned tensor, so resident memory is
-        bounded by the tensors in flight and no bytes are copied."""
+        """Zero-copy view of ``nbytes`` at ``offset`` of tensor ``name``'s data: a private
+        (copy-on-write) mapping of that byte range, read ahead by the kernel from the
+        calling thread (``MADV_WILLNEED``: the prefetch thread), and guarded
+        (``paramgeom._C.map_file_range``): should the file shrink while the view lives, the
+        pages past its end read as zeros and are counted instead of killing the process
+        with SIGBUS; the engine checks the file and that count after computing on the view
+        (:class:`~paramgeom.engine.loader.InputWatch`). The mapping lives exactly as long
+        as the returned tensor, so resident memory is bounded by the tensors in flight and
+        no bytes are copied. Falls back to :meth:`_pread` where no guarded mapping can be
+        made (no native extension, misaligned data, every guard slot taken)."""
         start = self.header.entries[name].file_offset + offset
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        delta = start - base
-        if nbytes == 0 or delta % 8:
-            return self._pread(name, offset, nbytes)  # nothing to map, or misaligned data
+        kernels = _guarded_mapper()
+        if nbytes == 0 or start % 8 or kernels is None:
+            return self._pread(name, offset, nbytes)  # nothing to map, misaligned, or no guard
         # Private and writable: an in-place write by the caller copies the page (never the
         # file, never a crash on a read-only page). No MAP_POPULATE: prefaulting a private
         # writable mapping measured 3.5 GB/s against 4.2 GB/s for faulting in the kernels.
-        with open(self.file, "rb", buffering=0) as fh:
-            mm = mmap.mmap(
-                fh.fileno(), delta + nbytes, flags=mmap.MAP_PRIVATE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base,
-            )  # fmt: skip
-        if hasattr(mm, "madvise"):  # start reading a cold file now, in the prefetch thread
-            mm.madvise(mmap.MADV_WILLNEED)
-        return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=delta)
+        with open_regular(self.file, name) as fh:
+            try:
+                view = kernels.map_file_range(fh.fileno(), start, nbytes)
+            except OSError:
+                return self._pread(name, offset, nbytes)
+        return torch.from_numpy(view)
 
     def _typed(self, buf: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         dtype = self.tensors[name].dtype
@@ -265,44 +309,81 @@ def _refusal_detail(exc: BaseException) -> str:
 
 
 class _TorchSource(_Source):
+    """A torch state dict file; no tensor data is ever memory-mapped (a mapped page of a
+    file that shrank kills the process with SIGBUS).
+
+    Zip format (``torch.save`` since torch 1.6): the structure is read at open by
+    :class:`~paramgeom.checkpoints.torch_zip.TorchZip` (``weights_only`` unpickler, meta
+    tensors, every storage record checked against the file), and each tensor or row block is
+    read when asked for, by positioned reads into private memory
+    (:func:`~paramgeom.checkpoints.torch_zip.read_tensor`): the state dict is never held
+    whole. Legacy non-zip files are loaded whole by ``torch.load(weights_only=True)``.
+    """
+
     def __init__(self, file: Path) -> None:
-        try:
-            st = os.stat(file)
-            if not os.path.isfile(file):
-                raise CheckpointError(file, None, "not a regular file")
-            with open(file, "rb"):
-                pass
-        except OSError as exc:
-            raise CheckpointError(file, None, f"cannot read file: {exc.strerror or exc}") from exc
-        super().__init__(file, st.st_size, st.st_mtime_ns)
-        # mmap works only for the zip format; legacy files load into memory, still weights_only.
-        mmap = zipfile.is_zipfile(file)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                file,
-                None,
-                "torch.load(weights_only=True) refused the file: it holds objects other than "
-                f"tensors and plain containers ({_refusal_detail(exc)}); paramgeom never "
-                "unpickles arbitrary objects",
-            ) from exc
-        except OSError as exc:
-            raise CheckpointError(file, None, f"cannot read file: {exc.strerror or exc}") from exc
-        except Exception as exc:
-            raise CheckpointError(
-                file,
-                None,
-                "not a readable torch state dict (corrupt, or not written by torch.save: "
-                f"{type(exc).__name__}: {_refusal_detail(exc)})",
-            ) from exc
-        self._data = self._state_dict(obj)
+        self._specs: dict[str, TensorSpec] = {}  # zip files: what each read needs
+        self._data: dict[str, torch.Tensor] = {}  # legacy files: the tensors themselves
+        self._byteswap = False
+        with open_regular(file) as fh:
+            try:
+                st = os.fstat(fh.fileno())
+                super().__init__(file, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                obj, structure = self._load(fh, st.st_size)
+            except CheckpointError:
+                raise
+            except pickle.UnpicklingError as exc:
+                raise CheckpointError(
+                    file,
+                    None,
+                    "torch.load(weights_only=True) refused the file: it holds objects other "
+                    f"than tensors and plain containers ({_refusal_detail(exc)}); paramgeom "
+                    "never unpickles arbitrary objects",
+                ) from exc
+            except OSError as exc:
+                raise CheckpointError(
+                    file, None, f"cannot read file: {exc.strerror or exc}"
+                ) from exc
+            except Exception as exc:
+                raise CheckpointError(
+                    file,
+                    None,
+                    "not a readable torch state dict (corrupt, or not written by torch.save: "
+                    f"{type(exc).__name__}: {_refusal_detail(exc)})",
+                ) from exc
+        found = self._state_dict(obj)
+        if structure is not None:  # dropped after this: only the specs are kept
+            self._specs = {name: structure.spec(name, t) for name, t in found.items()}
+            self._byteswap = structure.byteswap
+        else:
+            for name, t in found.items():
+                if t.device.type == "meta":
+                    raise CheckpointError(
+                        file, name, "tensor is on the meta device: the file holds no data for it"
+                    )
+            self._data = found
         self.tensors = {
             name: TensorInfo(name, file, t.dtype, tuple(t.shape), t.numel() * t.element_size())
-            for name, t in self._data.items()
+            for name, t in found.items()
         }
+        self.check_unchanged(None)  # what was read is the file whose identity was taken
+
+    def _load(self, fh, size: int) -> tuple[object, TorchZip | None]:
+        """The unpickled object, and for zip files the structure its meta tensors belong to."""
+        zipped = zipfile.is_zipfile(fh)
+        fh.seek(0)
+        if zipped:
+            structure = TorchZip(self.file, fh, size)
+            return structure.obj, structure
+        # Legacy format: tensor data are inline in the pickle stream, so torch.load reads
+        # them into memory (no mapping, no SIGBUS risk); still weights_only.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(fh, map_location="cpu", weights_only=True, mmap=False), None
+
+    @property
+    def private_reads(self) -> bool:
+        """True for zip files: :meth:`get` and :meth:`get_rows` return new memory already."""
+        return bool(self._specs)
 
     def _state_dict(self, obj: object) -> dict[str, torch.Tensor]:
         if not isinstance(obj, dict):
@@ -348,10 +429,20 @@ class _TorchSource(_Source):
             ) from exc
         return h.hexdigest()
 
-    def get(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, rows: tuple[int, int] | None) -> torch.Tensor:
+        out = read_tensor(self.file, self._specs[name], rows, self._byteswap)
+        # A file rewritten during the read may have given bytes of two versions: refuse.
+        self.check_unchanged(name)
+        return out
+
+    def get(self, name: str, copy: bool = True) -> torch.Tensor:
+        if self._specs:  # ``copy`` does not matter: every read is new memory
+            return self._read(name, None)
         return self._data[name]
 
-    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def get_rows(self, name: str, start: int, stop: int, copy: bool = True) -> torch.Tensor:
+        if self._specs:
+            return self._read(name, (start, stop))
         return self._data[name][start:stop]
 
     def close(self) -> None:
@@ -434,10 +525,11 @@ class Checkpoint:
     def config(self) -> dict | None:
         """``config.json`` beside the data files, if there is a readable one; else None."""
         if self._config is None:
+            path = self.folder / "config.json"
             try:
-                cfg = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+                cfg = read_json(path, "config.json", limit=1 << 24) if path.exists() else {}
                 self._config = cfg if isinstance(cfg, dict) else {}
-            except (OSError, ValueError):
+            except (OSError, CheckpointError):
                 self._config = {}
         return self._config or None
 
@@ -480,6 +572,15 @@ class Checkpoint:
         except KeyError:
             raise KeyError(f"{file} is not a data file of {self.path}") from None
         return src.identity()
+
+    def verify(self, names) -> None:
+        """Raise :class:`CheckpointError` if a file holding any of the tensors ``names``
+        changed since the checkpoint was opened (size, mtime, ctime, inode): what was
+        computed from those tensors must not be kept. The engine calls it after computing
+        on each unit, with :func:`mapped_fault_count` for zero-copy reads."""
+        files = {self._source(n).file: n for n in names}
+        for file, name in files.items():
+            self._sources[file].check_unchanged(name)
 
     def read(self, name: str, *, copy: bool = True) -> torch.Tensor:
         """The whole tensor ``name``: CPU, contiguous, in its stored dtype.
@@ -576,12 +677,7 @@ def _shard_path(folder: Path, index: Path, shard: object, tensor: str) -> Path:
 
 def _open_index(path: Path, index: Path) -> Checkpoint:
     folder = index.parent
-    try:
-        obj = json.loads(index.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CheckpointError(index, None, f"cannot read index: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise CheckpointError(index, None, f"corrupt index JSON ({exc})") from exc
+    obj = read_json(index, "index JSON")  # a duplicate weight_map key is refused, not last-wins
     weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
     if not isinstance(weight_map, dict):
         raise CheckpointError(index, None, "index has no 'weight_map' object")

@@ -11,10 +11,13 @@ and turns each problem into a one-line :class:`CheckpointError` that names the f
 when known, the tensor:
 
 - header length <= file size - 8 and <= 100 MB (the library's limit);
-- the header is UTF-8 JSON holding one object, with no duplicate keys;
+- the file is a regular file (a FIFO is refused without blocking on it);
+- the header is UTF-8 JSON holding one object, with no duplicate keys and nesting the
+  parser can hold;
 - ``__metadata__``, when present, maps strings to strings;
-- each tensor has a known dtype, a shape of non-negative ints and ``[begin, end]`` offsets
-  with ``begin <= end`` and ``end - begin == numel * itemsize``;
+- each tensor has a known dtype, a shape of at most 64 non-negative ints each at most
+  2^48 (a 0 elsewhere in the shape would let any size through the byte count) and
+  ``[begin, end]`` offsets with ``begin <= end`` and ``end - begin == numel * itemsize``;
 - the data region lies inside the file (else the file is truncated);
 - the tensors' byte ranges do not overlap and cover the data region exactly, from 0 with
   no gaps and no trailing bytes (the library refuses holes and trailing bytes too).
@@ -23,18 +26,19 @@ when known, the tensor:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.files import open_regular, parse_json
 
 __all__ = [
+    "MAX_DIM",
+    "MAX_DIMS",
     "MAX_HEADER_BYTES",
     "SAFETENSORS_DTYPES",
     "SafetensorsHeader",
@@ -45,6 +49,12 @@ __all__ = [
 
 MAX_HEADER_BYTES = 100_000_000
 """Largest header the ``safetensors`` library accepts (100 MB)."""
+
+MAX_DIM = 1 << 48
+"""Largest dimension accepted (2^48: a quarter of a pebibyte of bf16 in one row)."""
+
+MAX_DIMS = 64
+"""Most dimensions accepted (torch's own limit is 64 too)."""
 
 
 def _known_dtypes() -> dict[str, torch.dtype]:
@@ -115,6 +125,9 @@ class SafetensorsHeader:
     file_size: int
     mtime_ns: int
     """Modification time of the file when the header was read (same ``fstat`` as the size)."""
+    ctime_ns: int
+    """Status-change time then (moves on every write and cannot be set back by ``utime``)."""
+    inode: int
     sha256: str
     """Hex sha256 of the header's JSON bytes (the ``header_len`` bytes after the length)."""
     metadata: dict[str, str] = field(default_factory=dict)
@@ -123,15 +136,6 @@ class SafetensorsHeader:
     @property
     def data_start(self) -> int:
         return 8 + self.header_len
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _is_int(x: object) -> bool:
@@ -146,11 +150,9 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             st = os.fstat(f.fileno())
             size = st.st_size
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(path, None, "not a regular file")
             if size < 8:
                 raise CheckpointError(
                     path, None, f"file too short for a safetensors header ({size} bytes)"
@@ -178,10 +180,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     if len(raw) != header_len:  # the file shrank while we read it
         raise CheckpointError(path, None, f"truncated file: header of {header_len} bytes cut short")
 
-    try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(path, None, f"corrupt JSON header ({exc})") from exc
+    obj = parse_json(raw, path, "JSON header")
     if not isinstance(obj, dict):
         raise CheckpointError(
             path, None, f"corrupt JSON header (expected an object, got {type(obj).__name__})"
@@ -213,6 +212,14 @@ def read_header(path: str | Path) -> SafetensorsHeader:
             raise CheckpointError(
                 path, name, f"shape must be a list of non-negative ints, got {shape!r}"
             )
+        if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape):
+            # torch sizes are int64 and the kernels index rows and columns with int64: a
+            # dimension near 2^63 (possible beside a 0, which makes the byte count 0) would
+            # overflow them, and no real tensor has one: a file's bytes bound every product.
+            raise CheckpointError(
+                path, name, f"shape {shape!r} has more than {MAX_DIMS} dimensions or a "
+                f"dimension over {MAX_DIM} (2^48)",
+            )  # fmt: skip
         offs = entry["data_offsets"]
         if (
             not isinstance(offs, list)
@@ -277,6 +284,8 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         header_len=header_len,
         file_size=size,
         mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
         sha256=hashlib.sha256(raw).hexdigest(),
         metadata=dict(metadata),
         entries=entries,
