@@ -116,6 +116,8 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, command):
     assert two.returncode == 0, two.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "two" / "journal").iterdir()) == [
         f"{command}.rank0.jsonl",
+        f"{command}.rank0.lock",  # each rank's run lock (tests/test_hostile_inputs.py)
         f"{command}.rank1.jsonl",
+        f"{command}.rank1.lock",
     ]
     assert _tables(tmp_path / "two", stem) == _tables(tmp_path / "one", stem)

@@ -13,6 +13,8 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
+from paramgeom._argtypes import bounded_float, bounded_int
+
 
 def _cmd_backends(args: argparse.Namespace) -> int:
     from paramgeom import backends
@@ -161,12 +163,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 _BACKENDS = ["auto", "cuda", "cupy", "triton", "cpu", "torch"]
+_REL_TOL = bounded_float(0.0, 1.0)  # eta of |w1 - w0| <= eta max(|w0|, |w1|): 1 passes all
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the contract for every bad input), naming the flag and
+    pointing at --help, instead of argparse's usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from paramgeom.checkpoints import synth
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="paramgeom",
         description="Parameter-space geometry of post-training (arXiv 2606.07082).",
     )
@@ -197,15 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="base checkpoint (folder, .safetensors, or state dict)")
     p.add_argument("tuned", help="tuned checkpoint")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--rank", type=int, default=512, help="K of the subspaces (default 512)")
+    p.add_argument("--rank", type=bounded_int(1), default=512,
+                   help="K of the subspaces (default 512)")  # fmt: skip
     p.add_argument("--no-angles", action="store_true", help="skip the subspace rotation")
     p.add_argument(
         "--no-spectra", action="store_true",
         help="statistics only (unchanged fractions, norms): no SVD at all; the fastest scan",
     )  # fmt: skip
-    p.add_argument("--rel-tol", type=float, default=1e-3, help="eta of the bf16 rule")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute rule of older tools")
-    p.add_argument("--exact-threshold", type=int, default=4096,
+    p.add_argument("--rel-tol", type=_REL_TOL, default=1e-3, help="eta of the bf16 rule")
+    p.add_argument("--atol", type=bounded_float(0.0), default=1e-5,
+                   help="absolute rule of older tools")  # fmt: skip
+    p.add_argument("--exact-threshold", type=bounded_int(0), default=4096,
                    help="exact spectrum when min(m, n) <= this (default 4096)")  # fmt: skip
     p.add_argument("--chunk-bytes", type=synth.size_arg, default=synth.parse_size("1GiB"),
                    help="pairs larger than this are read in row blocks (default 1GiB)")  # fmt: skip
@@ -232,14 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="base checkpoint (W_0)")
     p.add_argument("checkpoints", nargs="+", help="checkpoints in training order")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--k", type=int, default=16, help="K of Sim_K and the lock rule (16)")
+    p.add_argument("--k", type=bounded_int(1), default=16,
+                   help="K of Sim_K and the lock rule (16)")  # fmt: skip
     p.add_argument(
-        "--sketch-rank", type=int, default=None,
+        "--sketch-rank", type=bounded_int(1), default=None,
         help="keep a rank-R streaming sketch per matrix (cheapest, least accurate) instead of "
         "the default warm-started randomized range finder",
     )  # fmt: skip
-    p.add_argument("--lock-threshold", type=float, default=0.9, help="Sim_K lock level (0.9)")
-    p.add_argument("--rel-tol", type=float, default=1e-3, help="eta of the bf16 rule")
+    p.add_argument("--lock-threshold", type=bounded_float(0.0, 1.0, low_open=True), default=0.9,
+                   help="Sim_K lock level, in (0, 1] (0.9)")  # fmt: skip
+    p.add_argument("--rel-tol", type=_REL_TOL, default=1e-3, help="eta of the bf16 rule")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
@@ -259,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="tiny model, 2 seeds, 300 steps")
     g.add_argument("--smoke", action="store_true", help="a minute or two: checks the pipeline")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=bounded_int(1), default=None,
                    help="processes at a time (default: CPU cores / --threads)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per process (1)")
+    p.add_argument("--threads", type=bounded_int(1), default=1,
+                   help="CPU threads per process (1)")  # fmt: skip
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.set_defaults(func=_cmd_reproduce)

@@ -48,6 +48,18 @@ class DiffOptions:
     device: str = "cpu"
     masks: bool = False
 
+    def __post_init__(self) -> None:
+        checks = (
+            ("rank (--rank)", self.rank >= 1, ">= 1"),
+            ("exact_threshold (--exact-threshold)", self.exact_threshold >= 0, ">= 0"),
+            ("chunk_bytes (--chunk-bytes)", self.chunk_bytes >= 1, ">= 1"),
+            ("rel_tol (--rel-tol)", 0 <= self.rel_tol <= 1, "in [0, 1]"),  # also refuses NaN
+            ("atol (--atol)", 0 <= self.atol < math.inf, "finite and >= 0"),
+        )
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {want}, got {getattr(self, name.split()[0])}")
+
     def fingerprint(self) -> str:
         """Hash of every option that changes a figure (journal entries of other options are
         not reused)."""
@@ -100,6 +112,38 @@ def stats_fields(st: DiffStats) -> dict[str, Any]:
         "relative_change": fd / fb if fb > 0 else None,
         "max_abs_delta": st.max_abs_delta if n else None,
     }
+
+
+SPECTRAL_NORM_LIMIT = 2.0**40
+"""Largest Frobenius norm of W0, W1 or dW handed to the spectral routines as stored. Their
+products and Grams run in fp32 in places (and dW = W1 - W0 is formed in fp32), so finite
+extremes (every value near the bf16 maximum, 3.4e38) would overflow to Inf; above this
+norm both inputs are scaled by one power of two first (:func:`spectral_inputs`)."""
+
+
+def spectral_inputs(
+    w0: torch.Tensor, w1: torch.Tensor, stats: list[DiffStats]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(w0, w1, factor)`` for the spectral figures: the inputs as given, or both scaled
+    by the power of two ``1 / factor`` that brings the largest Frobenius norm among W0, W1
+    and dW (over ``stats``, one per matrix of the batch) to at most
+    :data:`SPECTRAL_NORM_LIMIT`. Scaling by a power of two is exact in bf16 for all but
+    values 2^-133 below the largest (they round to zero: relative error far below every
+    stated accuracy); angles, stable and effective ranks, drift and Sim_K do not depend on
+    scale, and singular values are multiplied back by ``factor``."""
+    norm = max(
+        (math.sqrt(max(st.sum_sq_w0, st.sum_sq_w1, st.sum_sq_delta)) for st in stats),
+        default=0.0,
+    )
+    if norm > SPECTRAL_NORM_LIMIT:
+        # norm <= 2^128 (bf16 max) * 2^32 (sqrt of any numel): 2^-shift is a normal float32.
+        shift = math.ceil(math.log2(norm / SPECTRAL_NORM_LIMIT))
+        return (
+            (w0.float() * 2.0**-shift).to(w0.dtype),
+            (w1.float() * 2.0**-shift).to(w1.dtype),
+            2.0**shift,
+        )
+    return w0, w1, 1.0
 
 
 def _stats(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> DiffStats:
@@ -190,11 +234,12 @@ def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: Dif
     p = min(m, n)
     k = min(opts.rank, p)
     exact = p <= opts.exact_threshold
+    w0, w1, factor = spectral_inputs(w0, w1, [st])
     if exact:
         s = linalg.diff_svdvals(w0, w1)
     else:
         _, s, _ = linalg.randomized_svd(w0, w1, k=k, seed=0, exact_threshold=0)
-    row.update(_rank_fields(s, st.sum_sq_delta, exact))
+    row.update(_rank_fields(s.double() * factor, st.sum_sq_delta, exact))
     if opts.angles:
         if exact:
             r0 = linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold)
@@ -298,7 +343,8 @@ def expert_rows(
         return rows, notes
     idx = torch.tensor(finite, device=w0.device)
     a, b = w0.index_select(0, idx), w1.index_select(0, idx)
-    s = linalg.batched_svdvals(b.double() - a.double()).cpu()
+    a, b, factor = spectral_inputs(a, b, [sts[i] for i in finite])
+    s = linalg.batched_svdvals(b.double() - a.double()).cpu() * factor
     rot = linalg.batched_rotation(a, b, min(opts.rank, p)) if opts.angles else None
     if rot is not None:
         lmax, lmean = (t.cpu() for t in rot.degrees("left"))

@@ -8,6 +8,7 @@ starts; rank 0 writes the tables, the summary, the plots and the report from the
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -24,7 +25,7 @@ from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
 from paramgeom.engine.compute import DiffOptions, block_rows, expert_rows, matrix_row
 from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
-from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
+from paramgeom.engine.loader import InputWatch, Prefetcher, read_bf16, to_device
 from paramgeom.engine.plan import Unit, build_units, share_for_rank
 from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import DIFF_COLUMNS
@@ -56,6 +57,19 @@ class Streamer:
                 out.append(self._ids.key(ckpt, ref.info.file))
                 if ref.scale is not None:
                     out.append(self._ids.key(ckpt, ref.scale.file))
+        return out
+
+    def reads(self, unit: Unit) -> list[tuple[Any, list[str]]]:
+        """(checkpoint, tensor names) that computing ``unit`` reads, for :class:`InputWatch`."""
+        out = []
+        for ckpt, side in ((self.base, "base"), (self.tuned, "tuned")):
+            names = []
+            for pair in unit.pairs:
+                ref = getattr(pair, side)
+                names.append(ref.info.name)
+                if ref.scale is not None:
+                    names.append(ref.scale.name)
+            out.append((ckpt, names))
         return out
 
     # -- reading -----------------------------------------------------------------------------
@@ -227,9 +241,10 @@ def run_diff(
             keys = {u: entry_key(u.digest(), streamer.identities(u), fingerprint) for u in units}
             mine = share_for_rank(units, ctx.rank, ctx.world)
             journal = Journal(out, "diff", ctx.rank)
-            done = journal.load()
+            done = journal.start()
             todo = [u for u in mine if keys[u] not in done]
             ok = False
+            watch = InputWatch()
             started = time.perf_counter()
             try:
                 with ByteProgress(
@@ -240,7 +255,10 @@ def run_diff(
                     with Prefetcher(todo, streamer.load, depth=1) as queue:
                         for unit, loaded in queue:
                             bar.describe(unit.name)
-                            rows, notes = compute_unit(streamer, unit, loaded)
+                            rows, notes = watch.compute(
+                                streamer.reads(unit), unit.name,
+                                functools.partial(compute_unit, streamer, unit, loaded),
+                            )  # fmt: skip
                             journal.append(keys[unit], unit.name, rows, notes)
                             fault_point("diff")
                             del loaded

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.files import open_regular
 
 __all__ = ["FileIdentities", "Journal", "entry_key", "fault_point"]
 
@@ -62,6 +64,19 @@ class FileIdentities:
         return self._keys[k]
 
 
+def _well_formed(entry: object) -> bool:
+    """An entry as :meth:`Journal.append` writes it: a string key, a list of row objects and
+    a list of string notes."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and isinstance(entry.get("rows"), list)
+        and all(isinstance(r, dict) for r in entry["rows"])
+        and isinstance(entry.get("notes", []), list)
+        and all(isinstance(n, str) for n in entry.get("notes", []))
+    )
+
+
 class Journal:
     """The journal of one command in an output folder, written by one rank."""
 
@@ -69,23 +84,64 @@ class Journal:
         self.dir = Path(out_dir) / "journal"
         self.command = command
         self.path = self.dir / f"{command}.rank{rank}.jsonl"
+        self._lock_path = self.dir / f"{command}.rank{rank}.lock"
         self._fh = None
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take this journal for the run: a second run of the same command (and rank) into
+        the same output folder while this one runs is refused with one line, instead of
+        both doing all the work and interleaving their entries. The lock is the kernel's
+        (``flock``), so a killed run never leaves it held."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise CheckpointError(
+                self._lock_path, None, f"cannot create the run lock ({exc.strerror or exc})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise CheckpointError(
+                    self.dir.parent, None, f"another paramgeom {self.command} is running into "
+                    "this output folder; wait for it to finish (rerunning then resumes from its "
+                    "journal) or choose another --out",
+                ) from None  # fmt: skip
+            raise CheckpointError(
+                self._lock_path, None, f"cannot lock the run ({exc.strerror or exc})"
+            ) from None
+        self._lock_fd = fd
+
+    def start(self) -> dict[str, dict[str, Any]]:
+        """:meth:`acquire`, then :meth:`load` (the lock is let go again if loading fails)."""
+        self.acquire()
+        try:
+            return self.load()
+        except BaseException:
+            self.close()
+            raise
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Every complete entry written by any rank of any earlier run: key -> entry."""
+        """Every complete, well-formed entry written by any rank of any earlier run: key ->
+        entry. Lines that are cut short, not JSON or not shaped like an entry are skipped
+        (their units are computed again); a journal path that is not a regular file is an
+        error naming it."""
         entries: dict[str, dict[str, Any]] = {}
         if not self.dir.is_dir():
             return entries
         for path in sorted(self.dir.glob(f"{self.command}.rank*.jsonl")):
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 for line in fh:
                     if not line.endswith(b"\n"):
                         break  # the last line of a killed run
                     try:
                         entry = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue
-                    if isinstance(entry, dict) and "key" in entry and "rows" in entry:
+                    if _well_formed(entry):
                         entries[entry["key"]] = entry
         return entries
 
@@ -109,6 +165,8 @@ class Journal:
         try:
             if self._fh is None:
                 self.dir.mkdir(parents=True, exist_ok=True)
+                if self.path.exists() and not self.path.is_file():
+                    raise CheckpointError(self.path, unit, "journal path is not a regular file")
                 self._fh = open(self.path, "ab")  # noqa: SIM115 - held open across units
                 self._end_cut_line()
             self._fh.write(line.encode())
@@ -139,3 +197,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 self._fh.close()
             self._fh = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None

@@ -17,8 +17,9 @@ import torch
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.fp8 import dequantize_blocks
 from paramgeom.checkpoints.pairing import FP8_DTYPES, TensorRef
+from paramgeom.checkpoints.reader import mapped_fault_count
 
-__all__ = ["Prefetcher", "read_bf16", "to_device"]
+__all__ = ["InputWatch", "Prefetcher", "read_bf16", "to_device"]
 
 
 def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None = None):
@@ -40,6 +41,48 @@ def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None =
     elif raw.dtype in FP8_DTYPES:
         raw = raw.float()  # unscaled fp8: the stored values are the weights
     return raw if raw.dtype == torch.bfloat16 else raw.to(torch.bfloat16)
+
+
+class InputWatch:
+    """What makes a figure computed from a file that changed under the run an error, never a
+    result: after each unit's compute, every file it read must be as it was when opened
+    (:meth:`Checkpoint.verify`: size, mtime, ctime, inode) and no zero-copy page may have
+    vanished (:func:`~paramgeom.checkpoints.reader.mapped_fault_count`); only then is the
+    unit journaled. A compute failure is explained by a changed file when there is one, else
+    reported as one line naming the tensor."""
+
+    def __init__(self) -> None:
+        self._faults = mapped_fault_count()
+
+    def check(self, reads: list[tuple[Any, list[str]]]) -> None:
+        """``reads``: (checkpoint, names of the tensors read from it) of one unit."""
+        for ckpt, names in reads:
+            ckpt.verify(names)
+        now = mapped_fault_count()
+        if now != self._faults:
+            self._faults = now
+            where = " or ".join(str(ckpt.path) for ckpt, _ in reads)
+            raise CheckpointError(
+                where, None, "a file shrank while it was read (pages past its end read as "
+                "zeros): figures read from it are not kept",
+            )  # fmt: skip
+
+    def compute(self, reads: list[tuple[Any, list[str]]], unit: str, work: Callable[[], Any]):
+        """``work()``, then :meth:`check`; an exception from ``work`` becomes a
+        :class:`CheckpointError` naming the changed file, else ``unit`` and its file."""
+        try:
+            out = work()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            self.check(reads)
+            file = reads[-1][0].tensors[reads[-1][1][0]].file if reads and reads[-1][1] else None
+            msg = " ".join(str(exc).split())[:300]
+            raise CheckpointError(
+                file, unit, f"computing its figures failed ({type(exc).__name__}: {msg})"
+            ) from exc
+        self.check(reads)
+        return out
 
 
 def to_device(t: torch.Tensor, device: torch.device, stream=None) -> torch.Tensor:

@@ -71,8 +71,12 @@ TRAJECTORY_COLUMNS: dict[str, tuple[str, str]] = {
     "numel": ("int64", "parameter count (weights the model-level unchanged fraction)"),
     "step": ("int64", "checkpoint step (from its folder name, else its position)"),
     "checkpoint": ("string", "checkpoint folder or file name (not its full path)"),
-    "frobenius_delta": ("float64", "||dW_t||_F"),
+    "frobenius_delta": ("float64", "||dW_t||_F (finite pairs only)"),
     "relative_change": ("float64", "||dW_t||_F / ||W0||_F"),
+    "n_nonfinite": (
+        "int64",
+        "NaN/Inf values in W0 plus those in W_t (excluded from the figures; no spectra then)",
+    ),
     "stable_rank": ("float64", "srank(dW_t) from the sketch's top singular values"),
     "hill_alpha": ("float64", "Hill tail index of the squared singular values of dW_t"),
     "sim_k": ("float64", "Sim_K(t, t_end) = ||V_K(t)^T V_K(t_end)||_F^2 / K"),

@@ -20,6 +20,7 @@ rounding noise gave Sim_2 0.85 with R = 4 and 0.98 with R = 16 where the exact v
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,9 +36,10 @@ from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
+from paramgeom.engine.compute import spectral_inputs
 from paramgeom.engine.diff import _device, _inputs, make_output_dir
 from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
-from paramgeom.engine.loader import Prefetcher, read_bf16, to_device
+from paramgeom.engine.loader import InputWatch, Prefetcher, read_bf16, to_device
 from paramgeom.engine.plan import share_for_rank
 from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import TRAJECTORY_COLUMNS
@@ -122,8 +124,11 @@ def _matrices(pairings, base) -> tuple[list[_Matrix], list[str]]:
     return out, notes
 
 
-def _follow(mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device) -> list[dict]:
-    """Rows (one per checkpoint) of one matrix from its base and per-checkpoint tensors."""
+def _follow(
+    mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device
+) -> tuple[list[dict], list[str]]:
+    """Rows (one per checkpoint) of one matrix from its base and per-checkpoint tensors, and
+    a note for each step whose pair holds NaN/Inf (no spectra there)."""
     w0 = None
     sketch = None
     width = 0
@@ -141,24 +146,32 @@ def _follow(mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device) 
         stats.append(paramgeom.diff_stats(w0, w, rel_tols=(opts.rel_tol,), backend=opts.backend))
         if stats[-1].n_nonfinite_w0 or stats[-1].n_nonfinite_w1 or stats[-1].sum_sq_delta == 0:
             tops.append(None)
-        elif sketch is not None:
-            _, s, vh = sketch.update(w0, w).svd()
-            tops.append((s.cpu(), vh.T.cpu()))
+            continue
+        a, b, factor = spectral_inputs(w0, w, stats[-1:])  # finite extremes: scaled
+        if sketch is not None:
+            _, s, vh = sketch.update(a, b).svd()
         else:
             _, s, vh = linalg.randomized_svd(
-                w0, w, k=width, oversample=0 if init is not None else opts.oversample,
+                a, b, k=width, oversample=0 if init is not None else opts.oversample,
                 power_iters=opts.power_iters, seed=opts.seed, init=init, exact_threshold=0,
             )  # fmt: skip
             init = vh.T
-            tops.append((s.cpu(), vh.T.cpu()))
+        tops.append((s.cpu().double() * factor, vh.T.cpu()))
         del w
     meta = mat.pairs[0].meta
     k = min(opts.k, width)
     end = tops[-1]
-    rows = []
+    rows, notes = [], []
     for t, (st, top) in enumerate(zip(stats, tops, strict=True)):
         fb = math.sqrt(st.sum_sq_w0)
         fd = math.sqrt(st.sum_sq_delta)
+        nonfinite = st.n_nonfinite_w0 + st.n_nonfinite_w1
+        if nonfinite:
+            notes.append(
+                f"{mat.name} at step {steps[t]} ({names[t]}): {nonfinite} NaN/Inf values "
+                f"({st.n_nonfinite_w0} in the base, {st.n_nonfinite_w1} in the checkpoint; "
+                "excluded from the figures; no spectra, and no Sim_K against this step)"
+            )
         row = {
             "name": mat.name,
             "module": meta.module,
@@ -170,6 +183,7 @@ def _follow(mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device) 
             "checkpoint": names[t],
             "frobenius_delta": fd,
             "relative_change": fd / fb if fb > 0 else None,
+            "n_nonfinite": nonfinite,
             "unchanged_fraction": st.n_within_rel[0] / st.numel if st.numel else None,
             "stable_rank": None,
             "hill_alpha": None,
@@ -186,7 +200,7 @@ def _follow(mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device) 
             if end is not None and s1 > 0 and float(end[0][0]) > 0:
                 row["sim_k"] = metrics.sim_k(v, end[1], K=k)
         rows.append(row)
-    return rows
+    return rows, notes
 
 
 def run_trajectory(
@@ -206,6 +220,12 @@ def run_trajectory(
         raise ValueError(f"need 1 <= k <= sketch rank, got k={opts.k}, rank={opts.rank}")
     if opts.oversample < 0 or opts.power_iters < 0:
         raise ValueError("oversample and power_iters must be >= 0")
+    if not 0 < opts.lock_threshold <= 1:  # also refuses NaN
+        raise ValueError(
+            f"lock_threshold (--lock-threshold) must be in (0, 1], got {opts.lock_threshold}"
+        )
+    if not 0 <= opts.rel_tol <= 1:
+        raise ValueError(f"rel_tol (--rel-tol) must be in [0, 1], got {opts.rel_tol}")
     out = Path(out_dir)
     ctx = distributed.context(opts.device)
     opened = []
@@ -238,7 +258,7 @@ def run_trajectory(
             keys[mat] = entry_key(mat.digest(), ids, fp)
         mine = share_for_rank(matrices, ctx.rank, ctx.world)
         journal = Journal(out, "trajectory", ctx.rank)
-        done = journal.load()
+        done = journal.start()
         todo = [m for m in mine if keys[m] not in done]
 
         def read(item):
@@ -251,6 +271,7 @@ def run_trajectory(
 
         items = [(m, t) for m in todo for t in range(-1, len(ckpts))]
         ok = False
+        watch = InputWatch()
         try:
             total = sum(m.nbytes for m in mine)
             with ByteProgress("trajectory", total, quiet or not ctx.is_main) as bar:
@@ -260,8 +281,14 @@ def run_trajectory(
                     for mat in todo:
                         bar.describe(mat.name)
                         reads = ((t, w) for (_, t), w in (next(it) for _ in range(len(ckpts) + 1)))
-                        rows = _follow(mat, reads, steps, names, opts, device)
-                        journal.append(keys[mat], mat.name, rows, [])
+                        inputs_read = [(base, [mat.pairs[0].base.name])] + [
+                            (c, [p.tuned.name]) for c, p in zip(ckpts, mat.pairs, strict=True)
+                        ]
+                        rows, unit_notes = watch.compute(
+                            inputs_read, mat.name,
+                            functools.partial(_follow, mat, reads, steps, names, opts, device),
+                        )  # fmt: skip
+                        journal.append(keys[mat], mat.name, rows, unit_notes)
                         fault_point("trajectory")
                         bar.advance(mat.nbytes)
             ok = True
@@ -274,9 +301,10 @@ def run_trajectory(
             return None
         if say:
             say("writing tables, plots and report")
-        rows, _ = journal.collect([(keys[m], m.name) for m in matrices])
+        rows, unit_notes = journal.collect([(keys[m], m.name) for m in matrices])
         for p in pairings:
             notes += p.notes
+        notes += unit_notes
         inputs = {"base": _inputs(base), "checkpoints": [_inputs(c) for c in ckpts]}
         return _write_outputs(out, rows, notes, opts, inputs, steps)
     finally:
