@@ -83,13 +83,13 @@ def test_sources_are_installed_or_in_tree():
         assert "paramgeom/linalg_tiles.h" in code
 
 
-@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("arch", ["80", "90"])
 @pytest.mark.parametrize(
     "source,kid,name,final", cupy_backend.linalg_kernels(), ids=lambda v: str(v)
 )
 def test_every_kernel_compiles_with_nvrtc(nvrtc, arch, source, kid, name, final):  # noqa: F811
     code = cupy_backend.linalg_source(source)
-    options = (*cupy_backend.linalg_nvrtc_options(source, kid), f"--gpu-architecture={arch}")
+    options = cupy_backend.full_nvrtc_options(cupy_backend.linalg_nvrtc_options(source, kid), arch)
     rc, log, ptx = _compile(nvrtc, code, options)
     assert rc == 0, f"NVRTC failed for {name}:\n{log}"
     assert f".entry {name}(" in ptx and f".entry {final}(" in ptx
@@ -98,6 +98,7 @@ def test_every_kernel_compiles_with_nvrtc(nvrtc, arch, source, kid, name, final)
     # Explicit fp32 FMAs survive --fmad=false; no tensor-core (mma / tf32) instructions.
     assert "fma.rn.f32" in ptx
     assert "mma." not in ptx and "tf32" not in ptx
+    assert ".ftz" not in ptx  # the options the backend builds with (no flush to zero)
 
 
 def _nvcc(tmp_path, source, *flags):

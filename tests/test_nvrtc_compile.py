@@ -81,7 +81,7 @@ def test_installed_source_is_the_one_found():
 @pytest.mark.parametrize("kid,name", cupy_backend.main_kernels(), ids=lambda x: str(x))
 def test_every_kernel_compiles_with_nvrtc(nvrtc, kid, name):
     code, _ = cupy_backend._source()
-    options = (*cupy_backend.nvrtc_options(kid), "--gpu-architecture=compute_90")
+    options = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(kid), "90")
     rc, log, ptx = _compile(nvrtc, code, options)
     assert rc == 0, f"NVRTC failed for {name}:\n{log}"
     for entry in (name, cupy_backend.FINAL, cupy_backend.FIXUP):
@@ -91,13 +91,85 @@ def test_every_kernel_compiles_with_nvrtc(nvrtc, kid, name):
     assert not any(f".entry {n}(" in ptx for n in others)
     # --fmad=false: no fused multiply-add in the fp64 arithmetic, as in the nvcc build.
     assert "fma.rn.f64" not in ptx
+    # No flush to zero: subnormal fp16/fp8/bf16/fp32 inputs keep their values.
+    assert ".ftz" not in ptx
+
+
+def test_cupy_rawmodule_options_would_flush_subnormals(nvrtc):
+    """Why the backend does not build through ``cupy.RawModule``: it appends ``-ftz=true``
+    after the caller's options and NVRTC takes the last one, and the kernels' decoders
+    then flush (``.ftz`` instructions) even with ``-ftz=false`` asked for first."""
+    kid, _ = cupy_backend.main_kernels()[2]  # fp16: its subnormals decode through fp32
+    code, _ = cupy_backend._source()
+    asked = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(kid), "90")
+    rc, log, ptx = _compile(nvrtc, code, (*asked, "-ftz=true"))  # what RawModule hands on
+    assert rc == 0, log
+    assert ".ftz" in ptx
+
+
+class _FakeNvrtc:
+    """Records what the backend hands NVRTC; compiles nothing."""
+
+    class NVRTCError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.options: list[tuple[str, ...]] = []
+
+    def getVersion(self):  # noqa: N802 - cupy's spelling
+        return (13, 0)
+
+    def createProgram(self, code, name, headers, include_names):  # noqa: N802
+        return object()
+
+    def compileProgram(self, prog, options):  # noqa: N802
+        self.options.append(tuple(options))
+
+    def getPTX(self, prog):  # noqa: N802
+        return b"// ptx\0"
+
+    def destroyProgram(self, prog):  # noqa: N802
+        pass
+
+
+def test_backend_hands_nvrtc_exactly_the_checked_options(monkeypatch, tmp_path):
+    """The run-time build goes through :func:`full_nvrtc_options` and nothing else: the
+    options the PTX check above compiles with are the ones NVRTC gets on a GPU."""
+    import sys
+    import types
+
+    fake = _FakeNvrtc()
+    loaded = []
+
+    class Module:
+        def load(self, data):
+            loaded.append(data)
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.ModuleType("cupy.cuda")
+    cupy.cuda.function = types.ModuleType("cupy.cuda.function")
+    cupy.cuda.function.Module = Module
+    cupy.cuda.Device = lambda: types.SimpleNamespace(compute_capability="90")
+    for name, mod in (("cupy", cupy), ("cupy.cuda", cupy.cuda),
+                      ("cupy.cuda.function", cupy.cuda.function)):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(cupy_backend, "_nvrtc", lambda: fake)
+    monkeypatch.setenv("PARAMGEOM_CACHE_DIR", str(tmp_path))
+    kid, _ = cupy_backend.main_kernels()[0]
+    base = cupy_backend.nvrtc_options(kid)
+    cupy_backend._compile_module(cupy_backend._source()[0], base, "t.cu")
+    assert fake.options == [cupy_backend.full_nvrtc_options(base, "90")]
+    assert "-ftz=false" in fake.options[0] and "-ftz=true" not in fake.options[0]
+    assert loaded == [b"// ptx\0"]
+    cupy_backend._compile_module(cupy_backend._source()[0], base, "t.cu")  # from the cache
+    assert len(fake.options) == 1 and loaded[-1] == b"// ptx\0"
 
 
 def test_compiles_for_sm80(nvrtc):
     kid, name = cupy_backend.main_kernels()[4]  # bf16, the paper's dtype
     code, _ = cupy_backend._source()
     rc, log, ptx = _compile(
-        nvrtc, code, (*cupy_backend.nvrtc_options(kid), "--gpu-architecture=compute_80")
+        nvrtc, code, cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(kid), "80")
     )
     assert rc == 0, log
     assert f".entry {name}(" in ptx

@@ -4,7 +4,15 @@ For wheels built without nvcc. The kernel source is the one the ``cuda`` backend
 build uses, and the launch plan below mirrors ``csrc/cuda/diff_stats_cuda.cu`` (kernel
 choice, grid sizes, workspace layout); both builds use ``--fmad=false``, so the two
 backends return the same bits. NVRTC needs about a second per kernel, so each kernel is
-compiled into its own module on first use (cupy keeps the binaries in its disk cache).
+compiled into its own module on first use, once per process.
+
+The modules are compiled by NVRTC directly (cupy's binding of it) with exactly the options
+of :func:`full_nvrtc_options`, and loaded as PTX by ``cupy.cuda.function.Module``, not built
+by ``cupy.RawModule``: RawModule appends ``-ftz=true`` after the caller's options and NVRTC
+takes the last one, so subnormal fp16 / fp8 / bf16 / fp32 inputs would count as zero (the
+decoders form subnormal fp32 values and scale them, and every ``.f32`` instruction would
+flush them; FP8 checkpoints hold many subnormals). tests/test_nvrtc_compile.py compiles with
+the same options and checks the PTX holds no ``.ftz``.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.resources
+import os
 import threading
 from pathlib import Path
 
@@ -135,8 +144,87 @@ def _source() -> tuple[str, str]:
 
 
 def nvrtc_options(kid: int) -> tuple[str, ...]:
-    """NVRTC options for the module of main kernel ``kid`` (cupy adds ``-arch``)."""
+    """NVRTC options for the module of main kernel ``kid``, before the target
+    (:func:`full_nvrtc_options` adds it and the IEEE modes)."""
     return ("--std=c++17", f"-I{_source()[1]}", "--fmad=false", f"-DPG_DIFF_STATS_ONLY={kid}")
+
+
+# IEEE arithmetic as in the nvcc build: subnormals kept (no flush to zero), correctly
+# rounded division and square root. Stated explicitly, so no default can change them.
+_IEEE_OPTIONS = ("-ftz=false", "-prec-div=true", "-prec-sqrt=true")
+
+
+def full_nvrtc_options(options: tuple[str, ...], arch: str) -> tuple[str, ...]:
+    """Every option NVRTC gets for a module: ``options``, the IEEE modes and the virtual
+    target ``compute_<arch>`` (PTX, compiled for the device by its driver)."""
+    return (*options, *_IEEE_OPTIONS, f"--gpu-architecture=compute_{arch}")
+
+
+def _nvrtc():
+    """cupy's NVRTC binding (cupy_backends.cuda.libs.nvrtc)."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    return nvrtc
+
+
+def _compile_module(code: str, options: tuple[str, ...], name: str):
+    """``code`` compiled by NVRTC with exactly ``full_nvrtc_options(options, arch of the
+    current device)``, loaded as a ``cupy.cuda.function.Module``."""
+    import cupy
+    from cupy.cuda import function
+
+    nvrtc = _nvrtc()
+    arch = str(cupy.cuda.Device().compute_capability)
+    opts = full_nvrtc_options(options, arch)
+    key = hashlib.sha256("\0".join((code, *opts, repr(nvrtc.getVersion()))).encode()).hexdigest()
+    cached = _ptx_cache_dir() / f"{key}.ptx"
+    try:
+        ptx = cached.read_bytes()
+    except OSError:
+        ptx = _nvrtc_ptx(nvrtc, code, opts, name)
+        _save_quietly(cached, ptx)
+    module = function.Module()
+    module.load(ptx)
+    return module
+
+
+def _nvrtc_ptx(nvrtc, code: str, opts: tuple[str, ...], name: str) -> bytes:
+    prog = nvrtc.createProgram(code, name, (), ())
+    try:
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except nvrtc.NVRTCError as exc:
+            log = nvrtc.getProgramLog(prog)
+            raise RuntimeError(
+                f"paramgeom cupy backend: NVRTC failed on {name}: {exc}\n{log}"
+            ) from None
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return ptx if isinstance(ptx, bytes) else ptx.encode()
+
+
+def _ptx_cache_dir() -> Path:
+    """Where compiled PTX is kept between processes, keyed by source, options and NVRTC
+    version (``$PARAMGEOM_CACHE_DIR/nvrtc``, else ``$XDG_CACHE_HOME/paramgeom/nvrtc``, else
+    ``~/.cache/paramgeom/nvrtc``)."""
+    root = os.environ.get("PARAMGEOM_CACHE_DIR")
+    if root:
+        return Path(root) / "nvrtc"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "paramgeom" / "nvrtc"
+
+
+def _save_quietly(path: Path, data: bytes) -> None:
+    """Write through a temporary name and a rename; a cache that cannot be written is only
+    a cache (the next process compiles again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def main_kernels() -> list[tuple[int, str]]:
@@ -162,14 +250,12 @@ _functions: dict[tuple[int, str], object] = {}
 def _function(device_index: int, kid: int, name: str):
     """Kernel ``name`` loaded on ``device_index`` (the current device): a cupy Function,
     compiled from the module of main kernel ``kid`` (which also holds the final and fix-up
-    kernels) on first use; cupy keeps the binary in its disk cache."""
-    import cupy
-
+    kernels) on first use (PTX kept in the disk cache of :func:`_compile_module`)."""
     with _lock:
         key = (device_index, name)
         if key not in _functions:
-            module = cupy.RawModule(code=_source()[0], options=nvrtc_options(kid))
-            _functions[key] = module.get_function(name).kernel
+            module = _compile_module(_source()[0], nvrtc_options(kid), f"diff_stats_{kid}.cu")
+            _functions[key] = module.get_function(name)
         return _functions[key]
 
 
@@ -368,7 +454,8 @@ def linalg_source(filename: str) -> str:
 
 
 def linalg_nvrtc_options(filename: str, kid: int) -> tuple[str, ...]:
-    """NVRTC options of the module holding kernel ``kid`` of ``filename`` (cupy adds -arch)."""
+    """NVRTC options of the module holding kernel ``kid`` of ``filename``, before the target
+    (:func:`full_nvrtc_options`)."""
     macro = "PG_DIFF_MATMUL_ONLY" if filename == DIFF_MATMUL_SOURCE else "PG_GRAM_UPDATE_ONLY"
     return ("--std=c++17", f"-I{_source()[1]}", "--fmad=false", f"-D{macro}={kid}")
 
@@ -378,15 +465,13 @@ _linalg_functions: dict[tuple[int, str], object] = {}
 
 def _linalg_function(device_index: int, filename: str, kid: int, name: str):
     """Kernel ``name`` of the module of kernel ``kid`` of ``filename``, on the current device."""
-    import cupy
-
     with _lock:
         key = (device_index, name)
         if key not in _linalg_functions:
-            module = cupy.RawModule(
-                code=linalg_source(filename), options=linalg_nvrtc_options(filename, kid)
+            module = _compile_module(
+                linalg_source(filename), linalg_nvrtc_options(filename, kid), filename
             )
-            _linalg_functions[key] = module.get_function(name).kernel
+            _linalg_functions[key] = module.get_function(name)
         return _linalg_functions[key]
 
 
