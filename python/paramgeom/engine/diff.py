@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from paramgeom import linalg
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
@@ -139,7 +140,13 @@ class Streamer:
 
 
 def compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], list[str]]:
-    """Rows and notes of one unit (``loaded``: what :meth:`Streamer.load` returned)."""
+    """Rows and notes of one unit (``loaded``: what :meth:`Streamer.load` returned), every
+    kernel on ``--backend`` (the spectra's and angles' products included)."""
+    with linalg.kernel_backend(streamer.opts.backend):
+        return _compute_unit(streamer, unit, loaded)
+
+
+def _compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], list[str]]:
     opts = streamer.opts
     if unit.kind == "experts":
         w0, w1 = streamer.to_device(*loaded)

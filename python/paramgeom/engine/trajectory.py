@@ -128,7 +128,15 @@ def _follow(
     mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device
 ) -> tuple[list[dict], list[str]]:
     """Rows (one per checkpoint) of one matrix from its base and per-checkpoint tensors, and
-    a note for each step whose pair holds NaN/Inf (no spectra there)."""
+    a note for each step whose pair holds NaN/Inf (no spectra there); every kernel on
+    ``opts.backend``."""
+    with linalg.kernel_backend(opts.backend):
+        return _follow_on_backend(mat, reads, steps, names, opts, device)
+
+
+def _follow_on_backend(
+    mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device
+) -> tuple[list[dict], list[str]]:
     w0 = None
     sketch = None
     width = 0

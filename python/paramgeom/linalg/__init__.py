@@ -4,6 +4,7 @@ DESIGN.md "Kernels (the contract)" items 4 and 5 and the "Subspace rotation" met
 are read only through ``diff_matmul`` and ``gram_update``.
 """
 
+from paramgeom.linalg._ops import kernel_backend
 from paramgeom.linalg.batched import (
     BatchedRotation,
     batched_principal_angles,
@@ -27,6 +28,7 @@ __all__ = [
     "batched_rotation",
     "batched_svdvals",
     "diff_svdvals",
+    "kernel_backend",
     "PrincipalAngles",
     "Sketch",
     "SubspaceRotation",

@@ -5,6 +5,10 @@ Both forward to the public kernels of DESIGN.md "Kernels (the contract)" items 2
 :func:`paramgeom.api.gram_update.gram_update`). Results come back in float64 on the
 weights' device, whatever the kernel's output dtype.
 
+Which backend runs the kernels is :func:`kernel_backend`'s to say (a context, so that
+``paramgeom diff --backend X`` reaches every product of every linear-algebra routine
+without each routine growing a parameter); outside one, ``"auto"``.
+
 Float64 weights are not a kernel storage dtype: for them (the tests use them as exact
 oracles) an exact float64 torch path forms the difference one row block at a time. It is
 exact but neither fused nor fast.
@@ -12,12 +16,39 @@ exact but neither fused nor fast.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 
 from paramgeom.api.diff_matmul import diff_matmul as _kernel_diff_matmul
 from paramgeom.api.gram_update import gram_update as _kernel_gram_update
 
-__all__ = ["diff_matmul", "gram", "matmul"]
+__all__ = ["diff_matmul", "gram", "kernel_backend", "matmul"]
+
+_BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "paramgeom_linalg_backend", default="auto"
+)
+
+
+@contextlib.contextmanager
+def kernel_backend(backend: str) -> Iterator[None]:
+    """Within the block, every ``diff_matmul`` / ``gram_update`` call of
+    :mod:`paramgeom.linalg` (randomized SVD, subspaces, sketches, spectra) runs on
+    ``backend`` (``"auto"``, ``"cuda"``, ``"cupy"``, ``"triton"``, ``"cpu"``, ``"torch"``;
+    an unusable one raises where the kernel is called, as ``backend=`` does)."""
+    token = _BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def current_backend() -> str:
+    """The backend :func:`kernel_backend` set here, else ``"auto"``."""
+    return _BACKEND.get()
+
 
 _BLOCK_ROWS = 1024  # row block of the float64 path (bounds its temporaries)
 
@@ -63,7 +94,11 @@ def diff_matmul(
     """
     if _use_float64_path(w1):
         return _float64_diff_matmul(w0, w1, x, transpose)
-    dm = _kernel_diff_matmul
+    backend = current_backend()
+
+    def dm(a, b, x, transpose=False):
+        return _kernel_diff_matmul(a, b, x, transpose=transpose, backend=backend)
+
     xf = x.to(device=w1.device, dtype=torch.float32).contiguous()
     if w0 is not None:
         return dm(w0, w1, xf, transpose=transpose).to(torch.float64)
@@ -112,7 +147,11 @@ def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
                 d = d - w0[r : r + _BLOCK_ROWS].to(torch.float64)
             g += d.T @ d
         return g
-    gu = _kernel_gram_update
+    backend = current_backend()
+
+    def gu(g, x, x0=None):
+        return _kernel_gram_update(g, x, x0, backend=backend)
+
     acc = torch.float64 if w1.device.type == "cpu" else torch.float32
     m, n = w1.shape
     if side == "right":
