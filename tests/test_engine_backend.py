@@ -77,3 +77,24 @@ def test_kernel_backend_is_scoped(spy):
     linalg.diff_svdvals(w0, w1)
     assert {b for _, b in spy[: len(spy) // 2]} == {"torch"}
     assert spy[-1][1] == "auto"
+
+
+def test_each_rank_sets_its_cuda_device_before_nccl(monkeypatch):
+    """Under torchrun with --device cuda, rank r binds cuda:LOCAL_RANK before the NCCL
+    process group exists (else every rank's first collective lands on cuda:0)."""
+    import torch.distributed as dist
+
+    from paramgeom.engine import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend: calls.append(("init", backend)))  # fmt: skip
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    ctx = distributed.context("cuda")
+    assert calls == [("set_device", 1), ("init", "nccl")]
+    assert (ctx.rank, ctx.world) == (1, 2)
