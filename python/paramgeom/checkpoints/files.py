@@ -70,18 +70,29 @@ def read_regular_bytes(path: str | Path, limit: int, what: str) -> bytes:
             raise CheckpointError(path, None, f"cannot read file: {exc.strerror or exc}") from None
 
 
+def _unicode(text: str) -> str:
+    """``text`` if it is valid Unicode: JSON's ``\\udXXX`` escapes can spell lone
+    surrogates, which no file name or tensor name may hold (writing them fails later)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"string {text!r} is not valid Unicode (a lone surrogate)") from None
+    return text
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
             raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+        out[_unicode(key)] = _unicode(value) if isinstance(value, str) else value
     return out
 
 
 def read_json(path: str | Path, what: str, limit: int = 100_000_000) -> Any:
-    """Parse the JSON file ``path`` strictly: UTF-8, no duplicate keys at any level, nesting
-    the parser can hold; anything else is one :class:`CheckpointError` naming ``what``."""
+    """Parse the JSON file ``path`` strictly: UTF-8, no duplicate keys at any level, no lone
+    surrogates in keys or string values, nesting the parser can hold; anything else is one
+    :class:`CheckpointError` naming ``what``."""
     raw = read_regular_bytes(path, limit, what)
     return parse_json(raw, path, what)
 

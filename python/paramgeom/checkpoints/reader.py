@@ -42,6 +42,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import threading
 import warnings
 import zipfile
@@ -664,8 +665,11 @@ def _shard_path(folder: Path, index: Path, shard: object, tensor: str) -> Path:
             index, tensor, f"shard path escapes the checkpoint folder: {shard!r} contains '..'"
         )
     target = folder / os.path.normpath(posix)
-    root = folder.resolve()
-    resolved = target.resolve()
+    try:
+        root = folder.resolve()
+        resolved = target.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise CheckpointError(index, tensor, f"bad shard path {shard!r}: {exc}") from None
     if not resolved.is_relative_to(root) and not _hf_cache_blob(root, resolved):
         raise CheckpointError(
             index,
@@ -691,11 +695,18 @@ def _open_index(path: Path, index: Path) -> Checkpoint:
     sources: list[_Source] = []
     for shard in sorted(by_shard, key=_natural_key):
         names = by_shard[shard]
-        if not shard.exists():
+        try:
+            st = os.stat(shard)
+        except FileNotFoundError:
             raise CheckpointError(
                 shard, names[0], f"shard file is missing (listed in {index.name})"
-            )
-        if not shard.is_file():
+            ) from None
+        except OSError as exc:  # a name too long, a symlink loop, no permission, ...
+            raise CheckpointError(
+                shard, names[0], f"cannot read shard (listed in {index.name}): "
+                f"{exc.strerror or exc}",
+            ) from None  # fmt: skip
+        if not stat.S_ISREG(st.st_mode):
             raise CheckpointError(shard, names[0], f"shard is not a file (listed in {index.name})")
         src = _open_source(shard)
         for name in names:
