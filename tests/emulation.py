@@ -35,3 +35,16 @@ def skip_unless_usable(backend: str) -> None:
     info = paramgeom.backends()[backend]
     if not info.available:
         pytest.skip(f"{backend}: {info.reason}")
+
+
+def skip_unless_usable_on_cpu(backend: str, op: str) -> None:
+    """:func:`skip_unless_usable`, and skip too when ``backend`` cannot take the CPU
+    tensors the calling test builds: triton takes them only in its interpreter (on a GPU
+    machine it runs compiled, on CUDA tensors). ``op``: the Triton kernel module."""
+    skip_unless_usable(backend)
+    if backend == "triton":
+        import importlib
+
+        kernels = importlib.import_module(f"paramgeom.triton_kernels.{op}")
+        if not kernels.INTERPRETED:
+            pytest.skip("triton takes CPU tensors only in its interpreter (TRITON_INTERPRET=1)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from emulation import skip_unless_usable
+from emulation import skip_unless_usable_on_cpu
 from oracle import assert_matrix_close, to_f64
 
 import paramgeom._backends as registry
@@ -51,7 +51,7 @@ def assert_close(got: torch.Tensor, want: np.ndarray, scale: np.ndarray, rtol=RT
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("transpose", [False, True])
 def test_matches_oracle(backend, dtype, shape, transpose):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     w0, w1 = make_weights(shape, dtype, seed=shape[0] * 7 + shape[1])
     k = 5
     x = torch.randn(shape[0] if transpose else shape[1], k)
@@ -68,7 +68,7 @@ def test_matches_oracle(backend, dtype, shape, transpose):
 def test_sketch_widths_and_cancellation(backend, k):
     """Large weights, tiny update: the difference must be formed before any rounding of
     the product (materialising in the product's precision would lose it)."""
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     w0 = torch.randn(37, 123).to(torch.bfloat16)
     w1 = (w0.float() * (1 + 2.0**-7 * torch.randint(-1, 2, w0.shape))).to(torch.bfloat16)
     x = torch.randn(123, k)
@@ -81,7 +81,7 @@ def test_sketch_widths_and_cancellation(backend, k):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rank_deficient(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     u, v = torch.randn(123, 2), torch.randn(2, 70)
     w0 = torch.randn(123, 70)
     w1 = w0 + 1e-3 * (u @ v)  # rank-2 update
@@ -93,7 +93,7 @@ def test_rank_deficient(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_zero_difference_is_exactly_zero(backend, dtype):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     w0, _ = make_weights((19, 123), dtype)
     for transpose, rows in ((False, 123), (True, 19)):
         x = torch.randn(rows, 7)
@@ -103,7 +103,7 @@ def test_zero_difference_is_exactly_zero(backend, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_layouts(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     big0, big1 = make_weights((60, 250), torch.bfloat16, seed=3)
     cases = {
         "row slices": (big0[::2, 3:126], big1[1::2, 100:223]),
@@ -127,7 +127,7 @@ def test_non_contiguous_layouts(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_out_argument(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     w0, w1 = make_weights((19, 123), torch.float16)
     x = torch.randn(123, 6, dtype=torch.bfloat16)
     want, scale = oracle(w0, w1, x)
@@ -158,7 +158,7 @@ def test_cpu_tiles_cross_blocks(monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_dims(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "diff_matmul")
     w = torch.zeros(0, 5)
     assert diff_matmul(w, w, torch.randn(5, 3), backend=backend).shape == (0, 3)
     got = diff_matmul(w, w, torch.randn(0, 3), transpose=True, backend=backend)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from emulation import skip_unless_usable
+from emulation import skip_unless_usable_on_cpu
 from oracle import assert_matrix_close, to_f64
 
 import paramgeom._backends as registry
@@ -46,7 +46,7 @@ def assert_close(G: torch.Tensor, want: np.ndarray, scale: np.ndarray, rtol: flo
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_x0", [True, False])
 def test_matches_oracle(backend, dtype, shape, with_x0):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "gram_update")
     x, x0 = make_rows(shape, dtype, seed=shape[0] + 3 * shape[1], with_x0=with_x0)
     n = shape[1]
     G0 = torch.randn(n, n, dtype=torch.float64)
@@ -60,7 +60,7 @@ def test_matches_oracle(backend, dtype, shape, with_x0):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_row_blocks_in_random_order_equal_the_whole(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "gram_update")
     x, x0 = make_rows((300, 37), torch.bfloat16, seed=5)
     cuts = [0, 1, 20, 64, 65, 150, 211, 300]
     blocks = list(zip(cuts[:-1], cuts[1:], strict=True))
@@ -80,7 +80,7 @@ def test_row_blocks_in_random_order_equal_the_whole(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_zero_difference_leaves_g_unchanged(backend, dtype):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "gram_update")
     x, _ = make_rows((19, 123), dtype)
     G0 = torch.randn(123, 123, dtype=torch.float64)
     G = G0.clone()
@@ -90,7 +90,7 @@ def test_zero_difference_leaves_g_unchanged(backend, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "gram_update")
     big, big0 = make_rows((80, 150), torch.float16, seed=2)
     cases = {
         "row slices": (big[::3, 5:75], big0[1::3, 70:140]),
@@ -130,7 +130,7 @@ def test_triton_accumulator_dtypes(G_dtype):
     """The GPU accumulators (float32, or float64) through the Triton kernel directly,
     for the direct and the row-split launches."""
     pytest.importorskip("triton")
-    skip_unless_usable("triton")
+    skip_unless_usable_on_cpu("triton", "gram_update")
     from paramgeom.triton_kernels import gram_update_triton
 
     for shape in ((40, 70), (989, 19)):
@@ -146,7 +146,7 @@ def test_triton_accumulator_dtypes(G_dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable_on_cpu(backend, "gram_update")
     G = torch.randn(5, 5, dtype=torch.float64)
     G0 = G.clone()
     assert gram_update(G, torch.ones(0, 5), backend=backend) is G

@@ -146,8 +146,8 @@ def _diff_stats_kernel(
     cols_per_prog,
     DTYPE: tl.constexpr,
     CAST_BF16: tl.constexpr,
-    REL: tl.constexpr,  # tuple(range(number of relative tolerances))
-    ABS: tl.constexpr,  # tuple(range(number of absolute tolerances))
+    N_REL: tl.constexpr,  # number of relative tolerances (0..MAX_TOLS)
+    N_ABS: tl.constexpr,  # number of absolute tolerances (0..MAX_TOLS)
     PER_ROW: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -160,16 +160,27 @@ def _diff_stats_kernel(
     col_lo = pid_c * cols_per_prog
     col_hi = tl.minimum(col_lo + cols_per_prog, cols)
 
-    etas = [tl.load(tols_ptr + i) for i in REL]
-    atols = [tl.load(tols_ptr + MAX_TOLS + i) for i in ABS]
+    # Per-tolerance values are tuples grown in unrolled loops, not list comprehensions:
+    # Triton 3.6 compiles no comprehension over a constexpr ("only tuple comprehensions
+    # are supported"; tests/triton_compile_check.py compiles with it).
+    etas = ()
+    for i in tl.static_range(N_REL):
+        etas = etas + (tl.load(tols_ptr + i),)
+    atols = ()
+    for i in tl.static_range(N_ABS):
+        atols = atols + (tl.load(tols_ptr + MAX_TOLS + i),)
 
     zero_i = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
     zero_f = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float64)
     n_equal = zero_i
     n_nonfinite0 = zero_i
     n_nonfinite1 = zero_i
-    n_rel = [zero_i for i in REL]
-    n_abs = [zero_i for i in ABS]
+    n_rel = ()
+    for _i in tl.static_range(N_REL):
+        n_rel = n_rel + (zero_i,)
+    n_abs = ()
+    for _i in tl.static_range(N_ABS):
+        n_abs = n_abs + (zero_i,)
     sum_dd = zero_f
     sum_aa = zero_f
     sum_bb = zero_f
@@ -211,9 +222,17 @@ def _diff_stats_kernel(
             d = b - a
             ad = tl.abs(d)
             m = tl.maximum(tl.abs(a), tl.abs(b))
-            within_rel = [fin & (ad <= etas[i] * m) for i in REL]
-            n_rel = [n_rel[i] + within_rel[i].to(tl.int32) for i in REL]
-            n_abs = [n_abs[i] + (fin & (ad <= atols[i])).to(tl.int32) for i in ABS]
+            within_rel = ()
+            for i in tl.static_range(N_REL):
+                within_rel = within_rel + (fin & (ad <= etas[i] * m),)
+            counted = ()
+            for i in tl.static_range(N_REL):
+                counted = counted + (n_rel[i] + within_rel[i].to(tl.int32),)
+            n_rel = counted
+            counted = ()
+            for i in tl.static_range(N_ABS):
+                counted = counted + (n_abs[i] + (fin & (ad <= atols[i])).to(tl.int32),)
+            n_abs = counted
             dd = d * d
             sum_dd += dd
             sum_aa += a * a
@@ -221,7 +240,10 @@ def _diff_stats_kernel(
             sum_ab += a * b
             max_ad = tl.maximum(max_ad, ad)
             if PER_ROW:
-                unchanged = within_rel[0] if len(REL) > 0 else equal
+                # Without a relative tolerance, per-row "changed" is inequality.
+                unchanged = equal
+                if N_REL > 0:
+                    unchanged = within_rel[0]
                 row_changed += (mask & (unchanged == 0)).to(tl.int32)
                 row_sq += dd
         if PER_ROW:
@@ -235,9 +257,9 @@ def _diff_stats_kernel(
     tl.store(counts_out + EQUAL, tl.sum(tl.sum(n_equal, axis=1), axis=0).to(tl.int64))
     tl.store(counts_out + NONFINITE0, tl.sum(tl.sum(n_nonfinite0, axis=1), axis=0).to(tl.int64))
     tl.store(counts_out + NONFINITE1, tl.sum(tl.sum(n_nonfinite1, axis=1), axis=0).to(tl.int64))
-    for i in tl.static_range(len(REL)):
+    for i in tl.static_range(N_REL):
         tl.store(counts_out + REL0 + i, tl.sum(tl.sum(n_rel[i], axis=1), axis=0).to(tl.int64))
-    for i in tl.static_range(len(ABS)):
+    for i in tl.static_range(N_ABS):
         tl.store(counts_out + ABS0 + i, tl.sum(tl.sum(n_abs[i], axis=1), axis=0).to(tl.int64))
     sums_out = part_sums_ptr + pid * NUM_SUMS
     tl.store(sums_out + SUM_SQ_DELTA, tl.sum(tl.sum(sum_dd, axis=1), axis=0))
@@ -419,8 +441,8 @@ def _launch(
         plan.cols_per_prog,
         DTYPE=dtype_code,
         CAST_BF16=cast_bf16,
-        REL=tuple(range(n_rel)),
-        ABS=tuple(range(n_abs)),
+        N_REL=n_rel,
+        N_ABS=n_abs,
         PER_ROW=per_row,
         BLOCK_R=plan.block_r,
         BLOCK_C=plan.block_c,
