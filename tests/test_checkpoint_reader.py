@@ -13,9 +13,9 @@ import struct
 
 import pytest
 import torch
+from contract import expect_error
 from safetensors.torch import save_file
 
-from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.reader import FileIdentity, open_checkpoint
 from paramgeom.checkpoints.safetensors_header import (
     MAX_HEADER_BYTES,
@@ -48,26 +48,6 @@ def sample_tensors() -> dict[str, torch.Tensor]:
         "c.bias": torch.randn(7, generator=g).half(),
         "d.count": torch.arange(5, dtype=torch.int64),
     }
-
-
-def expect_error(match: str, *names: str):
-    """Context manager: CheckpointError whose message contains ``match`` and every name."""
-
-    class _Ctx:
-        def __enter__(self):
-            self._cm = pytest.raises(CheckpointError, match=match)
-            self.info = self._cm.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            ok = self._cm.__exit__(*exc)
-            msg = str(self.info.value)
-            assert "\n" not in msg
-            for n in names:
-                assert str(n) in msg, f"{n!r} not named in {msg!r}"
-            return ok
-
-    return _Ctx()
 
 
 def make_sharded(folder, tensors: dict[str, torch.Tensor], n: int = 3) -> dict[str, str]:

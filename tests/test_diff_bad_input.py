@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import one_line_error as _bad
 from safetensors.torch import save_file
 
 from paramgeom.checkpoints import reader
@@ -101,17 +102,6 @@ def _run(capsys, *args) -> tuple[int, str]:
 
 def _diff(capsys, base, tuned, out, *extra) -> tuple[int, str]:
     return _run(capsys, "diff", base, tuned, "--out", out, "--quiet", "--rank", 4, *extra)
-
-
-def _bad(code: int, err: str, *must_name) -> str:
-    """Exit 2, one line on stderr, no traceback, naming each of ``must_name``."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    for what in must_name:
-        assert str(what) in lines[0], (what, lines[0])
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract import one_line_error as _bad
 from safetensors.torch import load_file, save_file
 
 from paramgeom.checkpoints.fp8 import quantize_blocks
@@ -56,17 +57,6 @@ def _run(capsys, *args) -> tuple[int, str]:
     capsys.readouterr()
     code = main([str(a) for a in args])
     return code, capsys.readouterr().err
-
-
-def _bad(code: int, err: str, *must_name) -> str:
-    """Exit 2, one line on stderr, no traceback, naming each of ``must_name``."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    for what in must_name:
-        assert str(what) in lines[0], (what, lines[0])
-    return lines[0]
 
 
 def _within(seconds: float, fn):

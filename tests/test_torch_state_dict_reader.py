@@ -21,35 +21,14 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from contract import expect_error
 from oracle import to_f64
 
 import paramgeom.checkpoints.torch_zip as torch_zip
-from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.cli import main
 
 # --------------------------------------------------------------------------- helpers
-
-
-def expect_error(match: str, *names: object):
-    """pytest.raises(CheckpointError) whose one-line message contains ``match`` and every
-    name in ``names``."""
-
-    class _Ctx:
-        def __enter__(self):
-            self._cm = pytest.raises(CheckpointError, match=match)
-            self.info = self._cm.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            ok = self._cm.__exit__(*exc)
-            msg = str(self.info.value)
-            assert "\n" not in msg
-            for n in names:
-                assert str(n) in msg, f"{n!r} not named in {msg!r}"
-            return ok
-
-    return _Ctx()
 
 
 def rewrite_zip(src, dst, edit=None, compress=(), zip64: bool = False) -> None:
