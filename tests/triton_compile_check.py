@@ -36,10 +36,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.driver import DriverBase  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from paramgeom import _dtypes  # noqa: E402
-from paramgeom._backends.job import DiffStatsJob  # noqa: E402
 from paramgeom.api.diff_matmul import weight_views  # noqa: E402
-from paramgeom.api.diff_stats import _rows_views  # noqa: E402
+from paramgeom.api.diff_stats import make_job  # noqa: E402
 from paramgeom.triton_kernels import diff_matmul, diff_stats, gram_update  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -158,16 +156,7 @@ TOLERANCES = {  # (rel_tols, abs_tols): the API default, none, abs only, mixed, 
 def _diff_stats(w0, w1, tols="default", cast=None, per_row=False):
     """What ``paramgeom.diff_stats`` hands the triton backend for these inputs."""
     rel, abs_ = TOLERANCES[tols]
-    v0, v1 = _rows_views(w0, w1, per_row)
-    job = DiffStatsJob(
-        w0=_dtypes.bits_view(v0),
-        w1=_dtypes.bits_view(v1),
-        dtype_code=_dtypes.dtype_code(w0.dtype),
-        rel_tols=rel,
-        abs_tols=abs_,
-        cast_bf16=cast == "bf16" and w0.dtype != torch.bfloat16,
-        per_row=per_row,
-    )
+    job = make_job(w0, w1, rel, abs_, cast, per_row)
     diff_stats.diff_stats_triton(
         job.w0, job.w1, job.dtype_code, rel, abs_, job.cast_bf16, job.per_row
     )

@@ -78,6 +78,28 @@ def _rows_views(
     return _rows_view(w0, flat), _rows_view(w1, flat)
 
 
+def make_job(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    rel: tuple[float, ...],
+    abs_: tuple[float, ...],
+    cast: str | None,
+    per_row: bool,
+) -> DiffStatsJob:
+    """What every backend is handed for checked inputs: 2-D row views as integer bit views,
+    the dtype code, the tolerances, and whether to round to bf16 (a no-op for bf16)."""
+    v0, v1 = _rows_views(w0, w1, per_row)
+    return DiffStatsJob(
+        w0=_dtypes.bits_view(v0),
+        w1=_dtypes.bits_view(v1),
+        dtype_code=_dtypes.dtype_code(w0.dtype),
+        rel_tols=rel,
+        abs_tols=abs_,
+        cast_bf16=cast == "bf16" and w0.dtype != torch.bfloat16,
+        per_row=per_row,
+    )
+
+
 def _result(raw: DiffStatsRaw, job: DiffStatsJob, backend: str, row_shape) -> DiffStats:
     c = raw.counts.tolist()
     s = raw.sums.tolist()
@@ -153,14 +175,5 @@ def diff_stats(
         raise ValueError(f"cast must be None or 'bf16', got {cast!r}")
     name, impl = resolve(backend, w0.device, op="diff_stats")
     row_shape = tuple(w0.shape[:-1])
-    v0, v1 = _rows_views(w0, w1, per_row)
-    job = DiffStatsJob(
-        w0=_dtypes.bits_view(v0),
-        w1=_dtypes.bits_view(v1),
-        dtype_code=_dtypes.dtype_code(w0.dtype),
-        rel_tols=rel,
-        abs_tols=abs_,
-        cast_bf16=cast == "bf16" and w0.dtype != torch.bfloat16,
-        per_row=per_row,
-    )
+    job = make_job(w0, w1, rel, abs_, cast, per_row)
     return _result(impl.diff_stats(job), job, name, row_shape)
