@@ -97,6 +97,7 @@ def test_zero_copy_read_of_a_file_truncated_under_it_does_not_crash(tmp_path):
         f"""
         import os, torch
         from safetensors.torch import save_file
+        from paramgeom import _C
         from paramgeom.checkpoints import reader
         from paramgeom.checkpoints.errors import CheckpointError
         path = {str(tmp_path / "big.safetensors")!r}
@@ -112,6 +113,9 @@ def test_zero_copy_read_of_a_file_truncated_under_it_does_not_crash(tmp_path):
                 ck.verify(["w"])
             except CheckpointError as exc:
                 print("refused:", exc)
+            assert _C.mapped_live_count() == 1
+            del view
+            assert _C.mapped_live_count() == 0  # the mapping went with its last view
         """,
         tmp_path,
     )

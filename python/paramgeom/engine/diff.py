@@ -52,13 +52,12 @@ class Streamer:
 
     # -- identities ------------------------------------------------------------------------
     def identities(self, unit: Unit) -> list[str]:
-        out = []
-        for pair in unit.pairs:
-            for ckpt, ref in ((self.base, pair.base), (self.tuned, pair.tuned)):
-                out.append(self._ids.key(ckpt, ref.info.file))
-                if ref.scale is not None:
-                    out.append(self._ids.key(ckpt, ref.scale.file))
-        return out
+        """Identity keys of the files :meth:`reads` names (the journal key's inputs)."""
+        return [
+            self._ids.key(ckpt, ckpt.tensors[name].file)
+            for ckpt, names in self.reads(unit)
+            for name in names
+        ]
 
     def reads(self, unit: Unit) -> list[tuple[Any, list[str]]]:
         """(checkpoint, tensor names) that computing ``unit`` reads, for :class:`InputWatch`."""
