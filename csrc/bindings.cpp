@@ -4,6 +4,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <omp.h>
@@ -21,6 +22,7 @@
 #include "cpu/gram_update_cpu.h"
 #include "io/guarded_map.h"
 #include "paramgeom/diff_stats.h"
+#include "paramgeom/launch_plan.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -223,6 +225,118 @@ nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> map_file_range(int fd, uint64_t off
   size_t shape[1] = {length};
   return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(data, 1, shape, owner);
 }
+
+// ---- The CUDA launch plans (paramgeom/launch_plan.h), for the cupy backend -------------
+// The cupy backend launches the kernels of csrc/cuda compiled by NVRTC; it reads every
+// launch decision from here so that it and the nvcc launchers follow one plan.
+
+namespace plan = paramgeom::plan;
+
+nb::dict diff_stats_plan(int64_t rows, int64_t cols, bool per_row, int dtype, bool cast_bf16,
+                         int n_rel, int n_abs, int sm_count) {
+  const int kid = plan::diff_stats_kernel_id(dtype, cast_bf16, n_rel, n_abs);
+  PG_CHECK(kid >= 0, "diff_stats_plan: no kernel for dtype code " + std::to_string(dtype) +
+                         " with " + std::to_string(n_rel) + " relative and " +
+                         std::to_string(n_abs) + " absolute tolerances");
+  PG_CHECK(rows >= 0 && cols >= 0 && (cols == 0 || rows <= (int64_t(1) << 62) / cols),
+           "diff_stats_plan: bad shape (" + std::to_string(rows) + ", " +
+               std::to_string(cols) + ")");
+  const plan::DiffStatsLaunch l = plan::diff_stats_launch(rows, cols, per_row, sm_count);
+  nb::dict d;
+  d["kernel_id"] = kid;
+  d["kernel"] = plan::kDiffStatsKernelNames[kid];
+  d["final"] = plan::kDiffStatsFinal;
+  d["fixup"] = plan::kDiffStatsFixup;
+  d["threads"] = plan::kDiffStatsThreads;
+  d["groups"] = l.groups;
+  d["blocks"] = l.blocks;
+  d["fixup_blocks"] = l.fixup_blocks;
+  d["slots_offset"] = l.slots_offset;
+  d["workspace_bytes"] = l.workspace_bytes;
+  return d;
+}
+
+nb::bytes diff_stats_params(const std::vector<double>& rel_tols,
+                            const std::vector<double>& abs_tols, bool cast_bf16,
+                            int changed_index) {
+  const paramgeom::DiffStatsParams p = make_params(rel_tols, abs_tols, cast_bf16, changed_index);
+  return nb::bytes(reinterpret_cast<const char*>(&p), sizeof p);
+}
+
+std::vector<std::tuple<int, std::string>> diff_stats_kernels() {
+  std::vector<std::tuple<int, std::string>> out;
+  for (int id = 0; id < plan::kDiffStatsKernels; ++id)
+    if (plan::kDiffStatsKernelNames[id]) out.emplace_back(id, plan::kDiffStatsKernelNames[id]);
+  return out;
+}
+
+nb::dict linalg_plan_dict(int kid, const char* kernel, const char* final, int64_t P, int64_t Q,
+                          int64_t R) {
+  const plan::LinalgLaunch l = plan::linalg_launch(P, Q, R);
+  PG_CHECK(l.fits, "linalg plan: a grid dimension exceeds CUDA's limits for P, Q, R = " +
+                       std::to_string(P) + ", " + std::to_string(Q) + ", " + std::to_string(R));
+  nb::dict d;
+  d["kernel_id"] = kid;
+  d["kernel"] = kernel;
+  d["final"] = final;
+  d["threads"] = paramgeom::linalg::kThreads;
+  d["P"] = P;
+  d["Q"] = Q;
+  d["R"] = R;
+  d["grid"] = std::make_tuple(l.split.tiles_p, l.split.tiles_q, l.split.splits);
+  d["tiles_per_split"] = l.split.tiles_per_split;
+  d["final_blocks"] = l.final_blocks;
+  d["workspace_bytes"] = l.workspace_bytes;
+  return d;
+}
+
+nb::dict diff_matmul_plan(int dtype, int64_t m, int64_t n, int64_t k, bool transpose) {
+  const int kid = plan::diff_matmul_kernel_id(dtype, transpose);
+  PG_CHECK(kid >= 0, "diff_matmul_plan: no kernel for dtype code " + std::to_string(dtype));
+  PG_CHECK(m >= 0 && n >= 0 && k >= 0, "diff_matmul_plan: negative size");
+  int64_t P, Q, R;
+  plan::diff_matmul_dims(m, n, k, transpose, &P, &Q, &R);
+  return linalg_plan_dict(kid, plan::kDiffMatmulKernelNames[kid], plan::kDiffMatmulFinal, P, Q,
+                          R);
+}
+
+nb::dict gram_update_plan(int dtype, int64_t r, int64_t n) {
+  const int kid = plan::gram_update_kernel_id(dtype);
+  PG_CHECK(kid >= 0, "gram_update_plan: no kernel for dtype code " + std::to_string(dtype));
+  PG_CHECK(r >= 0 && n >= 0, "gram_update_plan: negative size");
+  int64_t P, Q, R;
+  plan::gram_update_dims(r, n, &P, &Q, &R);
+  return linalg_plan_dict(kid, plan::kGramUpdateKernelNames[kid], plan::kGramUpdateFinal, P, Q,
+                          R);
+}
+
+// Every linear-algebra kernel as (op, kernel id, name, final kernel of its module).
+std::vector<std::tuple<std::string, int, std::string, std::string>> linalg_kernels() {
+  std::vector<std::tuple<std::string, int, std::string, std::string>> out;
+  for (int id = 0; id < plan::kDiffMatmulKernels; ++id)
+    out.emplace_back("diff_matmul", id, plan::kDiffMatmulKernelNames[id], plan::kDiffMatmulFinal);
+  for (int id = 0; id < plan::kGramUpdateKernels; ++id)
+    out.emplace_back("gram_update", id, plan::kGramUpdateKernelNames[id], plan::kGramUpdateFinal);
+  return out;
+}
+
+void register_launch_plan(nb::module_& m) {
+  m.def("diff_stats_plan", &diff_stats_plan, "rows"_a, "cols"_a, "per_row"_a, nb::kw_only(),
+        "dtype"_a, "cast_bf16"_a, "n_rel"_a, "n_abs"_a, "sm_count"_a,
+        "The launches of one CUDA diff_stats call: kernel id and names, blocks, threads, "
+        "workspace bytes and layout (paramgeom/launch_plan.h).");
+  m.def("diff_stats_params", &diff_stats_params, "rel_tols"_a, "abs_tols"_a, nb::kw_only(),
+        "cast_bf16"_a, "changed_index"_a,
+        "paramgeom::DiffStatsParams as the bytes a kernel takes by value.");
+  m.def("diff_stats_kernels", &diff_stats_kernels,
+        "Every diff_stats main-pass kernel as (kernel id, name).");
+  m.def("diff_matmul_plan", &diff_matmul_plan, "dtype"_a, "m"_a, "n"_a, "k"_a, "transpose"_a,
+        "The launches of one CUDA diff_matmul call (paramgeom/launch_plan.h).");
+  m.def("gram_update_plan", &gram_update_plan, "dtype"_a, "r"_a, "n"_a,
+        "The launches of one CUDA gram_update call (paramgeom/launch_plan.h).");
+  m.def("linalg_kernels", &linalg_kernels,
+        "Every diff_matmul / gram_update kernel as (op, kernel id, name, final kernel).");
+}
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -276,4 +390,5 @@ NB_MODULE(_C, m) {
         "Faults in guarded mappings turned into zero pages since the process started.");
   m.def("mapped_live_count", &paramgeom::guarded_live_count,
         "Guarded mappings alive now.");
+  register_launch_plan(m);
 }

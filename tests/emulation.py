@@ -10,6 +10,21 @@ from pathlib import Path
 import pytest
 
 import paramgeom
+from paramgeom import _contract
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_INCLUDE = ROOT / "csrc" / "include"
+CUDA_DIR = ROOT / "csrc" / "cuda"
+
+
+def kernel_include_dirs(tmp: Path) -> list[Path]:
+    """Include dirs that compile the kernel sources outside CMake: csrc/include, csrc/cuda
+    and ``tmp/include`` holding ``paramgeom/contract.h`` rendered from _contract.py (as the
+    build renders it)."""
+    header = tmp / "include" / _contract.HEADER_NAME
+    header.parent.mkdir(parents=True, exist_ok=True)
+    header.write_text(_contract.render_header())
+    return [KERNEL_INCLUDE, tmp / "include", CUDA_DIR]
 
 
 def build_emulator(tmp: Path, source: str, include_dirs: list[Path], extra_flags=()) -> ctypes.CDLL:

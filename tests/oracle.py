@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-NUM_COUNTS, NUM_SUMS, REL0, ABS0 = 20, 5, 4, 12
-
 
 def to_f64(w: torch.Tensor) -> np.ndarray:
     """Exact float64 values of a tensor (every supported format widens exactly)."""

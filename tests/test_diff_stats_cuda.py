@@ -2,7 +2,8 @@
 ``paramgeom._C_cuda``) and NVRTC at run time (``cupy`` backend).
 
 Without a GPU: the kernel source compiles with nvcc and is NVRTC-safe, both backends report
-why they cannot run, the Python launch plan mirrors the C++ one, and the kernels themselves
+why they cannot run, the one launch plan (launch_plan.h, which the cupy backend reads through
+paramgeom._C) names the kernels the source builds, and the kernels themselves
 run on the CPU under a small emulator (one OS thread per CUDA thread), launched with the
 cupy backend's own plan and packed arguments, against the float64 oracle. With a GPU
 (``requires_cuda``): both backends against the oracle over dtypes, odd shapes, strides,
@@ -12,6 +13,7 @@ per-row outputs, bf16 casts, NaN/Inf and more than 2^31 elements, and bitwise de
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from emulation import build_emulator
+from emulation import build_emulator, kernel_include_dirs
 from oracle import assert_matches
 from test_diff_stats import ABSS, DTYPES, RELS, make_pair, oracle_for
 
 import paramgeom
-from paramgeom import _dtypes, _layout, _native
+from paramgeom import _contract, _dtypes, _native
 from paramgeom._backends import cuda as cuda_backend
 from paramgeom._backends import cupy as cupy_backend
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
@@ -100,10 +102,11 @@ def _includes_outside_rtc_guards(path: Path) -> list[str]:
 def test_kernel_source_is_nvrtc_safe():
     """NVRTC has no host headers: the .cuh and the headers it pulls in may include system
     headers only behind a __CUDACC_RTC__ guard."""
-    for path in (KERNELS, INCLUDE / "paramgeom" / "diff_stats.h", INCLUDE / "paramgeom/common.h"):
+    headers = ("diff_stats.h", "common.h", "launch_plan.h", "linalg_tiles.h")
+    for path in (KERNELS, *(INCLUDE / "paramgeom" / h for h in headers)):
         assert _includes_outside_rtc_guards(path) == [], path
     includes = re.findall(r'#include\s+"([^"]+)"', KERNELS.read_text())
-    assert includes == ["paramgeom/diff_stats.h"]
+    assert includes == ["paramgeom/diff_stats.h", "paramgeom/launch_plan.h"]
 
 
 def test_include_scan_catches_unguarded_headers(tmp_path):
@@ -118,7 +121,8 @@ def test_include_scan_catches_unguarded_headers(tmp_path):
 def _nvcc(tmp_path, *flags):
     unit = tmp_path / "only_kernels.cu"
     unit.write_text('#include "diff_stats_kernels.cuh"\n')
-    cmd = [NVCC, "-std=c++17", "--fmad=false", f"-I{INCLUDE}", f"-I{KERNELS.parent}", *flags]
+    includes = [f"-I{d}" for d in kernel_include_dirs(tmp_path)]
+    cmd = [NVCC, "-std=c++17", "--fmad=false", *includes, *flags]
     out = subprocess.run([*cmd, str(unit)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     return out
@@ -133,16 +137,26 @@ def test_kernel_source_compiles_alone_with_nvcc(tmp_path):
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 def test_kernel_selection_macro(tmp_path):
     """-DPG_DIFF_STATS_ONLY=<id> (the cupy backend's one-kernel modules) keeps exactly that
-    main kernel plus the final and fix-up kernels; ids follow kernel_name()."""
+    main kernel plus the final and fix-up kernels; ids and names follow the launch plan."""
     cubin = tmp_path / "k.cubin"
-    kid, _, _ = cupy_backend._kernel_id(_dtypes.BFLOAT16, False, 1, 0)
+    plan = _plan_module().diff_stats_plan(
+        4, 4, False, dtype=_dtypes.BFLOAT16, cast_bf16=False, n_rel=1, n_abs=0, sm_count=1
+    )
+    kid = plan["kernel_id"]
     _nvcc(tmp_path, "-arch=sm_90", "-cubin", f"-DPG_DIFF_STATS_ONLY={kid}", "-o", str(cubin))
     names = set(re.findall(rb"paramgeom_diff_stats_\w+", cubin.read_bytes()))
-    assert {n.decode() for n in names} == {
-        cupy_backend.kernel_name(_dtypes.BFLOAT16, False, 1, 0),
-        "paramgeom_diff_stats_final",
-        "paramgeom_diff_stats_rows_fixup",
-    }
+    assert {n.decode() for n in names} == {plan["kernel"], plan["final"], plan["fixup"]}
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_every_kernel_id_builds_the_kernel_the_plan_names(tmp_path):
+    """The plan's name table (launch_plan.h) and the kernel source's instantiations agree:
+    the module of each id holds exactly the main kernel of that name."""
+    for kid, name in _plan_module().diff_stats_kernels():
+        cubin = tmp_path / f"k{kid}.cubin"
+        _nvcc(tmp_path, "-arch=sm_90", "-cubin", f"-DPG_DIFF_STATS_ONLY={kid}", "-o", str(cubin))
+        found = {n.decode() for n in re.findall(rb"paramgeom_diff_stats_\w+", cubin.read_bytes())}
+        assert found - {"paramgeom_diff_stats_final", "paramgeom_diff_stats_rows_fixup"} == {name}
 
 
 # --- status and the two launch plans ------------------------------------------------------
@@ -163,26 +177,87 @@ def _compiled():
     return module
 
 
-def test_python_launch_plan_mirrors_compiled_one():
-    """The cupy backend launches what the nvcc launcher launches: same kernel names, grid
-    sizes and workspace layout (and the module agrees with _layout)."""
-    ext = _compiled()
-    for name in ("NUM_COUNTS", "NUM_SUMS", "MAX_TOLS", "GROUP_ELEMS"):
-        assert getattr(ext, name) == getattr(_layout, name), name
-    assert (ext.THREADS, ext.BLOCKS_PER_SM) == (cupy_backend.THREADS, cupy_backend.BLOCKS_PER_SM)
-    for dtype in range(5):
-        for cast in (False, True):
-            for n_rel, n_abs in ((0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (0, 8), (8, 8)):
-                want = ext.kernel_name(dtype, cast, n_rel, n_abs)
-                assert cupy_backend.kernel_name(dtype, cast, n_rel, n_abs) == want
-    shapes = [(0, 0), (1, 0), (0, 7), (1, 1), (7, 19), (3, 100_000), (1 << 20, 4096), (1, 1 << 33)]
-    for rows, cols in shapes:
+def _plan_module():
+    module, why = _native.load("_C")
+    assert module is not None, why
+    return module
+
+
+def test_launch_plan_choices():
+    """Kernel choice by dtype / cast / tolerance count (cast only where a bf16 round trip
+    changes values), grid capped at 4 blocks per SM, workspace = a DiffAccum per group plus
+    two 24-byte row slots per group in per-row mode."""
+    C = _plan_module()
+
+    def plan(
+        rows, cols, per_row=False, dtype=_dtypes.BFLOAT16, cast=False, n_rel=1, n_abs=0, sm=132
+    ):
+        return C.diff_stats_plan(
+            rows, cols, per_row, dtype=dtype, cast_bf16=cast, n_rel=n_rel, n_abs=n_abs, sm_count=sm
+        )
+
+    assert plan(1, 1, dtype=_dtypes.FLOAT32, cast=True)["kernel"] == "paramgeom_diff_stats_f32_cast"
+    assert plan(1, 1, cast=True)["kernel"] == "paramgeom_diff_stats_bf16"  # identity on bf16
+    assert plan(1, 1, n_rel=2)["kernel"] == "paramgeom_diff_stats_bf16_tols8"
+    assert plan(1, 1, n_rel=0, n_abs=8)["kernel"] == "paramgeom_diff_stats_bf16_tols8"
+    assert plan(1, 1, dtype=_dtypes.FLOAT8_E4M3)["kernel"] == "paramgeom_diff_stats_f8e4m3"
+    for bad in ({"n_rel": 9}, {"n_abs": -1}, {"dtype": 5}):
+        with pytest.raises(ValueError, match="no kernel"):
+            plan(1, 1, **bad)
+    group = _contract.GROUP_ELEMS
+    big = plan(1 << 20, 4096, per_row=True)
+    groups = (1 << 32) // group
+    assert big["groups"] == groups and big["blocks"] == 132 * 4
+    assert big["fixup_blocks"] == min(-(-groups // 256), 132 * 4)
+    accum = 8 * (_contract.NUM_COUNTS + _contract.NUM_SUMS)
+    assert big["slots_offset"] == groups * accum
+    assert big["workspace_bytes"] == groups * accum + 2 * groups * 24
+    assert plan(1 << 20, 4096)["workspace_bytes"] == groups * accum
+    small = plan(3, 7, sm=0)
+    assert (small["groups"], small["blocks"], small["workspace_bytes"]) == (1, 1, accum)
+    assert plan(0, 7)["groups"] == 0 and plan(0, 7)["workspace_bytes"] == 0
+
+
+def test_params_are_packed_by_the_compiled_struct():
+    """DiffStatsParams as the kernels take it by value: 4 ints, then 8 + 8 doubles."""
+    import struct
+
+    raw = _plan_module().diff_stats_params([1e-3, 2e-3], [5e-6], cast_bf16=True, changed_index=4)
+    n_rel, n_abs, cast, changed = struct.unpack_from("<4i", raw)
+    assert (len(raw), n_rel, n_abs, cast, changed) == (144, 2, 1, 1, 4)
+    tols = struct.unpack_from("<16d", raw, 16)
+    assert tols[:2] == (1e-3, 2e-3) and tols[8] == 5e-6
+
+
+def test_cupy_without_the_plan_module_is_a_reason(monkeypatch):
+    """The cupy backend reads its launch plans from paramgeom._C: without it, a clear
+    error (and, where cupy is installed, an unusable status with that reason)."""
+    real = _native.load
+
+    def load(name):
+        return (None, "not compiled (test)") if name == "_C" else real(name)
+
+    monkeypatch.setattr(_native, "load", load)
+    with pytest.raises(RuntimeError, match=r"launch plans come from paramgeom._C, not compiled"):
+        cupy_backend.main_kernels()
+    cupy_backend.status.cache_clear()
+    try:
+        ok, reason = cupy_backend.status()
+        assert not ok and reason
+        if importlib.util.find_spec("cupy") is not None:
+            assert "paramgeom._C" in reason
+    finally:
+        cupy_backend.status.cache_clear()
+
+
+def test_cuda_module_sizes_workspaces_by_the_same_plan():
+    ext, C = _compiled(), _plan_module()
+    for rows, cols in [(0, 0), (1, 0), (0, 7), (1, 1), (7, 19), (3, 100_000), (1 << 20, 4096)]:
         for per_row in (False, True):
-            want = ext.workspace_bytes(rows, cols, per_row)
-            assert cupy_backend.workspace_bytes(rows, cols, per_row) == want
-        for sm in (0, 1, 132):
-            assert cupy_backend.num_blocks(rows, cols, sm) == ext.num_blocks(rows, cols, sm)
-            assert cupy_backend.fixup_blocks(rows, cols, sm) == ext.fixup_blocks(rows, cols, sm)
+            want = C.diff_stats_plan(
+                rows, cols, per_row, dtype=1, cast_bf16=False, n_rel=1, n_abs=0, sm_count=1
+            )["workspace_bytes"]
+            assert ext.workspace_bytes(rows, cols, per_row) == want
 
 
 def test_compiled_module_without_gpu():
@@ -200,9 +275,9 @@ def test_compiled_module_without_gpu():
             rel_tols=[1e-3],
             abs_tols=[],
             cast_bf16=False,
-            changed_index=_layout.REL0,
-            counts=torch.zeros(_layout.NUM_COUNTS, dtype=torch.int64),
-            sums=torch.zeros(_layout.NUM_SUMS, dtype=torch.float64),
+            changed_index=_contract.REL0,
+            counts=torch.zeros(_contract.NUM_COUNTS, dtype=torch.int64),
+            sums=torch.zeros(_contract.NUM_SUMS, dtype=torch.float64),
             workspace=torch.zeros(0, dtype=torch.uint8),
         )
 
@@ -303,21 +378,23 @@ extern "C" void emu_final(int grid, void** p) {
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cuda_emulator")
-    return build_emulator(tmp, EMULATOR, [INCLUDE, KERNELS.parent])
+    return build_emulator(tmp, EMULATOR, kernel_include_dirs(tmp))
 
 
 def _emulate(lib, job: DiffStatsJob, sm_count: int) -> DiffStatsRaw:
     """The cupy backend's buffers and launch plan (kernels, grids, packed arguments), run
     by the emulator instead of cuLaunchKernel. Outputs and workspace start as garbage."""
-    counts, sums, rc, rs, workspace = cupy_backend._buffers(job, torch.device("cpu"))
+    plan = cupy_backend.diff_stats_plan(job, sm_count)
+    counts, sums, rc, rs, workspace = cupy_backend._buffers(job, plan, torch.device("cpu"))
     counts.fill_(-1)
     sums.fill_(-1.0)
     workspace.fill_(0xA5)
-    for name, blocks, args in cupy_backend._plan(job, sm_count, counts, sums, rc, rs, workspace):
+    launches = cupy_backend.diff_stats_launches(job, plan, counts, sums, rc, rs, workspace)
+    for name, (blocks, _, _), args in launches:
         params = cupy_backend._param_array(args)
-        if name == cupy_backend.FINAL:
+        if name == plan["final"]:
             lib.emu_final(blocks, params)
-        elif name == cupy_backend.FIXUP:
+        elif name == plan["fixup"]:
             lib.emu_fixup(blocks, params)
         else:
             lib.emu_main(ctypes.cast(getattr(lib, name), ctypes.c_void_p), blocks, params)
@@ -494,7 +571,7 @@ class TestOnGpu:
         _usable(backend)
         if torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
             pytest.skip("needs 12 GiB of GPU memory")
-        n = 2**31 + 2 * _layout.GROUP_ELEMS + 78
+        n = 2**31 + 2 * _contract.GROUP_ELEMS + 78
         w0 = torch.zeros(n, dtype=torch.uint8, device="cuda")
         w1 = torch.zeros_like(w0)
         one = torch.tensor(1.0).to(torch.float8_e4m3fn).view(torch.uint8).item()

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from paramgeom import _dtypes, _layout, reference  # noqa: E402
+from paramgeom import _contract, _dtypes, reference  # noqa: E402
 from paramgeom._backends import triton as triton_backend  # noqa: E402
 from paramgeom._backends.job import DiffStatsJob  # noqa: E402
 
@@ -127,7 +127,7 @@ def check(job: DiffStatsJob, w0, w1, cast=None, device=None):
     assert raw.counts.dtype == torch.int64 and raw.counts.device.type == "cpu"
     assert raw.sums.dtype == torch.float64 and raw.sums.device.type == "cpu"
     assert torch.equal(raw.counts, counts), f"counts\n got {raw.counts}\nwant {counts}"
-    m = _layout.MAX_ABS_DELTA
+    m = _contract.MAX_ABS_DELTA
     assert raw.sums[m].item() == sums[m].item(), f"max: got {raw.sums[m]}, want {sums[m]}"
     fin = (a.abs() < math.inf) & (b.abs() < math.inf)
     a0, b0 = torch.where(fin, a, 0.0), torch.where(fin, b, 0.0)
@@ -250,8 +250,8 @@ def test_tolerance_counts(rel, abs_, device):
 def test_identical_inputs(device):
     w0, _ = make_pair((5, 23), torch.bfloat16, seed=4)
     raw = check(make_job(w0, w0.clone(), per_row=True), w0, w0.clone(), None, device)
-    assert raw.sums[_layout.SUM_SQ_DELTA].item() == 0.0
-    assert raw.sums[_layout.MAX_ABS_DELTA].item() == 0.0
+    assert raw.sums[_contract.SUM_SQ_DELTA].item() == 0.0
+    assert raw.sums[_contract.MAX_ABS_DELTA].item() == 0.0
 
 
 @pytest.mark.parametrize(("shape", "per_row"), [((70001,), False), ((3, 70000), True)])

@@ -3,7 +3,8 @@ gram_update_kernels.cuh, paramgeom/linalg_tiles.h), built two ways: nvcc (``cuda
 ``paramgeom._C_cuda``) and NVRTC at run time (``cupy`` backend).
 
 Without a GPU: every kernel compiles with the real NVRTC (compute_80 and compute_90) with
-the cupy backend's options and alone with nvcc; the Python launch plan mirrors the C++ one;
+the cupy backend's options and alone with nvcc; the one launch plan (launch_plan.h, read by
+the cupy backend through paramgeom._C) tiles the product and sizes its workspace;
 and the kernels run on the CPU under a small emulator (one OS thread per CUDA thread),
 launched with the cupy backend's own plan and packed arguments, against float64 results.
 With a GPU (``requires_cuda``): both backends against float64 over dtypes, odd shapes,
@@ -19,18 +20,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from emulation import build_emulator
+from emulation import build_emulator, kernel_include_dirs
 from test_diff_stats_cuda import _includes_outside_rtc_guards
 from test_nvrtc_compile import _compile, nvrtc  # noqa: F401  (fixture)
 
-from paramgeom import _native
+from paramgeom import _contract, _native
 from paramgeom._backends import cuda as cuda_backend
 from paramgeom._backends import cupy as cupy_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 INCLUDE = ROOT / "csrc" / "include"
-SOURCES = (cupy_backend.DIFF_MATMUL_SOURCE, cupy_backend.GRAM_UPDATE_SOURCE)
+OPS = ("diff_matmul", "gram_update")
+SOURCES = tuple(_contract.CUDA_KERNEL_SOURCES[op] for op in OPS)
 NVCC = shutil.which("nvcc") or (
     "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None
 )
@@ -77,19 +79,17 @@ def _quoted_includes(text: str) -> list[str]:
 
 
 def test_sources_are_installed_or_in_tree():
-    for name in SOURCES:
-        code = cupy_backend.linalg_source(name)
+    for op in OPS:
+        code = cupy_backend.kernel_code(op)
         assert code.startswith("// paramgeom headers sha256 ")
         assert "paramgeom/linalg_tiles.h" in code
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
-@pytest.mark.parametrize(
-    "source,kid,name,final", cupy_backend.linalg_kernels(), ids=lambda v: str(v)
-)
-def test_every_kernel_compiles_with_nvrtc(nvrtc, arch, source, kid, name, final):  # noqa: F811
-    code = cupy_backend.linalg_source(source)
-    options = cupy_backend.full_nvrtc_options(cupy_backend.linalg_nvrtc_options(source, kid), arch)
+@pytest.mark.parametrize("op,kid,name,final", cupy_backend.linalg_kernels(), ids=lambda v: str(v))
+def test_every_kernel_compiles_with_nvrtc(nvrtc, arch, op, kid, name, final):  # noqa: F811
+    code = cupy_backend.kernel_code(op)
+    options = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(op, kid), arch)
     rc, log, ptx = _compile(nvrtc, code, options)
     assert rc == 0, f"NVRTC failed for {name}:\n{log}"
     assert f".entry {name}(" in ptx and f".entry {final}(" in ptx
@@ -104,7 +104,8 @@ def test_every_kernel_compiles_with_nvrtc(nvrtc, arch, source, kid, name, final)
 def _nvcc(tmp_path, source, *flags):
     unit = tmp_path / f"only_{source}.cu"
     unit.write_text(f'#include "{source}"\n')
-    cmd = [NVCC, "-std=c++17", "--fmad=false", f"-I{INCLUDE}", f"-I{CUDA_DIR}", *flags]
+    includes = [f"-I{d}" for d in kernel_include_dirs(tmp_path)]
+    cmd = [NVCC, "-std=c++17", "--fmad=false", *includes, *flags]
     out = subprocess.run([*cmd, str(unit)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     return out
@@ -119,7 +120,7 @@ def test_kernel_source_compiles_alone_with_nvcc(tmp_path, source):
     assert "error" not in out.stderr.lower()
 
 
-# --- the two launch plans --------------------------------------------------------------------
+# --- the launch plan (paramgeom/launch_plan.h, read through paramgeom._C) ------------------
 
 PLAN_SHAPES = [
     (0, 0, 0),
@@ -133,6 +134,7 @@ PLAN_SHAPES = [
     (1, 1, 1 << 31),
     (300, 70, 2000),
 ]
+TILE_P, TILE_Q, TILE_R = 128, 64, 32  # linalg_tiles.h, as the plan's invariants state them
 
 
 def _compiled():
@@ -142,39 +144,68 @@ def _compiled():
     return module
 
 
-def test_python_launch_plan_mirrors_compiled_one():
-    ext = _compiled()
-    assert ext.LINALG_THREADS == cupy_backend.LINALG_THREADS
-    assert tuple(ext.LINALG_TILE) == (
-        cupy_backend.LINALG_TILE_P,
-        cupy_backend.LINALG_TILE_Q,
-        cupy_backend.LINALG_TILE_R,
-    )
+def _plan_module():
+    module, why = _native.load("_C")
+    assert module is not None, why
+    return module
+
+
+@pytest.mark.parametrize("P,Q,R", PLAN_SHAPES)
+def test_plan_covers_the_product_and_sizes_the_workspace(P, Q, R):
+    """diff_matmul (m, n, k) = (P, R, Q) and its transpose (R, P, Q) both compute a P x Q
+    product over R: the grid tiles the output, the splits cover the reduction, and the
+    workspace holds one fp32 partial per split exactly when there is more than one."""
+    C = _plan_module()
+    for plan in (
+        C.diff_matmul_plan(1, P, R, Q, False),
+        C.diff_matmul_plan(1, R, P, Q, True),
+    ):
+        assert (plan["P"], plan["Q"], plan["R"]) == (P, Q, R)
+        tiles_p, tiles_q, splits = plan["grid"]
+        assert tiles_p == -(-P // TILE_P) and tiles_q == -(-Q // TILE_Q)
+        assert splits >= 1 and splits * plan["tiles_per_split"] * TILE_R >= R
+        assert (splits - 1) * plan["tiles_per_split"] * TILE_R < max(R, 1)  # no empty split
+        assert plan["workspace_bytes"] == (splits * P * Q * 4 if splits > 1 else 0)
+        assert 1 <= plan["final_blocks"] <= 1 << 16
+    gram = C.gram_update_plan(1, R, P)
+    assert (gram["P"], gram["Q"], gram["R"]) == (P, P, R)
+
+
+def test_plan_names_every_kernel_once_and_refuses_unknown_dtypes():
+    C = _plan_module()
+    names = [name for _, _, name, _ in C.linalg_kernels()]
+    assert len(names) == len(set(names)) == 9
+    for dtype, suffix in ((0, "f32"), (1, "bf16"), (2, "f16")):
+        assert (
+            C.diff_matmul_plan(dtype, 4, 4, 4, True)["kernel"]
+            == f"paramgeom_diff_matmul_{suffix}_t"
+        )
+        assert C.gram_update_plan(dtype, 4, 4)["kernel"] == f"paramgeom_gram_update_{suffix}"
+    with pytest.raises(ValueError, match="no kernel for dtype code 3"):
+        C.diff_matmul_plan(3, 4, 4, 4, False)
+    with pytest.raises(ValueError, match="negative size"):
+        C.gram_update_plan(1, -1, 4)
+
+
+def test_cuda_module_sizes_workspaces_by_the_same_plan():
+    ext, C = _compiled(), _plan_module()
     for P, Q, R in PLAN_SHAPES:
-        assert tuple(ext.linalg_plan(P, Q, R)) == cupy_backend.linalg_plan(P, Q, R), (P, Q, R)
-        assert ext.linalg_final_blocks(P, Q) == cupy_backend.linalg_final_blocks(P, Q)
         for t in (False, True):
-            want = ext.diff_matmul_workspace_bytes(P, R, Q, t)
-            assert cupy_backend.diff_matmul_workspace_bytes(P, R, Q, t) == want
-        want = ext.gram_update_workspace_bytes(R, P)
-        assert cupy_backend.gram_update_workspace_bytes(R, P) == want
-    for dtype in range(3):
-        for t in (False, True):
-            assert ext.diff_matmul_kernel_name(dtype, t) == cupy_backend.diff_matmul_kernel_name(
-                dtype, t
-            )
-        assert ext.gram_update_kernel_name(dtype) == cupy_backend.gram_update_kernel_name(dtype)
-    assert ext.diff_matmul_kernel_name(3, False) is None
+            plan = C.diff_matmul_plan(1, P, R, Q, t)
+            assert ext.diff_matmul_workspace_bytes(P, R, Q, t) == plan["workspace_bytes"]
+        assert (
+            ext.gram_update_workspace_bytes(R, P) == C.gram_update_plan(1, R, P)["workspace_bytes"]
+        )
 
 
 def test_plan_splits_only_what_needs_it():
+    C = _plan_module()
     # The skinny paper shape: 32 output tiles, the reduction of 14336 split 8 ways.
-    assert cupy_backend.linalg_plan(4096, 64, 14336) == (32, 1, 8, 56)
+    plan = C.diff_matmul_plan(1, 4096, 14336, 64, False)
+    assert plan["grid"] == (32, 1, 8) and plan["tiles_per_split"] == 56
     # A big Gram: 25088 tiles, no split, no workspace.
-    assert cupy_backend.linalg_plan(14336, 14336, 4096)[2] == 1
-    assert cupy_backend.gram_update_workspace_bytes(4096, 14336) == 0
-    tiles_p, tiles_q, splits, per = cupy_backend.linalg_plan(300, 70, 2000)
-    assert splits > 1 and splits * per * cupy_backend.LINALG_TILE_R >= 2000
+    gram = C.gram_update_plan(1, 4096, 14336)
+    assert gram["grid"][2] == 1 and gram["workspace_bytes"] == 0
 
 
 def test_compiled_module_rejects_bad_arguments_without_gpu():
@@ -282,14 +313,14 @@ extern "C" void emu_final(void* kernel, unsigned gx, void** p) {
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("linalg_emulator")
-    return build_emulator(tmp, EMULATOR, [INCLUDE, CUDA_DIR], ["-fno-strict-aliasing"])
+    return build_emulator(tmp, EMULATOR, kernel_include_dirs(tmp), ["-fno-strict-aliasing"])
 
 
-def _emulate(lib, plan) -> None:
-    for name, grid, args in plan:
+def _emulate(lib, plan: dict, launches: list) -> None:
+    for name, grid, args in launches:
         params = cupy_backend._param_array(args)
         fn = ctypes.cast(getattr(lib, name), ctypes.c_void_p)
-        if name in (cupy_backend.DIFF_MATMUL_FINAL, cupy_backend.GRAM_UPDATE_FINAL):
+        if name == plan["final"]:
             lib.emu_final(fn, ctypes.c_uint(grid[0]), params)
         else:
             lib.emu_gemm(fn, *(ctypes.c_uint(g) for g in grid), params)
@@ -297,37 +328,20 @@ def _emulate(lib, plan) -> None:
 
 def _emu_diff_matmul(lib, w0, w1, x, transpose):
     """What cupy_backend.diff_matmul launches, run by the emulator (workspace as garbage)."""
-    m, n = w0.shape
-    k = x.shape[1]
-    P, R = (n, m) if transpose else (m, n)
-    out = torch.full((P, k), float("nan"))
-    nbytes = cupy_backend.diff_matmul_workspace_bytes(m, n, k, transpose)
-    ws = torch.full((nbytes,), 0xA5, dtype=torch.uint8)
-    code = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[w0.dtype]
-    plan = cupy_backend.linalg_plan_launches(
-        cupy_backend.diff_matmul_kernel_name(code, transpose),
-        cupy_backend.DIFF_MATMUL_FINAL,
-        w1, w0, w1.stride(0), w0.stride(0), x, None, k, 0,
-        P, k, R, out, k, cupy_backend.STORE, 1.0, ws,
-    )  # fmt: skip
-    _emulate(lib, plan)
-    return out, plan
+    plan = cupy_backend.diff_matmul_plan(w0, x, transpose)
+    out = torch.full((plan["P"], x.shape[1]), float("nan"))
+    ws = torch.full((plan["workspace_bytes"],), 0xA5, dtype=torch.uint8)
+    launches = cupy_backend.diff_matmul_launches(plan, w0, w1, x, out, ws)
+    _emulate(lib, plan, launches)
+    return out, launches
 
 
 def _emu_gram(lib, G, x, x0, alpha):
-    r, n = x.shape
-    ld0 = 0 if x0 is None else x0.stride(0)
-    mode = cupy_backend.ACCUMULATE64 if G.dtype == torch.float64 else cupy_backend.ACCUMULATE32
-    ws = torch.full((cupy_backend.gram_update_workspace_bytes(r, n),), 0xA5, dtype=torch.uint8)
-    code = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[x.dtype]
-    plan = cupy_backend.linalg_plan_launches(
-        cupy_backend.gram_update_kernel_name(code),
-        cupy_backend.GRAM_UPDATE_FINAL,
-        x, x0, x.stride(0), ld0, x, x0, x.stride(0), ld0,
-        n, n, r, G, n, mode, alpha, ws,
-    )  # fmt: skip
-    _emulate(lib, plan)
-    return plan
+    plan = cupy_backend.gram_update_plan(x)
+    ws = torch.full((plan["workspace_bytes"],), 0xA5, dtype=torch.uint8)
+    launches = cupy_backend.gram_update_launches(plan, G, x, x0, alpha, ws)
+    _emulate(lib, plan, launches)
+    return launches
 
 
 def _emulated_dm_cases():
@@ -416,7 +430,7 @@ def test_emulated_gram_update_split_and_row_blocks(emulator):
     x0, x = _pair((r, n), torch.bfloat16)
     G = torch.zeros(n, n)
     plan = _emu_gram(emulator, G, x, x0, 1.0)
-    assert len(plan) == 2 and plan[1][0] == cupy_backend.GRAM_UPDATE_FINAL
+    assert len(plan) == 2 and plan[1][0] == "paramgeom_gram_update_final"
     assert _rel_err(G, _gram_want(torch.zeros(n, n), x, x0, 1.0)) < RTOL
     H = torch.zeros(n, n, dtype=torch.float64)
     _emu_gram(emulator, H, x[:250], x0[:250], 1.0)

@@ -50,8 +50,11 @@ def nvrtc():
 
 def _compile(lib, code: str, options: tuple[str, ...]) -> tuple[int, str, str]:
     prog = ctypes.c_void_p()
+    texts, names = cupy_backend.nvrtc_headers()  # the generated paramgeom/contract.h
+    headers = (ctypes.c_char_p * len(texts))(*[t.encode() for t in texts])
+    include_names = (ctypes.c_char_p * len(names))(*[n.encode() for n in names])
     rc = lib.nvrtcCreateProgram(
-        ctypes.byref(prog), code.encode(), b"diff_stats_kernels.cu", 0, None, None
+        ctypes.byref(prog), code.encode(), b"kernels.cu", len(texts), headers, include_names
     )
     assert rc == 0, lib.nvrtcGetErrorString(rc)
     opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
@@ -72,19 +75,21 @@ def _compile(lib, code: str, options: tuple[str, ...]) -> tuple[int, str, str]:
 
 def test_installed_source_is_the_one_found():
     paths = cupy_backend._source_paths()
-    assert paths is not None, "diff_stats_kernels.cuh is not installed with the package"
-    kernel, include = paths
+    assert paths is not None, "the CUDA kernel sources are not installed with the package"
+    kernels, include = paths
     assert (include / "paramgeom" / "common.h").is_file()
-    assert "paramgeom_diff_stats_final" in kernel.read_text()
+    assert "paramgeom_diff_stats_final" in (kernels / "diff_stats_kernels.cuh").read_text()
+    # contract.h is generated, never shipped: NVRTC gets it in memory from _contract.py.
+    assert not (include / "paramgeom" / "contract.h").exists()
 
 
 @pytest.mark.parametrize("kid,name", cupy_backend.main_kernels(), ids=lambda x: str(x))
 def test_every_kernel_compiles_with_nvrtc(nvrtc, kid, name):
-    code, _ = cupy_backend._source()
-    options = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(kid), "90")
+    code = cupy_backend.kernel_code("diff_stats")
+    options = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options("diff_stats", kid), "90")
     rc, log, ptx = _compile(nvrtc, code, options)
     assert rc == 0, f"NVRTC failed for {name}:\n{log}"
-    for entry in (name, cupy_backend.FINAL, cupy_backend.FIXUP):
+    for entry in (name, "paramgeom_diff_stats_final", "paramgeom_diff_stats_rows_fixup"):
         assert f".entry {entry}(" in ptx, f"{entry} missing from the PTX"
     # One kernel per module: the macro keeps the others out (compile time at run time).
     others = [n for k, n in cupy_backend.main_kernels() if k != kid]
@@ -100,8 +105,8 @@ def test_cupy_rawmodule_options_would_flush_subnormals(nvrtc):
     after the caller's options and NVRTC takes the last one, and the kernels' decoders
     then flush (``.ftz`` instructions) even with ``-ftz=false`` asked for first."""
     kid, _ = cupy_backend.main_kernels()[2]  # fp16: its subnormals decode through fp32
-    code, _ = cupy_backend._source()
-    asked = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(kid), "90")
+    code = cupy_backend.kernel_code("diff_stats")
+    asked = cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options("diff_stats", kid), "90")
     rc, log, ptx = _compile(nvrtc, code, (*asked, "-ftz=true"))  # what RawModule hands on
     assert rc == 0, log
     assert ".ftz" in ptx
@@ -115,11 +120,13 @@ class _FakeNvrtc:
 
     def __init__(self) -> None:
         self.options: list[tuple[str, ...]] = []
+        self.headers: list[tuple[tuple, tuple]] = []
 
     def getVersion(self):  # noqa: N802 - cupy's spelling
         return (13, 0)
 
     def createProgram(self, code, name, headers, include_names):  # noqa: N802
+        self.headers.append((tuple(headers), tuple(include_names)))
         return object()
 
     def compileProgram(self, prog, options):  # noqa: N802
@@ -156,20 +163,22 @@ def test_backend_hands_nvrtc_exactly_the_checked_options(monkeypatch, tmp_path):
     monkeypatch.setattr(cupy_backend, "_nvrtc", lambda: fake)
     monkeypatch.setenv("PARAMGEOM_CACHE_DIR", str(tmp_path))
     kid, _ = cupy_backend.main_kernels()[0]
-    base = cupy_backend.nvrtc_options(kid)
-    cupy_backend._compile_module(cupy_backend._source()[0], base, "t.cu")
+    base = cupy_backend.nvrtc_options("diff_stats", kid)
+    code = cupy_backend.kernel_code("diff_stats")
+    cupy_backend._compile_module(code, base, "t.cu")
     assert fake.options == [cupy_backend.full_nvrtc_options(base, "90")]
+    assert fake.headers == [cupy_backend.nvrtc_headers()]
+    assert "enum CountIndex" in fake.headers[0][0][0]
     assert "-ftz=false" in fake.options[0] and "-ftz=true" not in fake.options[0]
     assert loaded == [b"// ptx\0"]
-    cupy_backend._compile_module(cupy_backend._source()[0], base, "t.cu")  # from the cache
+    cupy_backend._compile_module(code, base, "t.cu")  # from the cache
     assert len(fake.options) == 1 and loaded[-1] == b"// ptx\0"
 
 
 def test_compiles_for_sm80(nvrtc):
     kid, name = cupy_backend.main_kernels()[4]  # bf16, the paper's dtype
-    code, _ = cupy_backend._source()
-    rc, log, ptx = _compile(
-        nvrtc, code, cupy_backend.full_nvrtc_options(cupy_backend.nvrtc_options(kid), "80")
-    )
+    code = cupy_backend.kernel_code("diff_stats")
+    options = cupy_backend.nvrtc_options("diff_stats", kid)
+    rc, log, ptx = _compile(nvrtc, code, cupy_backend.full_nvrtc_options(options, "80"))
     assert rc == 0, log
     assert f".entry {name}(" in ptx

@@ -35,40 +35,39 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _contract
 from ._utils import FLAT_WIDTH, plan_2d
 
-# Dtype codes: paramgeom::DType in csrc/include/paramgeom/common.h
-# (mirrored by python/paramgeom/_dtypes.py).
-FLOAT32 = tl.constexpr(0)
-BFLOAT16 = tl.constexpr(1)
-FLOAT16 = tl.constexpr(2)
-FLOAT8_E4M3 = tl.constexpr(3)
-FLOAT8_E5M2 = tl.constexpr(4)
+# Dtype codes and the output layout: paramgeom._contract, their one definition (the C++
+# kernels get the same numbers from the paramgeom/contract.h rendered from it).
+FLOAT32 = tl.constexpr(_contract.FLOAT32)
+BFLOAT16 = tl.constexpr(_contract.BFLOAT16)
+FLOAT16 = tl.constexpr(_contract.FLOAT16)
+FLOAT8_E4M3 = tl.constexpr(_contract.FLOAT8_E4M3)
+FLOAT8_E5M2 = tl.constexpr(_contract.FLOAT8_E5M2)
 
-# Output layout: paramgeom::CountIndex / SumIndex in csrc/include/paramgeom/diff_stats.h
-# (mirrored by python/paramgeom/_layout.py).
-MAX_TOLS = tl.constexpr(8)
-COUNT = tl.constexpr(0)
-EQUAL = tl.constexpr(1)
-NONFINITE0 = tl.constexpr(2)
-NONFINITE1 = tl.constexpr(3)
-REL0 = tl.constexpr(4)
-ABS0 = tl.constexpr(4 + 8)
-NUM_COUNTS = tl.constexpr(4 + 8 + 8)
-SUM_SQ_DELTA = tl.constexpr(0)
-SUM_SQ_W0 = tl.constexpr(1)
-SUM_SQ_W1 = tl.constexpr(2)
-SUM_W0W1 = tl.constexpr(3)
-MAX_ABS_DELTA = tl.constexpr(4)
-NUM_SUMS = tl.constexpr(5)
+MAX_TOLS = tl.constexpr(_contract.MAX_TOLS)
+COUNT = tl.constexpr(_contract.COUNT)
+EQUAL = tl.constexpr(_contract.EQUAL)
+NONFINITE0 = tl.constexpr(_contract.NONFINITE0)
+NONFINITE1 = tl.constexpr(_contract.NONFINITE1)
+REL0 = tl.constexpr(_contract.REL0)
+ABS0 = tl.constexpr(_contract.ABS0)
+NUM_COUNTS = tl.constexpr(_contract.NUM_COUNTS)
+SUM_SQ_DELTA = tl.constexpr(_contract.SUM_SQ_DELTA)
+SUM_SQ_W0 = tl.constexpr(_contract.SUM_SQ_W0)
+SUM_SQ_W1 = tl.constexpr(_contract.SUM_SQ_W1)
+SUM_W0W1 = tl.constexpr(_contract.SUM_W0W1)
+MAX_ABS_DELTA = tl.constexpr(_contract.MAX_ABS_DELTA)
+NUM_SUMS = tl.constexpr(_contract.NUM_SUMS)
 
 # Integer bit views that carry each storage dtype (paramgeom._dtypes.bits_view).
 _BITS_DTYPE = {
-    0: torch.int32,
-    1: torch.int16,
-    2: torch.int16,
-    3: torch.uint8,
-    4: torch.uint8,
+    _contract.FLOAT32: torch.int32,
+    _contract.BFLOAT16: torch.int16,
+    _contract.FLOAT16: torch.int16,
+    _contract.FLOAT8_E4M3: torch.uint8,
+    _contract.FLOAT8_E5M2: torch.uint8,
 }
 
 # Rebias factors of the exact decoders (common.h: 0x1p112f, 0x1p120f).
@@ -303,7 +302,7 @@ def diff_stats_triton(
     Returns
     -------
     counts : int64 [20] (CPU), sums : float64 [5] (CPU)
-        In the layout of ``diff_stats.h`` (``paramgeom._layout``).
+        In the layout of ``paramgeom._contract``.
     row_changed : int64 [rows] or None, row_sq_delta : float64 [rows] or None
         On the inputs' device.
     """

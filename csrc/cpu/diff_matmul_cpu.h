@@ -7,7 +7,7 @@
 // tile, row by row within a tile), so the bits do not depend on the thread count.
 #pragma once
 
-#include "paramgeom/common.h"
+#include "paramgeom/diff_matmul.h"
 
 namespace paramgeom {
 

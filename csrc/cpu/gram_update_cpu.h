@@ -7,7 +7,7 @@
 // is summed in one fixed order, so the bits do not depend on the thread count.
 #pragma once
 
-#include "paramgeom/common.h"
+#include "paramgeom/gram_update.h"
 
 namespace paramgeom {
 

@@ -93,7 +93,8 @@ void diff_stats(const InArray& w0, const InArray& w1, int dtype,
     args.row_changed = vector_ptr<pg_i64>(*row_changed, "row_changed", rows, true, device);
     args.row_sq_delta = vector_ptr<double>(*row_sq_delta, "row_sq_delta", rows, true, device);
   }
-  const size_t needed = diff_stats_cuda_workspace_bytes(rows, cols, per_row);
+  const size_t needed =
+      static_cast<size_t>(plan::diff_stats_launch(rows, cols, per_row, 1).workspace_bytes);
   require(is_cuda(workspace.device_type()) && workspace.device_id() == device,
           "workspace: expected a CUDA array on the device of w0");
   require(workspace.ndim() == 1 && (workspace.shape(0) <= 1 || workspace.stride(0) == 1),
@@ -152,25 +153,11 @@ NB_MODULE(_C_cuda, m) {
   m.def(
       "workspace_bytes",
       [](pg_i64 rows, pg_i64 cols, bool per_row) {
-        return diff_stats_cuda_workspace_bytes(rows, cols, per_row);
+        return plan::diff_stats_launch(rows, cols, per_row, 1).workspace_bytes;
       },
-      "rows"_a, "cols"_a, "per_row"_a, "Bytes of device workspace diff_stats needs.");
-  m.def("num_blocks", &diff_stats_cuda_num_blocks, "rows"_a, "cols"_a, "sm_count"_a);
-  m.def("fixup_blocks", &diff_stats_cuda_fixup_blocks, "rows"_a, "cols"_a, "sm_count"_a);
-  m.def(
-      "kernel_name",
-      [](int dtype, bool cast_bf16, int n_rel, int n_abs) -> std::optional<std::string> {
-        const char* name = diff_stats_cuda_kernel_name(dtype, cast_bf16, n_rel, n_abs);
-        return name ? std::optional<std::string>(name) : std::nullopt;
-      },
-      "dtype"_a, "cast_bf16"_a, "n_rel"_a, "n_abs"_a);
+      "rows"_a, "cols"_a, "per_row"_a,
+      "Bytes of device workspace diff_stats needs (paramgeom/launch_plan.h).");
   m.def("runtime_status", &runtime_status,
         "(usable, reason): whether the CUDA runtime finds a driver and a GPU.");
-  m.attr("NUM_COUNTS") = int(kNumCounts);
-  m.attr("NUM_SUMS") = int(kNumSums);
-  m.attr("MAX_TOLS") = kMaxTols;
-  m.attr("GROUP_ELEMS") = kGroupElems;
-  m.attr("THREADS") = kDiffStatsThreads;
-  m.attr("BLOCKS_PER_SM") = kDiffStatsBlocksPerSm;
   register_linalg(m);
 }

@@ -29,6 +29,18 @@ using paramgeom::bindings::check_device;
 using paramgeom::bindings::DeviceGuard;
 using paramgeom::bindings::require;
 
+// Workspace bytes of one call (paramgeom/launch_plan.h).
+pg_i64 diff_matmul_workspace_bytes(pg_i64 m, pg_i64 n, pg_i64 k, bool transpose) {
+  pg_i64 P, Q, R;
+  paramgeom::plan::diff_matmul_dims(m, n, k, transpose, &P, &Q, &R);
+  return paramgeom::plan::linalg_launch(P, Q, R).workspace_bytes;
+}
+pg_i64 gram_update_workspace_bytes(pg_i64 r, pg_i64 n) {
+  pg_i64 P, Q, R;
+  paramgeom::plan::gram_update_dims(r, n, &P, &Q, &R);
+  return paramgeom::plan::linalg_launch(P, Q, R).workspace_bytes;
+}
+
 // A C-contiguous 2-D float array of the given shape (fp32, or fp64 when allowed).
 template <class A>
 void check_dense(const A& a, const std::string& name, size_t rows, size_t cols, bool f64_ok,
@@ -80,7 +92,7 @@ void diff_matmul(const InArray& w0, const InArray& w1, const InArray& x, const A
   const size_t k = x.shape(1);
   check_dense(x, "x", transpose ? m : n, k, false, device);
   check_dense(out, "out", transpose ? n : m, k, false, device);
-  const size_t needed = diff_matmul_cuda_workspace_bytes(m, n, k, transpose);
+  const size_t needed = static_cast<size_t>(diff_matmul_workspace_bytes(m, n, k, transpose));
   check_workspace(workspace, needed, device);
 
   int status = kOk;
@@ -108,7 +120,7 @@ void gram_update(const Array& G, const InArray& x, const std::optional<InArray>&
     require(x0->shape(0) == r && x0->shape(1) == n, "x0: shape differs from x");
   }
   check_dense(G, "G", n, n, true, device);
-  const size_t needed = gram_update_cuda_workspace_bytes(r, n);
+  const size_t needed = static_cast<size_t>(gram_update_workspace_bytes(r, n));
   check_workspace(workspace, needed, device);
 
   int status = kOk;
@@ -135,34 +147,8 @@ void register_linalg(nb::module_& m) {
   m.def("gram_update", &gram_update, "G"_a, "x"_a, "x0"_a = nb::none(), nb::kw_only(),
         "dtype"_a, "alpha"_a, "workspace"_a, "stream"_a = 0,
         "In place G += alpha * (x - x0)^T (x - x0) (x0 optional; G float32 or float64).");
-  m.def("diff_matmul_workspace_bytes", &diff_matmul_cuda_workspace_bytes, "m"_a, "n"_a, "k"_a,
+  m.def("diff_matmul_workspace_bytes", &diff_matmul_workspace_bytes, "m"_a, "n"_a, "k"_a,
         "transpose"_a, "Bytes of device workspace diff_matmul needs (0: none).");
-  m.def("gram_update_workspace_bytes", &gram_update_cuda_workspace_bytes, "r"_a, "n"_a,
+  m.def("gram_update_workspace_bytes", &gram_update_workspace_bytes, "r"_a, "n"_a,
         "Bytes of device workspace gram_update needs (0: none).");
-  m.def(
-      "linalg_plan",
-      [](pg_i64 P, pg_i64 Q, pg_i64 R) {
-        const linalg::SplitPlan p = linalg::split_plan(P, Q, R);
-        return nb::make_tuple(p.tiles_p, p.tiles_q, p.splits, p.tiles_per_split);
-      },
-      "P"_a, "Q"_a, "R"_a,
-      "(tiles_p, tiles_q, splits, tiles_per_split): the launch plan of a (P x R) @ (R x Q) "
-      "product (paramgeom/linalg_tiles.h).");
-  m.def("linalg_final_blocks", &linalg_cuda_final_blocks, "P"_a, "Q"_a);
-  m.def(
-      "diff_matmul_kernel_name",
-      [](int dtype, bool transpose) -> std::optional<std::string> {
-        const char* s = diff_matmul_cuda_kernel_name(dtype, transpose);
-        return s ? std::optional<std::string>(s) : std::nullopt;
-      },
-      "dtype"_a, "transpose"_a);
-  m.def(
-      "gram_update_kernel_name",
-      [](int dtype) -> std::optional<std::string> {
-        const char* s = gram_update_cuda_kernel_name(dtype);
-        return s ? std::optional<std::string>(s) : std::nullopt;
-      },
-      "dtype"_a);
-  m.attr("LINALG_THREADS") = linalg::kThreads;
-  m.attr("LINALG_TILE") = nb::make_tuple(linalg::kTileP, linalg::kTileQ, linalg::kTileR);
 }

@@ -17,6 +17,7 @@
 // mode, alpha) with a1 = w1, a0 = w0, b1 = x, b0 = nullptr; see linalg_tiles.h.
 #pragma once
 
+#include "paramgeom/diff_matmul.h"
 #include "paramgeom/linalg_tiles.h"
 
 // Kernel id = dtype * 2 + transpose. NVRTC needs about a second per kernel, so the cupy

@@ -1,6 +1,7 @@
 // CUDA kernels of the fused diff statistics (DESIGN.md, kernel 1). Device code only: this
 // file is compiled by nvcc (included by diff_stats_cuda.cu) and, unchanged, by NVRTC at run
-// time (python/paramgeom/_backends/cupy.py, with `-I <include dir> --std=c++17`). It may
+// time (python/paramgeom/_backends/cupy.py, with `-I <include dir> --std=c++17` and the generated
+// paramgeom/contract.h as an in-memory header). It may
 // include nothing but paramgeom headers, which are NVRTC-safe. Both builds pass --fmad=false,
 // so every fp64 operation is rounded as written and the two builds return the same bits.
 //
@@ -32,19 +33,15 @@
 #pragma once
 
 #include "paramgeom/diff_stats.h"
+#include "paramgeom/launch_plan.h"
 
 namespace paramgeom {
 namespace cuda_kernels {
 
-constexpr int kThreads = 256;  // every kernel here runs blocks of exactly this many threads
+// Every kernel here runs blocks of exactly this many threads (the launch plan's).
+constexpr int kThreads = plan::kDiffStatsThreads;
 constexpr int kWarps = kThreads / 32;
 constexpr pg_i64 kWideCols = 8192;  // rows at least this wide are read by the whole block
-
-// The Python side allocates the workspace and packs DiffStatsParams for cupy: these sizes
-// are mirrored in python/paramgeom/_backends/cupy.py.
-static_assert(sizeof(DiffAccum) == 200, "DiffAccum layout changed: update cupy.py");
-static_assert(sizeof(PartialRow) == 24, "PartialRow layout changed: update cupy.py");
-static_assert(sizeof(DiffStatsParams) == 144, "DiffStatsParams layout changed: update cupy.py");
 
 __device__ __forceinline__ pg_i64 min64(pg_i64 a, pg_i64 b) { return a < b ? a : b; }
 
@@ -270,8 +267,9 @@ __device__ __forceinline__ void diff_stats_groups(const void* w0, const void* w1
 }  // namespace cuda_kernels
 }  // namespace paramgeom
 
-// Kernel id = dtype * 4 + cast * 2 + tols8. NVRTC needs about a second per kernel, so the
-// cupy backend compiles one module per kernel with -DPG_DIFF_STATS_ONLY=<id>; nvcc builds all.
+// Kernel id = dtype * 4 + cast * 2 + tols8 (plan::diff_stats_kernel_id; the names are
+// plan::kDiffStatsKernelNames). NVRTC needs about a second per kernel, so the cupy backend
+// compiles one module per kernel with -DPG_DIFF_STATS_ONLY=<id>; nvcc builds all.
 #if defined(PG_DIFF_STATS_ONLY)
 #define PG_DIFF_STATS_WANT(ID) (PG_DIFF_STATS_ONLY == (ID))
 #else

@@ -19,6 +19,7 @@
 // mode, alpha) with a1 = b1 = x, a0 = b0 = x0 (or nullptr); see linalg_tiles.h.
 #pragma once
 
+#include "paramgeom/gram_update.h"
 #include "paramgeom/linalg_tiles.h"
 
 // Kernel id = dtype. The cupy backend compiles one module per kernel with

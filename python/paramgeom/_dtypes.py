@@ -1,20 +1,27 @@
 """Storage dtypes the kernels read, and the integer views that carry their bits.
 
-The codes mirror ``paramgeom::DType`` in ``csrc/include/paramgeom/common.h``. Tensors cross
-into every compiled backend as same-size integer views (``Tensor.view(int_dtype)``, no
-copy), so no binding depends on DLPack knowing bf16 or fp8, and every backend decodes the
-bits with the same arithmetic.
+The codes are ``paramgeom._contract``'s (rendered into ``paramgeom::DType`` for the
+kernels). Tensors cross into every compiled backend as same-size integer views
+(``Tensor.view(int_dtype)``, no copy), so no binding depends on DLPack knowing bf16 or fp8,
+and every backend decodes the bits with the same arithmetic.
 """
 
 from __future__ import annotations
 
 import torch
 
-FLOAT32 = 0
-BFLOAT16 = 1
-FLOAT16 = 2
-FLOAT8_E4M3 = 3
-FLOAT8_E5M2 = 4
+from paramgeom._contract import BFLOAT16, FLOAT8_E4M3, FLOAT8_E5M2, FLOAT16, FLOAT32
+
+__all__ = [
+    "BFLOAT16",
+    "FLOAT8_E4M3",
+    "FLOAT8_E5M2",
+    "FLOAT16",
+    "FLOAT32",
+    "SUPPORTED",
+    "bits_view",
+    "dtype_code",
+]
 
 _CODES: dict[torch.dtype, int] = {
     torch.float32: FLOAT32,

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from paramgeom import _layout
+from paramgeom import _contract
 from paramgeom.results import DiffStats
 
 
@@ -29,7 +29,7 @@ def diff_stats_terms_ref(
     rel_tols: tuple[float, ...],
     abs_tols: tuple[float, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Counts and sums (``_layout`` order) of float64 tensors ``a`` (w0) and ``b`` (w1).
+    """Counts and sums (``paramgeom._contract`` order) of float64 tensors ``a`` (w0) and ``b`` (w1).
 
     The element rule of DESIGN.md contract 1: equal means ``a == b``; a pair is within
     relative tolerance eta when both are finite and ``|b - a| <= eta * max(|a|, |b|)`` (the
@@ -43,22 +43,22 @@ def diff_stats_terms_ref(
     fin0 = a.abs() < torch.inf
     fin1 = b.abs() < torch.inf
     fin = fin0 & fin1
-    counts = torch.zeros(_layout.NUM_COUNTS, dtype=torch.int64)
-    counts[_layout.COUNT] = a.numel()
-    counts[_layout.EQUAL] = int((a == b).sum())
-    counts[_layout.NONFINITE0] = int((~fin0).sum())
-    counts[_layout.NONFINITE1] = int((~fin1).sum())
+    counts = torch.zeros(_contract.NUM_COUNTS, dtype=torch.int64)
+    counts[_contract.COUNT] = a.numel()
+    counts[_contract.EQUAL] = int((a == b).sum())
+    counts[_contract.NONFINITE0] = int((~fin0).sum())
+    counts[_contract.NONFINITE1] = int((~fin1).sum())
     for i, eta in enumerate(rel_tols):
-        counts[_layout.REL0 + i] = int((fin & (ad <= eta * m)).sum())
+        counts[_contract.REL0 + i] = int((fin & (ad <= eta * m)).sum())
     for i, tol in enumerate(abs_tols):
-        counts[_layout.ABS0 + i] = int((fin & (ad <= tol)).sum())
+        counts[_contract.ABS0 + i] = int((fin & (ad <= tol)).sum())
     zero = torch.zeros((), dtype=torch.float64, device=a.device)
-    sums = torch.zeros(_layout.NUM_SUMS, dtype=torch.float64)
-    sums[_layout.SUM_SQ_DELTA] = float(torch.where(fin, d * d, zero).sum())
-    sums[_layout.SUM_SQ_W0] = float(torch.where(fin, a * a, zero).sum())
-    sums[_layout.SUM_SQ_W1] = float(torch.where(fin, b * b, zero).sum())
-    sums[_layout.SUM_W0W1] = float(torch.where(fin, a * b, zero).sum())
-    sums[_layout.MAX_ABS_DELTA] = float(torch.where(fin, ad, zero).max()) if a.numel() else 0.0
+    sums = torch.zeros(_contract.NUM_SUMS, dtype=torch.float64)
+    sums[_contract.SUM_SQ_DELTA] = float(torch.where(fin, d * d, zero).sum())
+    sums[_contract.SUM_SQ_W0] = float(torch.where(fin, a * a, zero).sum())
+    sums[_contract.SUM_SQ_W1] = float(torch.where(fin, b * b, zero).sum())
+    sums[_contract.SUM_W0W1] = float(torch.where(fin, a * b, zero).sum())
+    sums[_contract.MAX_ABS_DELTA] = float(torch.where(fin, ad, zero).max()) if a.numel() else 0.0
     return counts, sums
 
 
@@ -102,19 +102,19 @@ def diff_stats_ref(
         row_changed = row_changed.reshape(row_shape)
         row_sq = row_sq.reshape(row_shape)
     return DiffStats(
-        numel=int(counts[_layout.COUNT]),
-        n_equal=int(counts[_layout.EQUAL]),
+        numel=int(counts[_contract.COUNT]),
+        n_equal=int(counts[_contract.EQUAL]),
         rel_tols=rel_tols,
-        n_within_rel=tuple(int(counts[_layout.REL0 + i]) for i in range(len(rel_tols))),
+        n_within_rel=tuple(int(counts[_contract.REL0 + i]) for i in range(len(rel_tols))),
         abs_tols=abs_tols,
-        n_within_abs=tuple(int(counts[_layout.ABS0 + i]) for i in range(len(abs_tols))),
-        sum_sq_delta=float(sums[_layout.SUM_SQ_DELTA]),
-        sum_sq_w0=float(sums[_layout.SUM_SQ_W0]),
-        sum_sq_w1=float(sums[_layout.SUM_SQ_W1]),
-        sum_w0w1=float(sums[_layout.SUM_W0W1]),
-        max_abs_delta=float(sums[_layout.MAX_ABS_DELTA]),
-        n_nonfinite_w0=int(counts[_layout.NONFINITE0]),
-        n_nonfinite_w1=int(counts[_layout.NONFINITE1]),
+        n_within_abs=tuple(int(counts[_contract.ABS0 + i]) for i in range(len(abs_tols))),
+        sum_sq_delta=float(sums[_contract.SUM_SQ_DELTA]),
+        sum_sq_w0=float(sums[_contract.SUM_SQ_W0]),
+        sum_sq_w1=float(sums[_contract.SUM_SQ_W1]),
+        sum_w0w1=float(sums[_contract.SUM_W0W1]),
+        max_abs_delta=float(sums[_contract.MAX_ABS_DELTA]),
+        n_nonfinite_w0=int(counts[_contract.NONFINITE0]),
+        n_nonfinite_w1=int(counts[_contract.NONFINITE1]),
         backend="reference",
         row_changed=row_changed,
         row_sq_delta=row_sq,

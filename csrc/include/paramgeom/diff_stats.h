@@ -25,29 +25,9 @@
 
 namespace paramgeom {
 
-constexpr int kMaxTols = 8;
-
-// Layout of the two output vectors (int64 counts, float64 sums). python/paramgeom/_layout.py
-// mirrors these numbers; a test checks that they agree with the compiled module.
-enum CountIndex : int {
-  kCount = 0,
-  kEqual = 1,
-  kNonFinite0 = 2,
-  kNonFinite1 = 3,
-  kRel0 = 4,
-  kAbs0 = kRel0 + kMaxTols,
-  kNumCounts = kAbs0 + kMaxTols,
-};
-enum SumIndex : int {
-  kSumSqDelta = 0,
-  kSumSqW0 = 1,
-  kSumSqW1 = 2,
-  kSumW0W1 = 3,
-  kMaxAbsDelta = 4,
-  kNumSums = 5,
-};
-
-constexpr pg_i64 kGroupElems = pg_i64(1) << 16;
+// kMaxTols, kGroupElems and the layout of the two output vectors (int64 counts indexed by
+// CountIndex, float64 sums by SumIndex) come from paramgeom/contract.h (via common.h),
+// generated from python/paramgeom/_contract.py.
 
 struct DiffStatsParams {
   int n_rel;

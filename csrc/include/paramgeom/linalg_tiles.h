@@ -50,13 +50,8 @@ constexpr pg_i64 kTargetBlocks = 256;
 constexpr pg_i64 kMinSplitSteps = 8;
 constexpr pg_i64 kMaxGridYZ = 65535;
 
-// What a block (or the split-K final kernel) does with a finished value v of C(p, q).
-enum Epilogue : int {
-  kStore = 0,        // out (fp32)[p, q] = v
-  kPartial = 1,      // workspace (fp32)[split, p, q] = v          (main kernel only)
-  kAccumulate32 = 2, // out (fp32)[p, q] = fp32(fp64(out) + alpha * fp64(v))
-  kAccumulate64 = 3, // out (fp64)[p, q] = out + alpha * fp64(v)
-};
+// What a block (or the split-K final kernel) does with a finished value: the Epilogue modes
+// of paramgeom/contract.h (kStore, kPartial, kAccumulate32, kAccumulate64).
 
 struct SplitPlan {
   pg_i64 tiles_p;          // grid.x
@@ -67,8 +62,8 @@ struct SplitPlan {
 
 PG_HD pg_i64 ceil_div(pg_i64 a, pg_i64 b) { return (a + b - 1) / b; }
 
-// The launch plan of C (P x Q) += A (P x R) B (R x Q). python/paramgeom/_backends/cupy.py
-// mirrors it (a test compares the two).
+// The split of C (P x Q) += A (P x R) B (R x Q); paramgeom/launch_plan.h builds the launches
+// of both ops (and the cupy backend's, through paramgeom._C) on it.
 PG_HD SplitPlan split_plan(pg_i64 P, pg_i64 Q, pg_i64 R) {
   SplitPlan plan;
   plan.tiles_p = ceil_div(P, kTileP);

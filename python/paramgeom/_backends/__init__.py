@@ -2,27 +2,55 @@
 
 Order for ``backend="auto"`` (DESIGN.md, Backends): ``cuda`` > ``cupy`` > ``triton`` for CUDA
 tensors, ``cpu`` > ``torch`` for CPU tensors. A backend that cannot run here is reported
-with the reason; probing one never raises. Backends implement ops one at a time: an op is a
-module-level function of the op's name (``diff_stats``, ``diff_matmul``, ``gram_update``;
-see ``job.py`` for their contracts), and ``auto`` skips backends that lack it.
+with the reason; probing one never raises. :data:`OPS` is the dispatch table: for each op
+(``diff_stats``, ``diff_matmul``, ``gram_update``; ``job.py`` states their contracts) the
+function each backend runs it with. A backend module imports no native code, GPU library
+or Triton at import time (each ~1 ms), so the table can name every function directly.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
+from paramgeom._backends import cpu, cuda, cupy, torch_ref
+from paramgeom._backends import triton as triton_backend
+
 NAMES = ("cuda", "cupy", "triton", "cpu", "torch")
-_MODULES = {
-    "cuda": "cuda",
-    "cupy": "cupy",
-    "triton": "triton",
-    "cpu": "cpu",
-    "torch": "torch_ref",
+_MODULES: dict[str, ModuleType] = {
+    "cuda": cuda,
+    "cupy": cupy,
+    "triton": triton_backend,
+    "cpu": cpu,
+    "torch": torch_ref,
+}
+# op -> backend -> the function that runs it. A backend missing from an op's row does not
+# implement that op ("auto" skips it; naming it explicitly is a ValueError).
+OPS: dict[str, dict[str, Callable]] = {
+    "diff_stats": {
+        "cuda": cuda.diff_stats,
+        "cupy": cupy.diff_stats,
+        "triton": triton_backend.diff_stats,
+        "cpu": cpu.diff_stats,
+        "torch": torch_ref.diff_stats,
+    },
+    "diff_matmul": {
+        "cuda": cuda.diff_matmul,
+        "cupy": cupy.diff_matmul,
+        "triton": triton_backend.diff_matmul,
+        "cpu": cpu.diff_matmul,
+        "torch": torch_ref.diff_matmul,
+    },
+    "gram_update": {
+        "cuda": cuda.gram_update,
+        "cupy": cupy.gram_update,
+        "triton": triton_backend.gram_update,
+        "cpu": cpu.gram_update,
+        "torch": torch_ref.gram_update,
+    },
 }
 _DEVICES = {
     "cuda": ("cuda",),
@@ -44,14 +72,14 @@ class BackendInfo:
     devices: tuple[str, ...]
 
 
-@functools.cache
 def module(name: str) -> ModuleType:
-    return importlib.import_module(f"paramgeom._backends.{_MODULES[name]}")
+    """The module of backend ``name`` (``KeyError`` for an unknown name)."""
+    return _MODULES[name]
 
 
 def _status(name: str) -> tuple[bool, str]:
     try:
-        return module(name).status()
+        return _MODULES[name].status()
     except Exception as exc:  # a broken optional dependency must not break the listing
         return False, f"failed to load: {type(exc).__name__}: {exc}"
 
@@ -84,19 +112,12 @@ def _triton_interpreted() -> bool:
 
 
 def implements(name: str, op: str) -> bool:
-    """Whether backend ``name`` defines ``op`` (a function of that name in its module).
-
-    Importing a backend module never needs its native code, so this never raises for a
-    known backend; an unknown one raises ``KeyError``.
-    """
-    try:
-        return callable(getattr(module(name), op, None))
-    except Exception:  # a broken optional module: status() gives the reason
-        return False
+    """Whether backend ``name`` runs ``op`` (has a row in :data:`OPS`)."""
+    return name in OPS[op]
 
 
-def resolve(name: str, device: torch.device, op: str = "diff_stats") -> tuple[str, ModuleType]:
-    """The backend that runs ``op`` on tensors of ``device``: (name, module).
+def resolve(name: str, device: torch.device, op: str = "diff_stats") -> tuple[str, Callable]:
+    """The backend that runs ``op`` on tensors of ``device``: (name, its function).
 
     ``auto`` takes the first usable backend of the DESIGN.md order for the device that
     implements ``op``. ``ValueError`` for an unknown name, a device the backend cannot
@@ -109,7 +130,7 @@ def resolve(name: str, device: torch.device, op: str = "diff_stats") -> tuple[st
                 continue
             ok, _ = _status(candidate)
             if ok:
-                return candidate, module(candidate)
+                return candidate, OPS[op][candidate]
         raise RuntimeError(f"no backend can run {op} on device {device}")  # torch always can
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(NAMES)}")
@@ -122,4 +143,4 @@ def resolve(name: str, device: torch.device, op: str = "diff_stats") -> tuple[st
         raise RuntimeError(f"backend {name!r} is not usable here: {reason}")
     if not implements(name, op):
         raise ValueError(f"backend {name!r} does not implement {op}")
-    return name, module(name)
+    return name, OPS[op][name]

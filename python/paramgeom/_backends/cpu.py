@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from paramgeom import _dtypes, _layout, _native
+from paramgeom import _contract, _dtypes, _native
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 
 
@@ -34,8 +34,8 @@ def _kernels():
 def diff_stats(job: DiffStatsJob, *, num_threads: int | None = None, isa: str = "") -> DiffStatsRaw:
     """Run the OpenMP kernel; ``num_threads`` defaults to ``torch.get_num_threads()``."""
     module = _kernels()
-    counts = torch.zeros(_layout.NUM_COUNTS, dtype=torch.int64)
-    sums = torch.zeros(_layout.NUM_SUMS, dtype=torch.float64)
+    counts = torch.zeros(_contract.NUM_COUNTS, dtype=torch.int64)
+    sums = torch.zeros(_contract.NUM_SUMS, dtype=torch.float64)
     row_changed = row_sq = None
     if job.per_row:
         row_changed = torch.empty(job.rows, dtype=torch.int64)

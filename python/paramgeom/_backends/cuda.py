@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from paramgeom import _layout, _native
+from paramgeom import _contract, _native
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 
 NOT_COMPILED = "not compiled (wheel built without nvcc)"
@@ -49,8 +49,8 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
         raise RuntimeError(f"paramgeom cuda backend unavailable: {reason}")
     device = job.w0.device
     with torch.cuda.device(device):
-        counts = torch.empty(_layout.NUM_COUNTS, dtype=torch.int64, device=device)
-        sums = torch.empty(_layout.NUM_SUMS, dtype=torch.float64, device=device)
+        counts = torch.empty(_contract.NUM_COUNTS, dtype=torch.int64, device=device)
+        sums = torch.empty(_contract.NUM_SUMS, dtype=torch.float64, device=device)
         row_changed = row_sq_delta = None
         if job.per_row:
             row_changed = torch.empty(job.rows, dtype=torch.int64, device=device)

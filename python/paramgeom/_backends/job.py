@@ -35,15 +35,15 @@ class DiffStatsJob:
 
     @property
     def changed_index(self) -> int:
-        """Which count defines "unchanged" for the per-row outputs (see ``_layout``)."""
-        from paramgeom import _layout
+        """Which count defines "unchanged" for the per-row outputs (see ``paramgeom._contract``)."""
+        from paramgeom import _contract
 
-        return _layout.REL0 if self.rel_tols else _layout.EQUAL
+        return _contract.REL0 if self.rel_tols else _contract.EQUAL
 
 
 @dataclass
 class DiffStatsRaw:
-    """Backend output: totals in the ``_layout`` order (on the CPU) and optional rows.
+    """Backend output: totals in the ``paramgeom._contract`` order (on the CPU) and optional rows.
 
     ``row_changed`` (int64) and ``row_sq_delta`` (float64) have ``rows`` entries on the
     inputs' device, or are None when per-row outputs were not asked for.

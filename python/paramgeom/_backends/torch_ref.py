@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from paramgeom import _dtypes, _layout
+from paramgeom import _contract, _dtypes
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 from paramgeom.reference import decode_ref, diff_rows_ref, diff_stats_terms_ref
 
@@ -22,8 +22,8 @@ def status() -> tuple[bool, str]:
 
 def _merge(counts, sums, c, s) -> None:
     counts += c
-    sums[: _layout.MAX_ABS_DELTA] += s[: _layout.MAX_ABS_DELTA]
-    sums[_layout.MAX_ABS_DELTA] = max(sums[_layout.MAX_ABS_DELTA], s[_layout.MAX_ABS_DELTA])
+    sums[: _contract.MAX_ABS_DELTA] += s[: _contract.MAX_ABS_DELTA]
+    sums[_contract.MAX_ABS_DELTA] = max(sums[_contract.MAX_ABS_DELTA], s[_contract.MAX_ABS_DELTA])
 
 
 def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
@@ -32,8 +32,8 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
     w0 = job.w0.view(dtype)
     w1 = job.w1.view(dtype)
     rows, cols = job.rows, job.cols
-    counts = torch.zeros(_layout.NUM_COUNTS, dtype=torch.int64)
-    sums = torch.zeros(_layout.NUM_SUMS, dtype=torch.float64)
+    counts = torch.zeros(_contract.NUM_COUNTS, dtype=torch.int64)
+    sums = torch.zeros(_contract.NUM_SUMS, dtype=torch.float64)
     row_changed = row_sq = None
     if job.per_row:
         row_changed = torch.zeros(rows, dtype=torch.int64, device=job.w0.device)

@@ -151,7 +151,7 @@ def diff_matmul(
     v0, v1, flipped = weight_views(w0, w1)
     xf = x.to(torch.float32).contiguous()
     target = result if result.is_contiguous() else torch.empty(outer, k, device=w0.device)
-    impl.diff_matmul(v0, v1, xf, bool(transpose) != flipped, target)
+    impl(v0, v1, xf, bool(transpose) != flipped, target)
     if target is not result:
         result.copy_(target)
     return result

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from paramgeom import _dtypes, _layout
+from paramgeom import _contract, _dtypes
 from paramgeom._backends import resolve
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 from paramgeom.results import DiffStats
@@ -22,8 +22,8 @@ def _check_tols(tols: Sequence[float], name: str) -> tuple[float, ...]:
         out = tuple(float(t) for t in tols)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of floats, got {tols!r}") from None
-    if len(out) > _layout.MAX_TOLS:
-        raise ValueError(f"{name}: at most {_layout.MAX_TOLS} tolerances, got {len(out)}")
+    if len(out) > _contract.MAX_TOLS:
+        raise ValueError(f"{name}: at most {_contract.MAX_TOLS} tolerances, got {len(out)}")
     bad = [t for t in out if not (math.isfinite(t) and t >= 0.0)]
     if bad:
         raise ValueError(f"{name} must be finite and >= 0, got {bad}")
@@ -105,19 +105,19 @@ def _result(raw: DiffStatsRaw, job: DiffStatsJob, backend: str, row_shape) -> Di
     s = raw.sums.tolist()
     nrel, nabs = len(job.rel_tols), len(job.abs_tols)
     return DiffStats(
-        numel=c[_layout.COUNT],
-        n_equal=c[_layout.EQUAL],
+        numel=c[_contract.COUNT],
+        n_equal=c[_contract.EQUAL],
         rel_tols=job.rel_tols,
-        n_within_rel=tuple(c[_layout.REL0 : _layout.REL0 + nrel]),
+        n_within_rel=tuple(c[_contract.REL0 : _contract.REL0 + nrel]),
         abs_tols=job.abs_tols,
-        n_within_abs=tuple(c[_layout.ABS0 : _layout.ABS0 + nabs]),
-        sum_sq_delta=s[_layout.SUM_SQ_DELTA],
-        sum_sq_w0=s[_layout.SUM_SQ_W0],
-        sum_sq_w1=s[_layout.SUM_SQ_W1],
-        sum_w0w1=s[_layout.SUM_W0W1],
-        max_abs_delta=s[_layout.MAX_ABS_DELTA],
-        n_nonfinite_w0=c[_layout.NONFINITE0],
-        n_nonfinite_w1=c[_layout.NONFINITE1],
+        n_within_abs=tuple(c[_contract.ABS0 : _contract.ABS0 + nabs]),
+        sum_sq_delta=s[_contract.SUM_SQ_DELTA],
+        sum_sq_w0=s[_contract.SUM_SQ_W0],
+        sum_sq_w1=s[_contract.SUM_SQ_W1],
+        sum_w0w1=s[_contract.SUM_W0W1],
+        max_abs_delta=s[_contract.MAX_ABS_DELTA],
+        n_nonfinite_w0=c[_contract.NONFINITE0],
+        n_nonfinite_w1=c[_contract.NONFINITE1],
         backend=backend,
         row_changed=None if raw.row_changed is None else raw.row_changed.reshape(row_shape),
         row_sq_delta=None if raw.row_sq_delta is None else raw.row_sq_delta.reshape(row_shape),
@@ -176,4 +176,4 @@ def diff_stats(
     name, impl = resolve(backend, w0.device, op="diff_stats")
     row_shape = tuple(w0.shape[:-1])
     job = make_job(w0, w1, rel, abs_, cast, per_row)
-    return _result(impl.diff_stats(job), job, name, row_shape)
+    return _result(impl(job), job, name, row_shape)

@@ -115,7 +115,7 @@ def gram_update(
         x0v = row_major(x0)
         x0v = x0v if x0v is not None else x0.contiguous()
     target = G if G.is_contiguous() else G.contiguous()
-    impl.gram_update(target, xv, x0v, a)
+    impl(target, xv, x0v, a)
     if target is not G:
         G.copy_(target)
     return G
