@@ -82,10 +82,27 @@ paramgeom::DiffStatsParams make_params(const std::vector<double>& rel,
   return p;
 }
 
+using ScaleGrid = nb::ndarray<const float, nb::device::cpu, nb::ndim<2>>;
+
+// One block-scale grid against a (rows, cols) view starting at weight row `row0`.
+void check_scale_grid(const ScaleGrid& s, const char* name, int64_t rows, int64_t cols,
+                      int64_t row0) {
+  PG_CHECK(s.shape(1) <= 1 || s.stride(1) == 1, std::string(name) + " must have contiguous rows");
+  PG_CHECK(paramgeom::scale_grid_covers(static_cast<int64_t>(s.shape(0)),
+                                        static_cast<int64_t>(s.shape(1)), rows, cols, row0),
+           std::string(name) + " of shape (" + std::to_string(s.shape(0)) + ", " +
+               std::to_string(s.shape(1)) + ") does not cover weight rows [" +
+               std::to_string(row0) + ", " + std::to_string(row0 + rows) + ") of " +
+               std::to_string(cols) + " columns in " + std::to_string(paramgeom::kScaleBlock) +
+               "-blocks");
+}
+
 void diff_stats(HostArray w0, HostArray w1, int dtype, const std::vector<double>& rel_tols,
                 const std::vector<double>& abs_tols, bool cast_bf16, int changed_index,
                 I64Vec counts, F64Vec sums, std::optional<I64Vec> row_changed,
-                std::optional<F64Vec> row_sq_delta, int num_threads, const std::string& isa) {
+                std::optional<F64Vec> row_sq_delta, int num_threads, const std::string& isa,
+                std::optional<ScaleGrid> scale0, std::optional<ScaleGrid> scale1,
+                int64_t scale_row0) {
   check_bits_view(w0, "w0", dtype);
   check_bits_view(w1, "w1", dtype);
   PG_CHECK(w0.shape(0) == w1.shape(0) && w0.shape(1) == w1.shape(1),
@@ -113,6 +130,19 @@ void diff_stats(HostArray w0, HostArray w1, int dtype, const std::vector<double>
   args.sums = sums.data();
   args.row_changed = row_changed ? row_changed->data() : nullptr;
   args.row_sq_delta = row_sq_delta ? row_sq_delta->data() : nullptr;
+  PG_CHECK(scale0.has_value() == scale1.has_value(), "scale0 and scale1 come together");
+  if (scale0) {
+    PG_CHECK(dtype == paramgeom::kFloat8E4M3 || dtype == paramgeom::kFloat8E5M2,
+             "block scales need fp8 inputs, got dtype code " + std::to_string(dtype));
+    PG_CHECK(scale_row0 >= 0, "scale_row0 must be >= 0");
+    check_scale_grid(*scale0, "scale0", args.rows, args.cols, scale_row0);
+    check_scale_grid(*scale1, "scale1", args.rows, args.cols, scale_row0);
+    args.scales.scale0 = scale0->data();
+    args.scales.scale1 = scale1->data();
+    args.scales.stride0 = scale0->shape(0) > 1 ? static_cast<int64_t>(scale0->stride(0)) : 0;
+    args.scales.stride1 = scale1->shape(0) > 1 ? static_cast<int64_t>(scale1->stride(0)) : 0;
+    args.scales.row0 = scale_row0;
+  }
   int status;
   {
     nb::gil_scoped_release release;
@@ -233,11 +263,12 @@ nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> map_file_range(int fd, uint64_t off
 namespace plan = paramgeom::plan;
 
 nb::dict diff_stats_plan(int64_t rows, int64_t cols, bool per_row, int dtype, bool cast_bf16,
-                         int n_rel, int n_abs, int sm_count) {
-  const int kid = plan::diff_stats_kernel_id(dtype, cast_bf16, n_rel, n_abs);
+                         int n_rel, int n_abs, int sm_count, bool scaled) {
+  const int kid = plan::diff_stats_kernel_id(dtype, cast_bf16, n_rel, n_abs, scaled);
   PG_CHECK(kid >= 0, "diff_stats_plan: no kernel for dtype code " + std::to_string(dtype) +
                          " with " + std::to_string(n_rel) + " relative and " +
-                         std::to_string(n_abs) + " absolute tolerances");
+                         std::to_string(n_abs) + " absolute tolerances" +
+                         (scaled ? " and block scales" : ""));
   PG_CHECK(rows >= 0 && cols >= 0 && (cols == 0 || rows <= (int64_t(1) << 62) / cols),
            "diff_stats_plan: bad shape (" + std::to_string(rows) + ", " +
                std::to_string(cols) + ")");
@@ -261,6 +292,21 @@ nb::bytes diff_stats_params(const std::vector<double>& rel_tols,
                             int changed_index) {
   const paramgeom::DiffStatsParams p = make_params(rel_tols, abs_tols, cast_bf16, changed_index);
   return nb::bytes(reinterpret_cast<const char*>(&p), sizeof p);
+}
+
+// paramgeom::BlockScales as the bytes a kernel takes by value (device pointers as integers;
+// 0: unscaled).
+nb::bytes diff_stats_scales(uintptr_t scale0, uintptr_t scale1, int64_t stride0, int64_t stride1,
+                            int64_t row0) {
+  PG_CHECK((scale0 == 0) == (scale1 == 0), "diff_stats_scales: both scale grids or neither");
+  PG_CHECK(stride0 >= 0 && stride1 >= 0 && row0 >= 0, "diff_stats_scales: negative stride or row");
+  paramgeom::BlockScales s{};
+  s.scale0 = reinterpret_cast<const float*>(scale0);
+  s.scale1 = reinterpret_cast<const float*>(scale1);
+  s.stride0 = stride0;
+  s.stride1 = stride1;
+  s.row0 = row0;
+  return nb::bytes(reinterpret_cast<const char*>(&s), sizeof s);
 }
 
 std::vector<std::tuple<int, std::string>> diff_stats_kernels() {
@@ -322,12 +368,14 @@ std::vector<std::tuple<std::string, int, std::string, std::string>> linalg_kerne
 
 void register_launch_plan(nb::module_& m) {
   m.def("diff_stats_plan", &diff_stats_plan, "rows"_a, "cols"_a, "per_row"_a, nb::kw_only(),
-        "dtype"_a, "cast_bf16"_a, "n_rel"_a, "n_abs"_a, "sm_count"_a,
+        "dtype"_a, "cast_bf16"_a, "n_rel"_a, "n_abs"_a, "sm_count"_a, "scaled"_a = false,
         "The launches of one CUDA diff_stats call: kernel id and names, blocks, threads, "
         "workspace bytes and layout (paramgeom/launch_plan.h).");
   m.def("diff_stats_params", &diff_stats_params, "rel_tols"_a, "abs_tols"_a, nb::kw_only(),
         "cast_bf16"_a, "changed_index"_a,
         "paramgeom::DiffStatsParams as the bytes a kernel takes by value.");
+  m.def("diff_stats_scales", &diff_stats_scales, "scale0"_a, "scale1"_a, "stride0"_a,
+        "stride1"_a, "row0"_a, "paramgeom::BlockScales as the bytes a kernel takes by value.");
   m.def("diff_stats_kernels", &diff_stats_kernels,
         "Every diff_stats main-pass kernel as (kernel id, name).");
   m.def("diff_matmul_plan", &diff_matmul_plan, "dtype"_a, "m"_a, "n"_a, "k"_a, "transpose"_a,
@@ -354,7 +402,7 @@ NB_MODULE(_C, m) {
   m.def("diff_stats", &diff_stats, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "rel_tols"_a,
         "abs_tols"_a, "cast_bf16"_a, "changed_index"_a, "counts"_a, "sums"_a,
         "row_changed"_a = nb::none(), "row_sq_delta"_a = nb::none(), "num_threads"_a = 0,
-        "isa"_a = "",
+        "isa"_a = "", "scale0"_a = nb::none(), "scale1"_a = nb::none(), "scale_row0"_a = 0,
         "Fused diff statistics of two 2-D bit views (see paramgeom/diff_stats.h). Writes "
         "totals into counts/sums and, when given, per-row outputs.");
   m.def("diff_matmul_supported", &paramgeom::diff_matmul_cpu_supported,

@@ -365,17 +365,58 @@ void accumulate_span(const typename BitTraits<kDType>::U* a, const typename BitT
   }
 }
 
-// The per-element rule exactly as the CUDA threads run it (classify + accumulate_terms),
-// so that CPU tests cover the GPU's arithmetic. Slow; selected with isa="scalar".
-template <int kDType, bool kCast>
-void accumulate_span_scalar(const typename BitTraits<kDType>::U* a,
-                            const typename BitTraits<kDType>::U* b, pg_i64 n,
-                            const DiffStatsParams& p, DiffAccum& acc) {
-  for (pg_i64 i = 0; i < n; ++i)
-    accumulate_terms(acc, p, classify(decode_bits<kDType>(a[i]), decode_bits<kDType>(b[i]), kCast));
+// Block-scaled fp8 (BlockScales): n contiguous elements starting at column col0 of a row
+// whose scale rows are sa / sb. Each block of kBlock elements is dequantised to bf16 bits
+// (scaled_element: the fp32 product, rounded) in cache, then handled as bf16: one pass
+// over the stored bytes, the same values as dequantising on the host.
+template <int kDType>
+void accumulate_span_scaled(const typename BitTraits<kDType>::U* a,
+                            const typename BitTraits<kDType>::U* b, pg_i64 n, pg_i64 col0,
+                            const float* sa, const float* sb, const DiffStatsParams& p,
+                            DiffAccum& acc) {
+  const TolPlan plan = plan_tols<kBFloat16>(p);
+  for (pg_i64 base = 0; base < n; base += kBlock) {
+    const int len = static_cast<int>(std::min<pg_i64>(kBlock, n - base));
+    alignas(64) pg_u16 ra[kBlock];
+    alignas(64) pg_u16 rb[kBlock];
+    // Runs of one scale block at a time: the scale is a loop constant there, so the
+    // decode-multiply-round loop vectorises (same values as scaled_element per element).
+    for (int i = 0; i < len;) {
+      const pg_i64 col = col0 + base + i;
+      const int run = static_cast<int>(
+          std::min<pg_i64>(len - i, kScaleBlock - col % kScaleBlock));
+      const float fa = sa[col / kScaleBlock], fb = sb[col / kScaleBlock];
+      for (int j = i; j < i + run; ++j) {
+        ra[j] = static_cast<pg_u16>(
+            float_to_bits(round_to_bf16(decode_bits<kDType>(a[base + j]) * fa)) >> 16);
+        rb[j] = static_cast<pg_u16>(
+            float_to_bits(round_to_bf16(decode_bits<kDType>(b[base + j]) * fb)) >> 16);
+      }
+      i += run;
+    }
+    block_terms<kBFloat16>(ra, rb, len, p, plan, acc);
+  }
 }
 
-template <int kDType, bool kCast, bool kScalar>
+// The per-element rule exactly as the CUDA threads run it (classify + accumulate_terms),
+// so that CPU tests cover the GPU's arithmetic. Slow; selected with isa="scalar". With
+// scale rows (sa, sb non-null) the elements are scaled_element()s, classified as bf16.
+template <int kDType, bool kCast>
+void accumulate_span_scalar(const typename BitTraits<kDType>::U* a,
+                            const typename BitTraits<kDType>::U* b, pg_i64 n, pg_i64 col0,
+                            const float* sa, const float* sb, const DiffStatsParams& p,
+                            DiffAccum& acc) {
+  for (pg_i64 i = 0; i < n; ++i) {
+    float fa = decode_bits<kDType>(a[i]), fb = decode_bits<kDType>(b[i]);
+    if (sa != nullptr) {
+      fa = scaled_element(fa, sa, col0 + i);
+      fb = scaled_element(fb, sb, col0 + i);
+    }
+    accumulate_terms(acc, p, classify(fa, fb, kCast));
+  }
+}
+
+template <int kDType, bool kCast, bool kScalar, bool kScaled>
 int run(const DiffStatsArgs& args, int num_threads) {
   using T = typename BitTraits<kDType>::U;
   const T* a = static_cast<const T*>(args.w0);
@@ -414,8 +455,13 @@ int run(const DiffStatsArgs& args, int num_threads) {
       pacc.clear();
       const T* pa = a + r * args.stride0 + c;
       const T* pb = b + r * args.stride1 + c;
+      const BlockScales& s = args.scales;
+      const float* sa = kScaled ? scale_row(s.scale0, s.stride0, s.row0, r) : nullptr;
+      const float* sb = kScaled ? scale_row(s.scale1, s.stride1, s.row0, r) : nullptr;
       if constexpr (kScalar) {
-        accumulate_span_scalar<kDType, kCast>(pa, pb, len, p, pacc);
+        accumulate_span_scalar<kDType, kCast>(pa, pb, len, c, sa, sb, p, pacc);
+      } else if constexpr (kScaled) {
+        accumulate_span_scaled<kDType>(pa, pb, len, c, sa, sb, p, pacc);
       } else {
         accumulate_span<kDType, kCast>(pa, pb, len, p, pacc);
       }
@@ -453,8 +499,15 @@ int run(const DiffStatsArgs& args, int num_threads) {
 
 template <int kDType, bool kScalar>
 int run_dtype(const DiffStatsArgs& args, int num_threads) {
-  return args.params.cast_bf16 ? run<kDType, true, kScalar>(args, num_threads)
-                               : run<kDType, false, kScalar>(args, num_threads);
+  const bool scaled = args.scales.scale0 != nullptr;
+  if (scaled != (args.scales.scale1 != nullptr)) return kBadArgument;
+  if constexpr (kDType == kFloat8E4M3 || kDType == kFloat8E5M2) {
+    if (scaled) return run<kDType, false, kScalar, true>(args, num_threads);
+  } else {
+    if (scaled) return kBadArgument;  // block scales belong to fp8 weights
+  }
+  return args.params.cast_bf16 ? run<kDType, true, kScalar, false>(args, num_threads)
+                               : run<kDType, false, kScalar, false>(args, num_threads);
 }
 
 template <bool kScalar>

@@ -48,7 +48,10 @@ int diff_stats_cuda(const DiffStatsArgs& args, void* workspace, size_t workspace
   if (cuda_error) *cuda_error = cudaSuccess;
   const DiffStatsParams& p = args.params;
   if (args.dtype < kFloat32 || args.dtype > kFloat8E5M2) return kBadDType;
-  const int kid = plan::diff_stats_kernel_id(args.dtype, p.cast_bf16 != 0, p.n_rel, p.n_abs);
+  const bool scaled = args.scales.scale0 != nullptr;
+  if (scaled != (args.scales.scale1 != nullptr)) return kBadArgument;
+  const int kid =
+      plan::diff_stats_kernel_id(args.dtype, p.cast_bf16 != 0, p.n_rel, p.n_abs, scaled);
   const bool per_row = args.row_changed != nullptr;
   if (kid < 0 || args.rows < 0 || args.cols < 0 || args.counts == nullptr ||
       args.sums == nullptr || per_row != (args.row_sq_delta != nullptr) ||

@@ -38,6 +38,7 @@ CUDA_ERROR = 4
 
 MAX_TOLS = 8  # tolerances per kind (relative, absolute) in one diff_stats pass
 GROUP_ELEMS = 1 << 16  # elements per reduction group: fixes the order of every sum
+SCALE_BLOCK = 128  # block-scaled FP8: one scale per SCALE_BLOCK x SCALE_BLOCK block
 
 # The diff_stats totals: an int64 vector of NUM_COUNTS counts ...
 COUNT = 0
@@ -161,6 +162,7 @@ def render_header() -> str:
             lines += [
                 f"constexpr int kMaxTols = {MAX_TOLS};",
                 f"constexpr pg_i64 kGroupElems = {GROUP_ELEMS};",
+                f"constexpr pg_i64 kScaleBlock = {SCALE_BLOCK};",
                 "",
             ]
         lines.append(f"// {doc}")

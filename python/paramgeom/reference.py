@@ -23,6 +23,20 @@ def decode_ref(w: torch.Tensor, cast: str | None) -> torch.Tensor:
     return x.to(torch.float64)
 
 
+def decode_scaled_ref(
+    q: torch.Tensor, scale: torch.Tensor, row0: int = 0, col0: int = 0
+) -> torch.Tensor:
+    """Float64 values of block-scaled fp8 ``q`` (a 2-D block of the weight whose top-left
+    element is weight element ``(row0, col0)``): ``float32(q) * scale[row // 128, col // 128]``
+    formed in float32 and rounded to bf16, as the paper compares checkpoints (DESIGN.md
+    "Checkpoints": DeepSeek-style 128 x 128 block scales)."""
+    block = _contract.SCALE_BLOCK
+    rows = torch.arange(row0, row0 + q.shape[0], device=q.device) // block
+    cols = torch.arange(col0, col0 + q.shape[1], device=q.device) // block
+    s = scale.to(device=q.device, dtype=torch.float32)[rows][:, cols]
+    return (q.to(torch.float32) * s).to(torch.bfloat16).to(torch.float64)
+
+
 def diff_stats_terms_ref(
     a: torch.Tensor,
     b: torch.Tensor,

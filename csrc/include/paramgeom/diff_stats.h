@@ -112,6 +112,40 @@ PG_HD void accumulate_terms(DiffAccum& acc, const DiffStatsParams& p, const Elem
   }
 }
 
+// Block-scaled FP8 inputs (DeepSeek-V3 layout, python/paramgeom/checkpoints/fp8.py): when
+// scale0 and scale1 are set (both or neither; fp8 dtypes only), element (i, j) of the view
+// stands for round_to_bf16(decode(q[i][j]) * scale[(row0 + i) / kScaleBlock][j /
+// kScaleBlock]), the product formed in fp32 (one rounding), exactly what dequantising on
+// the host and rounding to bf16 gives, read in one pass over the stored bytes. The view
+// is the weight matrix itself (rows = its rows) or a row block of it starting at row0.
+struct BlockScales {
+  const float* scale0;  // fp32 scale grid of w0, or null (unscaled)
+  const float* scale1;  // fp32 scale grid of w1, or null
+  pg_i64 stride0;       // elements between rows of each grid
+  pg_i64 stride1;
+  pg_i64 row0;  // weight row of the view's row 0 (row-block streaming)
+};
+
+// Whether a grid of grid_rows x grid_cols scales covers a (rows, cols) view whose row 0 is
+// weight row row0: every binding checks this before handing BlockScales to a kernel.
+PG_HD bool scale_grid_covers(pg_i64 grid_rows, pg_i64 grid_cols, pg_i64 rows, pg_i64 cols,
+                             pg_i64 row0) {
+  const pg_i64 need_cols = (cols + kScaleBlock - 1) / kScaleBlock;
+  const pg_i64 need_rows = rows > 0 ? (row0 + rows - 1) / kScaleBlock + 1 : 0;
+  return row0 >= 0 && grid_cols == need_cols && grid_rows >= need_rows;
+}
+
+// The row of a scale grid that weight row `row0 + r` uses.
+PG_HD const float* scale_row(const float* grid, pg_i64 stride, pg_i64 row0, pg_i64 r) {
+  return grid + ((row0 + r) / kScaleBlock) * stride;
+}
+
+// A scaled element: the fp32 product of the decoded fp8 value and its block's scale,
+// rounded to bf16 (column `col` of a row whose scale row is `srow`).
+PG_HD float scaled_element(float q, const float* srow, pg_i64 col) {
+  return round_to_bf16(q * srow[col / kScaleBlock]);
+}
+
 // A 2-D view of both inputs: `rows` rows of `cols` contiguous elements, rows `stride0` /
 // `stride1` elements apart. Any contiguous tensor is (1, numel); a row slice keeps its
 // row stride.
@@ -124,6 +158,7 @@ struct DiffStatsArgs {
   pg_i64 stride0;
   pg_i64 stride1;
   DiffStatsParams params;
+  BlockScales scales;   // all null / zero: unscaled
   pg_i64* counts;       // out: kNumCounts int64
   double* sums;         // out: kNumSums float64
   pg_i64* row_changed;  // out: rows int64, or null

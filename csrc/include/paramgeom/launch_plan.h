@@ -22,7 +22,9 @@ namespace plan {
 // ---- diff_stats (csrc/cuda/diff_stats_kernels.cuh) ------------------------------------
 constexpr int kDiffStatsThreads = 256;   // threads per block of every diff_stats kernel
 constexpr int kDiffStatsBlocksPerSm = 4; // grid cap per SM (the bits never depend on it)
-constexpr int kDiffStatsKernels = 20;    // ids 0..19: dtype * 4 + cast * 2 + tols8
+// ids 0..19: dtype * 4 + cast * 2 + tols8; 20..23: block-scaled fp8 (BlockScales),
+// 20 + (dtype - kFloat8E4M3) * 2 + tols8 (they always round to bf16).
+constexpr int kDiffStatsKernels = 24;
 
 // Indexed by kernel id; nullptr where no kernel exists (a bf16 round trip is the identity on
 // bf16 and fp8 values, so those dtypes have no _cast variant).
@@ -37,17 +39,24 @@ constexpr const char* kDiffStatsKernelNames[kDiffStatsKernels] = {
     nullptr,                          nullptr,
     "paramgeom_diff_stats_f8e5m2",    "paramgeom_diff_stats_f8e5m2_tols8",
     nullptr,                          nullptr,
+    "paramgeom_diff_stats_f8e4m3_scaled", "paramgeom_diff_stats_f8e4m3_scaled_tols8",
+    "paramgeom_diff_stats_f8e5m2_scaled", "paramgeom_diff_stats_f8e5m2_scaled_tols8",
 };
 constexpr const char* kDiffStatsFinal = "paramgeom_diff_stats_final";
 constexpr const char* kDiffStatsFixup = "paramgeom_diff_stats_rows_fixup";
 
-// The main-pass kernel for these options, or -1 (bad dtype or tolerance count).
-PG_HD int diff_stats_kernel_id(int dtype, bool cast_bf16, int n_rel, int n_abs) {
+// The main-pass kernel for these options, or -1 (bad dtype or tolerance count, or block
+// scales on a dtype that is not fp8).
+PG_HD int diff_stats_kernel_id(int dtype, bool cast_bf16, int n_rel, int n_abs, bool scaled) {
   if (dtype < kFloat32 || dtype > kFloat8E5M2 || n_rel < 0 || n_rel > kMaxTols || n_abs < 0 ||
       n_abs > kMaxTols)
     return -1;
-  const bool cast = cast_bf16 && (dtype == kFloat32 || dtype == kFloat16);
   const bool tols8 = n_rel > 1 || n_abs > 1;
+  if (scaled) {
+    if (dtype != kFloat8E4M3 && dtype != kFloat8E5M2) return -1;
+    return 20 + (dtype - kFloat8E4M3) * 2 + (tols8 ? 1 : 0);
+  }
+  const bool cast = cast_bf16 && (dtype == kFloat32 || dtype == kFloat16);
   return dtype * 4 + (cast ? 2 : 0) + (tols8 ? 1 : 0);
 }
 

@@ -54,6 +54,9 @@ def diff_stats(job: DiffStatsJob, *, num_threads: int | None = None, isa: str = 
         row_sq_delta=row_sq,
         num_threads=torch.get_num_threads() if num_threads is None else num_threads,
         isa=isa,
+        scale0=job.scale0,
+        scale1=job.scale1,
+        scale_row0=job.scale_row0,
     )
     return DiffStatsRaw(counts, sums, row_changed, row_sq)
 

@@ -24,6 +24,17 @@ class DiffStatsJob:
     abs_tols: tuple[float, ...]
     cast_bf16: bool
     per_row: bool
+    # Block-scaled fp8 (paramgeom/diff_stats.h, BlockScales): both or neither. float32,
+    # shape (grid rows, ceil(cols / 128)), inner stride 1, on the inputs' device; the view's
+    # row i is weight row scale_row0 + i. Scaled values are always rounded to bf16 (cast_bf16
+    # is then False: it concerns fp32 / fp16 inputs only).
+    scale0: torch.Tensor | None = None
+    scale1: torch.Tensor | None = None
+    scale_row0: int = 0
+
+    @property
+    def scaled(self) -> bool:
+        return self.scale0 is not None
 
     @property
     def rows(self) -> int:

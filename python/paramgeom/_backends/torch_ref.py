@@ -8,7 +8,7 @@ import torch
 
 from paramgeom import _contract, _dtypes
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
-from paramgeom.reference import decode_ref, diff_rows_ref, diff_stats_terms_ref
+from paramgeom.reference import decode_ref, decode_scaled_ref, diff_rows_ref, diff_stats_terms_ref
 
 # Elements per chunk: float64 temporaries of this many elements (~8 of them live at once).
 _CHUNK_ELEMS = 1 << 22
@@ -47,8 +47,13 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
         r1 = min(rows, r0 + row_step)
         for c0 in range(0, cols, col_step):
             c1 = min(cols, c0 + col_step)
-            a = decode_ref(w0[r0:r1, c0:c1], cast)
-            b = decode_ref(w1[r0:r1, c0:c1], cast)
+            if job.scaled:
+                row0 = job.scale_row0 + r0
+                a = decode_scaled_ref(w0[r0:r1, c0:c1], job.scale0, row0, c0)
+                b = decode_scaled_ref(w1[r0:r1, c0:c1], job.scale1, row0, c0)
+            else:
+                a = decode_ref(w0[r0:r1, c0:c1], cast)
+                b = decode_ref(w1[r0:r1, c0:c1], cast)
             c, s = diff_stats_terms_ref(a, b, job.rel_tols, job.abs_tols)
             _merge(counts, sums, c, s)
             if job.per_row:

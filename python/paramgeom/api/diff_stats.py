@@ -10,6 +10,7 @@ import torch
 from paramgeom import _contract, _dtypes
 from paramgeom._backends import resolve
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
+from paramgeom.checkpoints.fp8 import check_scales
 from paramgeom.results import DiffStats
 
 __all__ = ["diff_stats"]
@@ -100,6 +101,46 @@ def make_job(
     )
 
 
+def make_scaled_job(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    scale_inv: tuple[torch.Tensor, torch.Tensor],
+    scale_row0: int,
+    rel: tuple[float, ...],
+    abs_: tuple[float, ...],
+    per_row: bool,
+) -> DiffStatsJob:
+    """The job of a block-scaled fp8 pair: the weight's rows as the view (scales are
+    indexed by row and column), each grid float32 with contiguous rows on the inputs'
+    device; ``ValueError`` naming what does not fit."""
+    if not isinstance(scale_inv, (tuple, list)) or len(scale_inv) != 2:
+        raise TypeError("scale_inv must be a pair (scale of w0, scale of w1)")
+    if w0.dim() != 2:
+        raise ValueError(f"scale_inv needs 2-D fp8 weights, got shape {tuple(w0.shape)}")
+    if isinstance(scale_row0, bool) or not isinstance(scale_row0, int):
+        raise TypeError(f"scale_row0 must be an int, got {type(scale_row0).__name__}")
+    grids = []
+    for name, w, s in (("w0", w0, scale_inv[0]), ("w1", w1, scale_inv[1])):
+        if not isinstance(s, torch.Tensor):
+            raise TypeError(f"scale_inv of {name} must be a torch.Tensor, got {type(s).__name__}")
+        check_scales(w, s, _contract.SCALE_BLOCK, scale_row0, f"diff_stats: scale_inv of {name}")
+        grid = s.to(device=w.device, dtype=torch.float32)
+        grids.append(grid if grid.stride(-1) == 1 or grid.shape[-1] <= 1 else grid.contiguous())
+    v0, v1 = _rows_view(w0, flat=False), _rows_view(w1, flat=False)
+    return DiffStatsJob(
+        w0=_dtypes.bits_view(v0),
+        w1=_dtypes.bits_view(v1),
+        dtype_code=_dtypes.dtype_code(w0.dtype),
+        rel_tols=rel,
+        abs_tols=abs_,
+        cast_bf16=False,
+        per_row=per_row,
+        scale0=grids[0],
+        scale1=grids[1],
+        scale_row0=scale_row0,
+    )
+
+
 def _result(raw: DiffStatsRaw, job: DiffStatsJob, backend: str, row_shape) -> DiffStats:
     c = raw.counts.tolist()
     s = raw.sums.tolist()
@@ -132,6 +173,8 @@ def diff_stats(
     cast: str | None = None,
     per_row: bool = False,
     backend: str = "auto",
+    scale_inv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    scale_row0: int = 0,
 ) -> DiffStats:
     """Fused difference statistics of a base tensor ``w0`` and a tuned tensor ``w1``.
 
@@ -160,6 +203,15 @@ def diff_stats(
         (under equality when ``rel_tols`` is empty) and the squared-delta sum.
     backend : {"auto", "cuda", "cupy", "triton", "cpu", "torch"}
         ``auto`` takes cuda > cupy > triton for CUDA tensors, cpu > torch for CPU ones.
+    scale_inv : (torch.Tensor, torch.Tensor), optional
+        Block scales of fp8 ``w0`` and ``w1`` (DeepSeek-V3 layout: float grids of shape
+        ``(ceil(m / 128), ceil(n / 128))`` for ``(m, n)`` weights). The kernels then read
+        the stored fp8 bytes and compare ``float32(q) * scale`` rounded to bf16, the
+        dequantised weights as the paper compares checkpoints, in the same single pass
+        (no dequantised copy). Only for 2-D fp8 inputs; ``cast`` is implied.
+    scale_row0 : int
+        With ``scale_inv``: the weight row that row 0 of ``w0`` / ``w1`` is (they may be a
+        row block of the weight, read block by block).
 
     Notes
     -----
@@ -175,5 +227,8 @@ def diff_stats(
         raise ValueError(f"cast must be None or 'bf16', got {cast!r}")
     name, impl = resolve(backend, w0.device, op="diff_stats")
     row_shape = tuple(w0.shape[:-1])
-    job = make_job(w0, w1, rel, abs_, cast, per_row)
+    if scale_inv is None:
+        job = make_job(w0, w1, rel, abs_, cast, per_row)
+    else:
+        job = make_scaled_job(w0, w1, scale_inv, scale_row0, rel, abs_, per_row)
     return _result(impl(job), job, name, row_shape)

@@ -20,6 +20,7 @@ import torch
 __all__ = [
     "FP8_DTYPES",
     "SCALE_SUFFIX",
+    "check_scales",
     "dequantize_blocks",
     "fp8_max",
     "is_fp8",
@@ -82,6 +83,43 @@ def scale_shape(shape: tuple[int, ...] | torch.Size, block: int = 128) -> tuple[
     return (*shape[:-2], math.ceil(shape[-2] / block), math.ceil(shape[-1] / block))
 
 
+def check_scales(
+    q: torch.Tensor, scale_inv: torch.Tensor, block: int, row_start: int, what: str
+) -> None:
+    """``ValueError`` (prefixed ``what``) unless ``scale_inv`` is a float grid that covers fp8
+    ``q`` (a row slice of the weight starting at global row ``row_start``) in ``block``
+    blocks: the rule every reader of block-scaled weights (host dequantisation, the
+    kernels' scaled read) checks."""
+    if not is_fp8(q.dtype):
+        raise ValueError(f"{what}: q must be a float8 tensor, got {q.dtype}")
+    if not scale_inv.is_floating_point() or is_fp8(scale_inv.dtype):
+        raise ValueError(f"{what}: scale_inv must be a float32-like tensor, got {scale_inv.dtype}")
+    if block <= 0:
+        raise ValueError(f"{what}: block must be positive, got {block}")
+    if row_start < 0:
+        raise ValueError(f"{what}: row_start must be >= 0, got {row_start}")
+    if q.dim() < 2:
+        raise ValueError(f"{what}: q must be at least 2-D, got shape {tuple(q.shape)}")
+    if scale_inv.dim() != q.dim():
+        raise ValueError(
+            f"{what}: scale_inv must have {q.dim()} dims like q, "
+            f"got shape {tuple(scale_inv.shape)} for q {tuple(q.shape)}"
+        )
+    m, n = q.shape[-2], q.shape[-1]
+    nb = math.ceil(n / block)
+    if tuple(scale_inv.shape[:-2]) != tuple(q.shape[:-2]) or scale_inv.shape[-1] != nb:
+        raise ValueError(
+            f"{what}: scale_inv shape {tuple(scale_inv.shape)} does not match q "
+            f"{tuple(q.shape)} with block {block} (expected (..., rows, {nb}))"
+        )
+    last_block = (row_start + m - 1) // block if m else row_start // block
+    if m and last_block >= scale_inv.shape[-2]:
+        raise ValueError(
+            f"{what}: rows [{row_start}, {row_start + m}) need scale rows up to "
+            f"{last_block}, scale_inv has {scale_inv.shape[-2]}"
+        )
+
+
 def dequantize_blocks(
     q: torch.Tensor,
     scale_inv: torch.Tensor,
@@ -99,37 +137,9 @@ def dequantize_blocks(
     The product is formed in float32 (float64 when ``out_dtype`` is float64; then it is
     exact) and rounded once to ``out_dtype``.
     """
-    if not is_fp8(q.dtype):
-        raise ValueError(f"dequantize_blocks: q must be a float8 tensor, got {q.dtype}")
-    if not scale_inv.is_floating_point() or is_fp8(scale_inv.dtype):
-        raise ValueError(
-            f"dequantize_blocks: scale_inv must be a float32-like tensor, got {scale_inv.dtype}"
-        )
-    if block <= 0:
-        raise ValueError(f"dequantize_blocks: block must be positive, got {block}")
-    if row_start < 0:
-        raise ValueError(f"dequantize_blocks: row_start must be >= 0, got {row_start}")
-    if q.dim() < 2:
-        raise ValueError(f"dequantize_blocks: q must be at least 2-D, got shape {tuple(q.shape)}")
-    if scale_inv.dim() != q.dim():
-        raise ValueError(
-            f"dequantize_blocks: scale_inv must have {q.dim()} dims like q, "
-            f"got shape {tuple(scale_inv.shape)} for q {tuple(q.shape)}"
-        )
+    check_scales(q, scale_inv, block, row_start, "dequantize_blocks")
     m, n = q.shape[-2], q.shape[-1]
     nb = math.ceil(n / block)
-    if tuple(scale_inv.shape[:-2]) != tuple(q.shape[:-2]) or scale_inv.shape[-1] != nb:
-        raise ValueError(
-            f"dequantize_blocks: scale_inv shape {tuple(scale_inv.shape)} does not match q "
-            f"{tuple(q.shape)} with block {block} (expected (..., rows, {nb}))"
-        )
-    last_block = (row_start + m - 1) // block if m else row_start // block
-    if m and last_block >= scale_inv.shape[-2]:
-        raise ValueError(
-            f"dequantize_blocks: rows [{row_start}, {row_start + m}) need scale rows up to "
-            f"{last_block}, scale_inv has {scale_inv.shape[-2]}"
-        )
-
     work = torch.float64 if out_dtype == torch.float64 else torch.float32
     out = q.to(work)
     if out.numel() == 0:

@@ -26,6 +26,7 @@ import torch
 import paramgeom
 from paramgeom import linalg, metrics
 from paramgeom.checkpoints.pairing import PairedTensor
+from paramgeom.engine.loader import Stored, stored_stats_args
 from paramgeom.results import DiffStats
 
 __all__ = ["DiffOptions", "base_row", "block_rows", "expert_rows", "matrix_row", "stats_fields"]
@@ -152,6 +153,21 @@ def _stats(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> DiffStats:
     )
 
 
+def stored_stats(s0: Stored, s1: Stored, opts: DiffOptions) -> DiffStats:
+    """The statistics of a pair's bf16 values, read from the stored bytes by the kernel
+    (rounding or dequantising inside its read) where it can, else from materialised bf16."""
+    args = stored_stats_args(s0, s1)
+    if args is None:
+        return _stats(s0.bf16(), s1.bf16(), opts)
+    return paramgeom.diff_stats(
+        **args, rel_tols=(opts.rel_tol,), abs_tols=(opts.atol,), backend=opts.backend
+    )
+
+
+def _as_stored(t: Stored | torch.Tensor) -> Stored:
+    return t if isinstance(t, Stored) else Stored(t)
+
+
 def merge_stats(parts: list[DiffStats]) -> DiffStats:
     """Totals of row blocks, summed in block order (deterministic)."""
     first = parts[0]
@@ -219,15 +235,20 @@ def _mask_fields(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     return {"changed_in_principal": clean[0], "changed_in_low_magnitude": clean[1]}
 
 
-def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions):
-    """Row of a 2-D (or any-D, statistics only) pair held whole in memory."""
+def matrix_row(
+    pair: PairedTensor, w0: Stored | torch.Tensor, w1: Stored | torch.Tensor, opts: DiffOptions
+):
+    """Row of a 2-D (or any-D, statistics only) pair held whole in memory: ``w0`` / ``w1``
+    as stored (:class:`~paramgeom.engine.loader.Stored`) or as bf16 tensors."""
+    s0, s1 = _as_stored(w0), _as_stored(w1)
     row = base_row(pair)
-    st = _stats(w0, w1, opts)
+    st = stored_stats(s0, s1, opts)
     row.update(stats_fields(st))
     if row["n_nonfinite"]:
         return row, [_nonfinite_note(row)]
-    if w0.dim() != 2 or not opts.spectra or min(w0.shape) == 0:
+    if s0.values.dim() != 2 or not opts.spectra or min(s0.values.shape) == 0:
         return row, []
+    w0, w1 = s0.bf16(), s1.bf16()  # the spectra read the matrix many times: values once
     if opts.masks:
         row.update(_mask_fields(w0, w1, opts))
     m, n = w0.shape
@@ -264,9 +285,10 @@ def matrix_row(pair: PairedTensor, w0: torch.Tensor, w1: torch.Tensor, opts: Dif
 
 def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.device):
     """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
-    blocks: statistics summed over blocks; for a matrix with at most ``exact_threshold``
-    columns the Grams of dW, W0 and W1 accumulated block by block (``gram_update``) give
-    dW's exact spectrum and the right-subspace rotation (left angles are not computed)."""
+    blocks as stored (:class:`~paramgeom.engine.loader.Stored`): statistics summed over
+    blocks; for a matrix with at most ``exact_threshold`` columns the Grams of dW, W0 and
+    W1 accumulated block by block (``gram_update``) give dW's exact spectrum and the
+    right-subspace rotation (left angles are not computed)."""
     row = base_row(pair)
     parts: list[DiffStats] = []
     two_d = len(pair.shape) == 2 and min(pair.shape) > 0
@@ -276,9 +298,10 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
     g_d = g_0 = g_1 = None
     if grams:
         g_d, g_0, g_1 = (torch.zeros(n, n, dtype=acc, device=device) for _ in range(3))
-    for w0, w1 in blocks:
-        parts.append(_stats(w0, w1, opts))
-        if grams and w0.shape[0]:
+    for s0, s1 in blocks:
+        parts.append(stored_stats(s0, s1, opts))
+        if grams and s0.values.shape[0]:
+            w0, w1 = s0.bf16(), s1.bf16()
             paramgeom.gram_update(g_d, w1, w0, backend=opts.backend)
             if opts.angles:
                 paramgeom.gram_update(g_0, w0, backend=opts.backend)

@@ -26,7 +26,14 @@ from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
 from paramgeom.engine.compute import DiffOptions, block_rows, expert_rows, matrix_row
 from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
-from paramgeom.engine.loader import InputWatch, Prefetcher, read_bf16, to_device
+from paramgeom.engine.loader import (
+    InputWatch,
+    Prefetcher,
+    Stored,
+    read_bf16,
+    read_stored,
+    to_device,
+)
 from paramgeom.engine.plan import Unit, build_units, share_for_rank
 from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import DIFF_COLUMNS
@@ -39,7 +46,9 @@ READAHEAD_BYTES = 1 << 30
 
 
 class Streamer:
-    """Reads units of a (base, tuned) checkpoint pair as bf16 tensors on the compute device."""
+    """Reads units of a (base, tuned) checkpoint pair onto the compute device: a matrix as
+    stored (:class:`~paramgeom.engine.loader.Stored`, the kernels read it as the file holds
+    it), expert batches and stacks as bf16 tensors (batched spectra need them stacked)."""
 
     def __init__(self, base, tuned, opts: DiffOptions, device: torch.device) -> None:
         self.base, self.tuned, self.opts, self.device = base, tuned, opts, device
@@ -100,17 +109,26 @@ class Streamer:
             i += 1
 
     def load(self, unit: Unit):
-        """CPU bf16 tensors of a unit that fits the chunk budget (None: streamed later)."""
+        """A unit that fits the chunk budget, on the CPU (None: streamed later): a matrix's
+        two sides as stored, an expert batch or a stack as bf16 tensors."""
         self._advise_after(unit)
         if not self.fits(unit):
             return None
+        if unit.kind == "tensor":
+            pair = unit.pairs[0]
+            return read_stored(self.base, pair.base), read_stored(self.tuned, pair.tuned)
         pairs = [(read_bf16(self.base, p.base), read_bf16(self.tuned, p.tuned)) for p in unit.pairs]
         if unit.kind == "experts":
             return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
         return pairs[0]
 
-    def to_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        out = [to_device(t, self.device, self.stream) for t in tensors]
+    def to_device(self, *items: torch.Tensor | Stored) -> list:
+        out = [
+            t.to(self.device, self.stream)
+            if isinstance(t, Stored)
+            else to_device(t, self.device, self.stream)
+            for t in items
+        ]
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return out
@@ -122,15 +140,14 @@ class Streamer:
         for start in range(0, rows, step):
             yield start, min(rows, start + step)
 
-    def blocks(
-        self, pair: PairedTensor, budget: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Row blocks of a large pair, each read while the previous one is computed."""
+    def blocks(self, pair: PairedTensor, budget: int) -> Iterator[tuple[Stored, Stored]]:
+        """Row blocks of a large pair as stored, each read while the previous one is
+        computed."""
 
         def load(span):
             return (
-                read_bf16(self.base, pair.base, *span),
-                read_bf16(self.tuned, pair.tuned, *span),
+                read_stored(self.base, pair.base, *span),
+                read_stored(self.tuned, pair.tuned, *span),
             )
 
         with Prefetcher(self.row_blocks(pair, budget), load, depth=1) as blocks:

@@ -3,6 +3,12 @@
 Every figure is computed on bf16 values (DESIGN.md "Metrics": both checkpoints as bf16):
 bf16 tensors are used as stored, fp32/fp16 ones rounded to bf16 (round to nearest even),
 block-scaled FP8 ones dequantised block by block (``q * scale_inv`` in fp32) and rounded.
+
+A side is read as the file holds it (:class:`Stored`: the stored values, zero-copy where
+the reader can, and the block-scale grid) and moved to the compute device as such (one
+byte per FP8 weight over PCIe). The scan's kernel reads those bytes and rounds or
+dequantises inside its read (:func:`stored_stats_args`); only the spectral figures, which
+read each matrix many times, materialise bf16 values (:meth:`Stored.bf16`), on the device.
 """
 
 from __future__ import annotations
@@ -10,37 +16,104 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from paramgeom import _contract, _dtypes
 from paramgeom.checkpoints.errors import CheckpointError
-from paramgeom.checkpoints.fp8 import dequantize_blocks
+from paramgeom.checkpoints.fp8 import check_scales, dequantize_blocks
 from paramgeom.checkpoints.pairing import FP8_DTYPES, TensorRef
 from paramgeom.checkpoints.reader import mapped_fault_count
 
-__all__ = ["InputWatch", "Prefetcher", "read_bf16", "to_device"]
+__all__ = [
+    "InputWatch",
+    "Prefetcher",
+    "Stored",
+    "read_bf16",
+    "read_stored",
+    "stored_stats_args",
+    "to_device",
+]
 
 
-def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None = None):
-    """Rows ``[start, stop)`` (dim 0; all when None) of one side of a pair, as CPU bf16."""
+@dataclass(frozen=True)
+class Stored:
+    """One side of a pair as the file holds it: ``values`` in the storage dtype, ``scale``
+    the float block-scale grid of a block-scaled FP8 weight (else None), and ``row0`` the
+    weight row that row 0 of ``values`` is (row-block reads of a 2-D weight)."""
+
+    values: torch.Tensor
+    scale: torch.Tensor | None = None
+    row0: int = 0
+
+    def to(self, device: torch.device, stream=None) -> Stored:
+        """The same side on ``device`` (as stored: no conversion on the way)."""
+        if device.type == "cpu":
+            return self
+        scale = None if self.scale is None else to_device(self.scale, device, stream)
+        return Stored(to_device(self.values, device, stream), scale, self.row0)
+
+    def bf16(self) -> torch.Tensor:
+        """The values as bf16, where they are: bf16 as stored, fp32 / fp16 rounded (round to
+        nearest even), block-scaled FP8 dequantised (``q * scale`` in fp32) and rounded,
+        unscaled FP8 widened (exact)."""
+        v = self.values
+        if self.scale is not None:
+            # A 3-D fused expert stack has a scale grid per expert; row0 is 0 for it.
+            v = dequantize_blocks(v, self.scale, row_start=self.row0)
+        elif v.dtype in FP8_DTYPES:
+            v = v.float()  # unscaled fp8: the stored values are the weights
+        return v if v.dtype == torch.bfloat16 else v.to(torch.bfloat16)
+
+
+def read_stored(ckpt, ref: TensorRef, start: int | None = None, stop: int | None = None) -> Stored:
+    """Rows ``[start, stop)`` (dim 0; all when None) of one side of a pair, as stored (CPU).
+    A scale grid that does not fit its weight is bad input naming the file and tensor."""
     info = ref.info
     if start is None:
         raw = ckpt.read(info.name, copy=False)  # zero-copy where the reader can
         start = 0
     else:
         raw = ckpt.read_rows(info.name, start, stop, copy=False)
-    if ref.scale is not None:
-        scale = ckpt.read(ref.scale.name)
-        try:
-            # A 3-D fused expert stack has a scale grid per expert; rows are experts then.
-            scale = scale if raw.dim() == 2 else scale[start : start + raw.shape[0]]
-            raw = dequantize_blocks(raw, scale, row_start=start if raw.dim() == 2 else 0)
-        except ValueError as exc:
-            raise CheckpointError(info.file, info.name, str(exc)) from None
-    elif raw.dtype in FP8_DTYPES:
-        raw = raw.float()  # unscaled fp8: the stored values are the weights
-    return raw if raw.dtype == torch.bfloat16 else raw.to(torch.bfloat16)
+    if ref.scale is None:
+        return Stored(raw)
+    scale = ckpt.read(ref.scale.name)
+    try:
+        # A 3-D fused expert stack has a scale grid per expert; rows are experts then.
+        if raw.dim() == 2:
+            row0 = start
+        else:
+            scale, row0 = scale[start : start + raw.shape[0]], 0
+        check_scales(raw, scale, _contract.SCALE_BLOCK, row0, "block scales")
+    except ValueError as exc:
+        raise CheckpointError(info.file, info.name, str(exc)) from None
+    return Stored(raw, scale, row0)
+
+
+def read_bf16(ckpt, ref: TensorRef, start: int | None = None, stop: int | None = None):
+    """Rows ``[start, stop)`` (dim 0; all when None) of one side of a pair, as CPU bf16."""
+    return read_stored(ckpt, ref, start, stop).bf16()
+
+
+def stored_stats_args(s0: Stored, s1: Stored) -> dict[str, Any] | None:
+    """How ``paramgeom.diff_stats`` reads a pair as stored, giving the figures of the bf16
+    values (keyword arguments: ``w0``, ``w1`` and ``cast`` or ``scale_inv`` /
+    ``scale_row0``), or None when the kernels cannot (mixed dtypes, one side scaled, a
+    scaled stack): then both sides are materialised as bf16 first."""
+    a, b = s0.values, s1.values
+    if a.dtype != b.dtype or a.dtype not in _dtypes.SUPPORTED:
+        return None
+    if (s0.scale is None) != (s1.scale is None):
+        return None
+    if s0.scale is not None:
+        if a.dim() != 2 or s0.row0 != s1.row0:
+            return None
+        return {"w0": a, "w1": b, "scale_inv": (s0.scale, s1.scale), "scale_row0": s0.row0}
+    if a.dtype in (torch.float32, torch.float16):
+        return {"w0": a, "w1": b, "cast": "bf16"}  # rounded inside the kernel's read
+    return {"w0": a, "w1": b}  # bf16 as stored; unscaled fp8 values are bf16 values
 
 
 class InputWatch:

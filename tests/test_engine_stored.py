@@ -1,0 +1,88 @@
+"""``paramgeom diff`` hands the scan's kernel what the file holds: block-scaled FP8 bytes
+with their scale grids, fp32 / fp16 values with an in-kernel bf16 rounding, bf16 as stored.
+The figures are those of the host path (dequantise / round on the host first) exactly,
+whole and in row blocks; mixed pairs still take the host path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import paramgeom
+from paramgeom.checkpoints.synth import SynthSpec, write_pair
+from paramgeom.cli import main
+from paramgeom.engine import compute, loader
+from paramgeom.report.tables import read_table
+
+
+def _pair(tmp_path, dtype):
+    spec = SynthSpec(arch="llama", hidden=160, layers=1, intermediate=272, vocab=200, heads=4,
+                     kv_heads=2, dtype=dtype, update_rank=3, update_scale=2e-2,
+                     changed_fraction=0.6, seed=4)  # fmt: skip
+    return write_pair(tmp_path / f"pair_{dtype}", spec, tuned_prefix="")
+
+
+def _diff(pair, out, *extra) -> dict[str, dict]:
+    args = ["diff", str(pair.base), str(pair.tuned), "--out", str(out), "--rank", "8"]
+    assert main([*args, "--quiet", *extra]) == 0
+    return {r["name"]: r for r in read_table(out / "tensors.parquet")}
+
+
+def _spy(monkeypatch) -> list[dict]:
+    calls: list[dict] = []
+    real = paramgeom.diff_stats
+
+    def spy(w0, w1, *args, **kw):
+        calls.append({"dtype": w0.dtype, "shape": tuple(w0.shape), **kw})
+        return real(w0, w1, *args, **kw)
+
+    monkeypatch.setattr(paramgeom, "diff_stats", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "fp32", "bf16"])
+@pytest.mark.parametrize("blocks", [False, True], ids=["whole", "row-blocks"])
+def test_stored_read_gives_the_host_path_figures(tmp_path, monkeypatch, dtype, blocks):
+    pair = _pair(tmp_path, dtype)
+    # 64 KiB chunks: every weight matrix is read in row blocks (not 128-row aligned).
+    extra = ["--chunk-bytes", str(1 << 16)] if blocks else []
+    calls = _spy(monkeypatch)
+    stored = _diff(pair, tmp_path / "stored", *extra)
+    kinds = {(c["dtype"], c.get("cast"), "scale_inv" in c) for c in calls}
+    if dtype == "fp8":
+        assert (torch.float8_e4m3fn, None, True) in kinds  # the kernel read fp8 bytes
+    elif dtype == "fp32":
+        assert (torch.float32, "bf16", False) in kinds  # rounded inside the kernel's read
+    else:
+        assert kinds == {(torch.bfloat16, None, False)}
+    if blocks and dtype == "fp8":
+        assert any(c.get("scale_row0", 0) > 0 for c in calls)
+    monkeypatch.setattr(compute, "stored_stats_args", lambda s0, s1: None)  # the host path
+    host = _diff(pair, tmp_path / "host", *extra)
+    assert stored.keys() == host.keys() and stored
+    for name, row in stored.items():
+        for key, value in row.items():
+            assert value == host[name][key] or (
+                value != value and host[name][key] != host[name][key]
+            ), (
+                name,
+                key,
+            )
+
+
+def test_mixed_pairs_take_the_host_path():
+    """Different dtypes, or one side scaled: both sides are materialised as bf16 first."""
+    q = torch.zeros(4, 4, dtype=torch.float8_e4m3fn)
+    s = torch.ones(1, 1)
+    bf = loader.Stored(torch.zeros(4, 4, dtype=torch.bfloat16))
+    assert loader.stored_stats_args(loader.Stored(torch.zeros(4, 4)), bf) is None
+    assert loader.stored_stats_args(loader.Stored(q, s), loader.Stored(q)) is None
+    assert (
+        loader.stored_stats_args(loader.Stored(q[None], s[None]), loader.Stored(q[None], s[None]))
+        is None
+    )
+    args = loader.stored_stats_args(loader.Stored(q, s, 128), loader.Stored(q, s, 128))
+    assert args["scale_row0"] == 128 and args["scale_inv"][0] is s
+    assert loader.stored_stats_args(bf, bf) == {"w0": bf.values, "w1": bf.values}
+    half = loader.Stored(torch.zeros(4, 4, dtype=torch.float16))
+    assert loader.stored_stats_args(half, half)["cast"] == "bf16"
