@@ -335,20 +335,22 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
 def expert_rows(
     pairs: list[PairedTensor],
     experts: list[int | None],
-    w0: torch.Tensor,
-    w1: torch.Tensor,
+    s0: list[Stored],
+    s1: list[Stored],
     opts: DiffOptions,
 ):
-    """Rows of a batch of expert matrices ``w0, w1`` of shape ``(B, m, n)``; ``pairs[i]`` and
-    ``experts[i]`` say whose matrix ``i`` is (``experts[i]`` set for slices of a 3-D stack).
-    Statistics per matrix (fused kernel); spectra and rotations batched over the experts."""
+    """Rows of a batch of B expert matrices of one shape ``(m, n)``, each side as stored;
+    ``pairs[i]`` and ``experts[i]`` say whose matrix ``i`` is (``experts[i]`` set for
+    slices of a 3-D stack). Statistics per matrix (fused kernel, on the stored bytes);
+    spectra and rotations batched over the experts, on bf16 values materialised once."""
     rows, notes, sts = [], [], []
     for i, (pair, e) in enumerate(zip(pairs, experts, strict=True)):
         row = base_row(pair, e)
-        sts.append(_stats(w0[i], w1[i], opts))
+        sts.append(stored_stats(s0[i], s1[i], opts))
         row.update(stats_fields(sts[-1]))
         rows.append(row)
-    B, m, n = w0.shape
+    B = len(s0)
+    m, n = s0[0].values.shape if B else (0, 0)
     p = min(m, n)
     if not opts.spectra or B == 0 or p == 0:
         return rows, notes
@@ -360,12 +362,12 @@ def expert_rows(
         return rows, notes
     if p > opts.exact_threshold:  # too large to batch exactly: one matrix at a time
         for i in finite:
-            single, more = matrix_row(pairs[i], w0[i], w1[i], opts)
+            single, more = matrix_row(pairs[i], s0[i], s1[i], opts)
             rows[i] = {**rows[i], **{k: v for k, v in single.items() if k not in rows[i]}}
             notes += more
         return rows, notes
-    idx = torch.tensor(finite, device=w0.device)
-    a, b = w0.index_select(0, idx), w1.index_select(0, idx)
+    a = torch.stack([s0[i].bf16() for i in finite])
+    b = torch.stack([s1[i].bf16() for i in finite])
     a, b, factor = spectral_inputs(a, b, [sts[i] for i in finite])
     s = linalg.batched_svdvals(b.double() - a.double()).cpu() * factor
     rot = linalg.batched_rotation(a, b, min(opts.rank, p)) if opts.angles else None

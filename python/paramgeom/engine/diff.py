@@ -30,7 +30,6 @@ from paramgeom.engine.loader import (
     InputWatch,
     Prefetcher,
     Stored,
-    read_bf16,
     read_stored,
     to_device,
 )
@@ -46,9 +45,9 @@ READAHEAD_BYTES = 1 << 30
 
 
 class Streamer:
-    """Reads units of a (base, tuned) checkpoint pair onto the compute device: a matrix as
-    stored (:class:`~paramgeom.engine.loader.Stored`, the kernels read it as the file holds
-    it), expert batches and stacks as bf16 tensors (batched spectra need them stacked)."""
+    """Reads units of a (base, tuned) checkpoint pair onto the compute device, every side as
+    stored (:class:`~paramgeom.engine.loader.Stored`): the kernels read it as the file
+    holds it."""
 
     def __init__(self, base, tuned, opts: DiffOptions, device: torch.device) -> None:
         self.base, self.tuned, self.opts, self.device = base, tuned, opts, device
@@ -108,19 +107,15 @@ class Streamer:
             ahead += nxt.nbytes
             i += 1
 
-    def load(self, unit: Unit):
-        """A unit that fits the chunk budget, on the CPU (None: streamed later): a matrix's
-        two sides as stored, an expert batch or a stack as bf16 tensors."""
+    def load(self, unit: Unit) -> list[tuple[Stored, Stored]] | None:
+        """The pairs of a unit that fits the chunk budget, as stored, on the CPU (None: it
+        is streamed later)."""
         self._advise_after(unit)
         if not self.fits(unit):
             return None
-        if unit.kind == "tensor":
-            pair = unit.pairs[0]
-            return read_stored(self.base, pair.base), read_stored(self.tuned, pair.tuned)
-        pairs = [(read_bf16(self.base, p.base), read_bf16(self.tuned, p.tuned)) for p in unit.pairs]
-        if unit.kind == "experts":
-            return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
-        return pairs[0]
+        return [
+            (read_stored(self.base, p.base), read_stored(self.tuned, p.tuned)) for p in unit.pairs
+        ]
 
     def to_device(self, *items: torch.Tensor | Stored) -> list:
         out = [
@@ -165,25 +160,29 @@ def compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], li
 def _compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], list[str]]:
     opts = streamer.opts
     if unit.kind == "experts":
-        w0, w1 = streamer.to_device(*loaded)
-        return expert_rows(list(unit.pairs), [None] * len(unit.pairs), w0, w1, opts)
+        sides = [streamer.to_device(s0, s1) for s0, s1 in loaded]
+        s0, s1 = [a for a, _ in sides], [b for _, b in sides]
+        return expert_rows(list(unit.pairs), [None] * len(unit.pairs), s0, s1, opts)
     pair = unit.pairs[0]
     if unit.kind == "stack":
-        if loaded is not None:
-            w0, w1 = streamer.to_device(*loaded)
-            return expert_rows([pair] * w0.shape[0], list(range(w0.shape[0])), w0, w1, opts)
+        spans = [None] if loaded is not None else streamer.row_blocks(pair, opts.chunk_bytes // 8)
         rows, notes = [], []
-        for start, stop in streamer.row_blocks(pair, opts.chunk_bytes // 8):
-            w0, w1 = streamer.to_device(
-                read_bf16(streamer.base, pair.base, start, stop),
-                read_bf16(streamer.tuned, pair.tuned, start, stop),
-            )
-            r, n = expert_rows([pair] * (stop - start), list(range(start, stop)), w0, w1, opts)
+        for span in spans:  # experts [start, stop) of the stack at a time
+            if span is None:
+                start, (stack0, stack1) = 0, loaded[0]
+            else:
+                start = span[0]
+                stack0 = read_stored(streamer.base, pair.base, *span)
+                stack1 = read_stored(streamer.tuned, pair.tuned, *span)
+            stack0, stack1 = streamer.to_device(stack0, stack1)
+            s0, s1 = stack0.split(), stack1.split()
+            experts = list(range(start, start + len(s0)))
+            r, n = expert_rows([pair] * len(s0), experts, s0, s1, opts)
             rows += r
             notes += n
         return rows, notes
     if loaded is not None:
-        w0, w1 = streamer.to_device(*loaded)
+        w0, w1 = streamer.to_device(*loaded[0])
         row, notes = matrix_row(pair, w0, w1, opts)
         return [row], notes
     row, notes = block_rows(

@@ -55,6 +55,12 @@ class Stored:
         scale = None if self.scale is None else to_device(self.scale, device, stream)
         return Stored(to_device(self.values, device, stream), scale, self.row0)
 
+    def split(self) -> list[Stored]:
+        """The matrices of a stack (``[E, m, n]`` values, one scale grid per matrix), each
+        as its own side."""
+        scales = [None] * self.values.shape[0] if self.scale is None else list(self.scale)
+        return [Stored(v, s) for v, s in zip(self.values, scales, strict=True)]
+
     def bf16(self) -> torch.Tensor:
         """The values as bf16, where they are: bf16 as stored, fp32 / fp16 rounded (round to
         nearest even), block-scaled FP8 dequantised (``q * scale`` in fp32) and rounded,
