@@ -98,3 +98,32 @@ def test_mixed_pairs_take_the_host_path():
     assert loader.stored_stats_args(bf, bf) == {"w0": bf.values, "w1": bf.values}
     half = loader.Stored(torch.zeros(4, 4, dtype=torch.float16))
     assert loader.stored_stats_args(half, half)["cast"] == "bf16"
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "fp32"])
+def test_trajectory_reads_stored_steps(tmp_path, monkeypatch, dtype):
+    from paramgeom.engine import trajectory
+
+    spec = SynthSpec(arch="moe", hidden=96, layers=1, intermediate=160, vocab=128, experts=2,
+                     expert_layout="fused", dtype=dtype, update_rank=2, update_scale=2e-2,
+                     seed=5)  # fmt: skip
+    pair = write_pair(tmp_path / "pair", spec, steps=[10, 20])
+    ckpts = [str(p) for p in pair.checkpoints.values()]
+
+    def run(out):
+        args = ["trajectory", str(pair.base), *ckpts, "--out", str(out), "--k", "2", "--quiet"]
+        assert main(args) == 0
+        return {
+            (r["name"], r["expert"], r["step"]): r for r in read_table(out / "trajectory.parquet")
+        }
+
+    calls = _spy(monkeypatch)
+    stored = run(tmp_path / "stored")
+    want = torch.float8_e4m3fn if dtype == "fp8" else torch.float32
+    assert any(c["dtype"] == want for c in calls)
+    monkeypatch.setattr(trajectory, "stored_stats_args", lambda s0, s1: None)
+    host = run(tmp_path / "host")
+    assert stored.keys() == host.keys() and stored
+    for key, row in stored.items():
+        for col, value in row.items():
+            assert _same(value, host[key][col]), (key, col, value, host[key][col])

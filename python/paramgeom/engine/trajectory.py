@@ -39,7 +39,7 @@ from paramgeom.engine import distributed
 from paramgeom.engine.compute import spectral_inputs
 from paramgeom.engine.diff import _device, _inputs, make_output_dir
 from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
-from paramgeom.engine.loader import InputWatch, Prefetcher, read_bf16, to_device
+from paramgeom.engine.loader import InputWatch, Prefetcher, Stored, read_stored, stored_stats_args
 from paramgeom.engine.plan import share_for_rank
 from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import TRAJECTORY_COLUMNS
@@ -134,27 +134,35 @@ def _follow(
         return _follow_on_backend(mat, reads, steps, names, opts, device)
 
 
+def _stats(base: Stored, side: Stored, opts: TrajectoryOptions):
+    """Statistics of a step against the base, from the stored bytes where the kernel can
+    read them (else from bf16 values)."""
+    args = stored_stats_args(base, side) or {"w0": base.bf16(), "w1": side.bf16()}
+    return paramgeom.diff_stats(**args, rel_tols=(opts.rel_tol,), backend=opts.backend)
+
+
 def _follow_on_backend(
     mat: _Matrix, reads, steps, names, opts: TrajectoryOptions, device
 ) -> tuple[list[dict], list[str]]:
-    w0 = None
+    base = w0 = None
     sketch = None
     width = 0
     init = None
     stats, tops = [], []
-    for t, w in reads:
-        w = to_device(w, device)
+    for t, side in reads:
+        side = side.to(device)  # as stored: the scan's kernel reads it as the file holds it
         if t < 0:
-            w0 = w
+            base, w0 = side, side.bf16()  # the spectra read the base at every step
             m, n = w0.shape
             width = min(opts.rank, m, n)
             if opts.sketch_rank is not None:
                 sketch = linalg.Sketch((m, n), width, seed=opts.seed, device=device)
             continue
-        stats.append(paramgeom.diff_stats(w0, w, rel_tols=(opts.rel_tol,), backend=opts.backend))
+        stats.append(_stats(base, side, opts))
         if stats[-1].n_nonfinite_w0 or stats[-1].n_nonfinite_w1 or stats[-1].sum_sq_delta == 0:
             tops.append(None)
             continue
+        w = side.bf16()
         a, b, factor = spectral_inputs(w0, w, stats[-1:])  # finite extremes: scaled
         if sketch is not None:
             _, s, vh = sketch.update(a, b).svd()
@@ -274,8 +282,8 @@ def run_trajectory(
             pair = mat.pairs[max(t, 0)]
             ckpt, ref = (base, pair.base) if t < 0 else (ckpts[t], pair.tuned)
             if mat.expert is None:
-                return read_bf16(ckpt, ref)
-            return read_bf16(ckpt, ref, mat.expert, mat.expert + 1)[0]
+                return read_stored(ckpt, ref)
+            return read_stored(ckpt, ref, mat.expert, mat.expert + 1).split()[0]
 
         items = [(m, t) for m in todo for t in range(-1, len(ckpts))]
         ok = False
