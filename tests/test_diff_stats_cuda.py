@@ -31,6 +31,7 @@ from paramgeom._backends import cuda as cuda_backend
 from paramgeom._backends import cupy as cupy_backend
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
 from paramgeom.api import diff_stats as api
+from paramgeom.checkpoints.fp8 import dequantize_blocks, quantize_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "csrc" / "cuda" / "diff_stats_kernels.cuh"
@@ -331,7 +332,7 @@ T __shfl_down_sync(unsigned, T v, int offset) {
 
 using namespace paramgeom;
 typedef void (*MainFn)(const void*, const void*, pg_i64, pg_i64, pg_i64, pg_i64,
-                       DiffStatsParams, DiffAccum*, PartialRow*, pg_i64*, double*);
+                       DiffStatsParams, BlockScales, DiffAccum*, PartialRow*, pg_i64*, double*);
 
 template <class F>
 static void run_grid(int grid, F body) {
@@ -355,7 +356,8 @@ extern "C" void emu_main(void* kernel, int grid, void** p) {
     reinterpret_cast<MainFn>(kernel)(
         arg<const void*>(p, 0), arg<const void*>(p, 1), arg<pg_i64>(p, 2), arg<pg_i64>(p, 3),
         arg<pg_i64>(p, 4), arg<pg_i64>(p, 5), arg<DiffStatsParams>(p, 6),
-        arg<DiffAccum*>(p, 7), arg<PartialRow*>(p, 8), arg<pg_i64*>(p, 9), arg<double*>(p, 10));
+        arg<BlockScales>(p, 7), arg<DiffAccum*>(p, 8), arg<PartialRow*>(p, 9),
+        arg<pg_i64*>(p, 10), arg<double*>(p, 11));
   });
 }
 
@@ -440,6 +442,62 @@ def test_emulated_alignment_never_changes_bits(emulator):
         aligned = _emulate(emulator, _job(w0, w1, (1e-3,), ()), 1)
         shifted = _emulate(emulator, _job(b0[1:], b1[1:], (1e-3,), ()), 1)
         assert _same_bits(aligned, shifted), dtype
+
+
+def _scaled_pair(shape, fmt, seed=0):
+    """Block-quantised fp8 weights (some rows unchanged) and their fp32 scale grids."""
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(shape, generator=g)
+    w1 = w0 + 0.02 * torch.randn(shape, generator=g)
+    w1[: shape[0] // 3] = w0[: shape[0] // 3]
+    (q0, s0), (q1, s1) = quantize_blocks(w0, fmt), quantize_blocks(w1, fmt)
+    return q0, q1, s0, s1
+
+
+def _emulated_scaled_cases():
+    """Block-scaled fp8 (kernel ids 20..23): warp- and block-wide rows (row pieces whose
+    columns cross scale blocks inside a 16-byte vector), rows cut by groups, unaligned rows
+    (scalar loads: row stride 301), a column window with its grid window, a row block
+    whose scale rows start mid-block (scale_row0 = 100), and NaN / Inf / zero scales."""
+    e4, e5 = torch.float8_e4m3fn, torch.float8_e5m2
+    yield "e4m3-warp-rows-tols8", *_scaled_pair((300, 1000), e4), 0, RELS, ABSS, True
+    yield "e5m2-block-rows", *_scaled_pair((3, 9000), e5, seed=1), 0, (1e-3,), (), True
+    yield "e4m3-cut-rows-totals", *_scaled_pair((5, 30_000), e4, seed=2), 0, (1e-3,), (), False
+    q0, q1, s0, s1 = _scaled_pair((37, 301), e5, seed=3)
+    yield "e5m2-unaligned-rows", q0[:, :300], q1[:, :300], s0[:, :3], s1[:, :3], 0, RELS, (), True
+    q0, q1, s0, s1 = _scaled_pair((256, 512), e4, seed=4)
+    window = (q0[:, 128:384], q1[:, 128:384], s0[:, 1:3].contiguous(), s1[:, 1:3].contiguous())
+    yield "e4m3-column-window", *window, 0, RELS, ABSS, True
+    q0, q1, s0, s1 = _scaled_pair((517, 300), e4, seed=5)
+    yield "e4m3-row-block", q0[100:400], q1[100:400], s0, s1, 100, (1e-3,), (1e-4,), True
+    q0, q1, s0, s1 = _scaled_pair((256, 256), e4, seed=6)
+    s0, s1 = s0.clone(), s1.clone()
+    s0[0, 0], s1[0, 1], s0[1, 1], s1[1, 0] = float("nan"), float("inf"), 0.0, 3e38
+    yield "e4m3-hostile-scales", q0, q1, s0, s1, 0, RELS, ABSS, False
+
+
+@pytest.mark.parametrize("case", list(_emulated_scaled_cases()), ids=lambda c: c[0])
+def test_emulated_scaled_kernels_match_oracle_and_cpu(emulator, case):
+    """The CUDA kernels' block-scaled fp8 read, launched with the cupy backend's plan and
+    packed BlockScales: counts exactly those of the host path (dequantise, bf16) by the
+    float64 oracle, sums to 1e-12, and the same counts as the CPU kernel."""
+    _, q0, q1, s0, s1, row0, rel, abs_, per_row = case
+    job = api.make_scaled_job(q0, q1, (s0, s1), row0, rel, abs_, per_row)
+    assert cupy_backend.diff_stats_plan(job, 1)["kernel"].endswith(
+        "_scaled" + ("_tols8" if len(rel) > 1 or len(abs_) > 1 else "")
+    )
+    raw = _emulate(emulator, job, sm_count=1)
+    stats = api._result(raw, job, "emulated", tuple(q0.shape[:-1]))
+    a = dequantize_blocks(q0, s0, row_start=row0).to(torch.bfloat16)
+    b = dequantize_blocks(q1, s1, row_start=row0).to(torch.bfloat16)
+    assert_matches(stats, oracle_for(a, b, rel, abs_, per_row=per_row))
+    cpu = paramgeom.diff_stats(
+        q0, q1, rel, abs_, per_row=per_row, scale_inv=(s0, s1), scale_row0=row0, backend="cpu"
+    )
+    assert (stats.n_equal, stats.n_within_rel, stats.n_within_abs) == (
+        cpu.n_equal, cpu.n_within_rel, cpu.n_within_abs
+    )  # fmt: skip
+    assert _same_bits(_emulate(emulator, job, sm_count=3), raw)
 
 
 # --- on a GPU -------------------------------------------------------------------------------
@@ -538,6 +596,24 @@ class TestOnGpu:
         stats = paramgeom.diff_stats(g0, g1, RELS, ABSS, per_row=per_row, backend=backend)
         want = oracle_for(g0.cpu().contiguous(), g1.cpu().contiguous(), per_row=per_row)
         assert_matches(stats, want)
+
+    @pytest.mark.parametrize("case", list(_emulated_scaled_cases()), ids=lambda c: c[0])
+    def test_scaled_fp8_read(self, backend, case):
+        """Block-scaled fp8 as stored (bytes and scale grids on the GPU): the emulated
+        cases, against the oracle of the host path and the CPU kernel's counts."""
+        _usable(backend)
+        _, q0, q1, s0, s1, row0, rel, abs_, per_row = case
+        kw = dict(per_row=per_row, scale_row0=row0)
+        stats = paramgeom.diff_stats(
+            q0.cuda(), q1.cuda(), rel, abs_, scale_inv=(s0.cuda(), s1.cuda()), **kw,
+            backend=backend,
+        )  # fmt: skip
+        assert stats.backend == backend
+        a = dequantize_blocks(q0, s0, row_start=row0).to(torch.bfloat16)
+        b = dequantize_blocks(q1, s1, row_start=row0).to(torch.bfloat16)
+        assert_matches(stats, oracle_for(a, b, rel, abs_, per_row=per_row))
+        cpu = paramgeom.diff_stats(q0, q1, rel, abs_, scale_inv=(s0, s1), **kw, backend="cpu")
+        assert (stats.n_equal, stats.n_within_rel) == (cpu.n_equal, cpu.n_within_rel)
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=str)
     def test_bitwise_deterministic(self, backend, dtype):

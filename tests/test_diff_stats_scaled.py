@@ -1,7 +1,9 @@
 """diff_stats reading block-scaled fp8 weights as stored (``scale_inv=``): the kernels
 dequantise and round to bf16 inside their read, with the values of the host path
-(``dequantize_blocks`` then bf16), against the float64 oracle, on every CPU-side backend
-and instruction set, for whole matrices and row blocks, and hostile scales."""
+(``dequantize_blocks`` then bf16), against the float64 oracle, on cpu, torch and triton
+(in its interpreter on CPU tensors; compiled on CUDA tensors on a GPU machine) and every
+instruction set, for whole matrices and row blocks, and hostile scales. The CUDA kernels'
+read runs under tests/test_diff_stats_cuda.py's emulator, and on a GPU there."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from emulation import skip_unless_usable_on_cpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import assert_matches, diff_stats_oracle
@@ -54,20 +57,45 @@ def _isas() -> list[str]:
 
 
 SHAPES = [(1, 1), (3, 5), (128, 128), (129, 257), (300, 1000), (7, 70000)]
+# cpu and torch on CPU tensors; triton on CPU tensors in its interpreter, else on a GPU.
+BACKENDS = ["cpu", "torch", "triton"]
+
+
+def _usable(backend: str) -> torch.device:
+    """The device ``backend`` runs these tests on (skip when it cannot run here)."""
+    if backend in ("cpu", "torch"):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        from paramgeom.triton_kernels import diff_stats as kernels
+
+        if not kernels.INTERPRETED:
+            return torch.device("cuda")
+    skip_unless_usable_on_cpu(backend, "diff_stats")
+    return torch.device("cpu")
+
+
+def _on(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(device) for t in tensors]
+
+
+# The interpreter is slow: Triton gets the small shapes and one long row split over column
+# programs (the big shapes add minutes to CI and no path).
+CASES = [(b, s) for b in BACKENDS for s in SHAPES if b != "triton" or s[0] * s[1] < 10**5]
+CASES.append(("triton", (2, 9000)))
 
 
 @pytest.mark.parametrize("fmt", FP8, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend,shape", CASES, ids=str)
 def test_scaled_read_matches_oracle_and_host_path(backend, shape, fmt):
+    device = _usable(backend)
     q0, q1, s0, s1 = _pair(shape, fmt, seed=shape[0])
+    d0, d1, g0, g1 = _on(device, q0, q1, s0, s1)
     got = paramgeom.diff_stats(
-        q0, q1, RELS, ABSS, scale_inv=(s0, s1), per_row=True, backend=backend
+        d0, d1, RELS, ABSS, scale_inv=(g0, g1), per_row=True, backend=backend
     )
     assert_matches(got, _oracle(q0, q1, s0, s1, per_row=True))
-    host = paramgeom.diff_stats(
-        _host_values(q0, s0), _host_values(q1, s1), RELS, ABSS, per_row=True, backend=backend
-    )
+    h0, h1 = _on(device, _host_values(q0, s0), _host_values(q1, s1))
+    host = paramgeom.diff_stats(h0, h1, RELS, ABSS, per_row=True, backend=backend)
     assert (got.n_equal, got.n_within_rel, got.n_within_abs) == (
         host.n_equal,
         host.n_within_rel,
@@ -94,11 +122,12 @@ def test_every_isa_and_the_scalar_rule_agree(fmt):
         np.testing.assert_allclose(raw.sums.numpy(), ref.sums.numpy(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_row_blocks_sum_to_the_whole(backend):
     """The engine streams big weights in row blocks: scale_row0 picks each block's scale
     rows, and the blocks' counts add up to the whole matrix's (blocks not 128-aligned)."""
-    q0, q1, s0, s1 = _pair((517, 300), torch.float8_e4m3fn, seed=7)
+    device = _usable(backend)
+    q0, q1, s0, s1 = _on(device, *_pair((517, 300), torch.float8_e4m3fn, seed=7))
     whole = paramgeom.diff_stats(q0, q1, RELS, scale_inv=(s0, s1), backend=backend)
     parts = [
         paramgeom.diff_stats(
@@ -116,33 +145,37 @@ def test_row_blocks_sum_to_the_whole(backend):
     assert wrong.sum_sq_delta != parts[2].sum_sq_delta
 
 
-def test_strided_rows_and_a_transposed_grid():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_rows_and_a_transposed_grid(backend):
     """A row slice keeps its row stride; a non-contiguous grid is made contiguous."""
-    q0, q1, s0, s1 = _pair((256, 512), torch.float8_e5m2, seed=11)
+    device = _usable(backend)
+    q0, q1, s0, s1 = _on(device, *_pair((256, 512), torch.float8_e5m2, seed=11))
     v0, v1 = q0[:, 128:384], q1[:, 128:384]  # row stride 512, 256 columns
     g0 = s0[:, 1:3].t().contiguous().t()  # same values, column-major storage
     g1 = s1[:, 1:3]
-    got = paramgeom.diff_stats(v0, v1, RELS, scale_inv=(g0, g1), backend="cpu")
+    got = paramgeom.diff_stats(v0, v1, RELS, scale_inv=(g0, g1), backend=backend)
     want = diff_stats_oracle(
-        dequantize_blocks(v0, s0[:, 1:3].contiguous()).to(torch.bfloat16).double().numpy(),
-        dequantize_blocks(v1, s1[:, 1:3].contiguous()).to(torch.bfloat16).double().numpy(),
+        dequantize_blocks(v0, s0[:, 1:3].contiguous()).to(torch.bfloat16).double().cpu().numpy(),
+        dequantize_blocks(v1, s1[:, 1:3].contiguous()).to(torch.bfloat16).double().cpu().numpy(),
         RELS,
         (),
     )
     assert_matches(got, want)
 
 
-def test_hostile_scales_count_as_nonfinite_not_crash():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hostile_scales_count_as_nonfinite_not_crash(backend):
     """NaN, Inf, zero and huge scales: the product is what fp32 arithmetic gives (Inf * 0 is
     NaN, huge * q overflows), counted as non-finite like the host path's values."""
+    device = _usable(backend)
     q0, q1, s0, s1 = _pair((256, 256), torch.float8_e4m3fn, seed=2)
     s0 = s0.clone()
     s1 = s1.clone()
     s0[0, 0], s1[0, 1], s0[1, 1], s1[1, 0] = float("nan"), float("inf"), 0.0, 3e38
-    for backend in ("cpu", "torch"):
-        got = paramgeom.diff_stats(q0, q1, RELS, ABSS, scale_inv=(s0, s1), backend=backend)
-        assert_matches(got, _oracle(q0, q1, s0, s1))
-        assert got.n_nonfinite_w0 > 0 and got.n_nonfinite_w1 > 0
+    d0, d1, g0, g1 = _on(device, q0, q1, s0, s1)
+    got = paramgeom.diff_stats(d0, d1, RELS, ABSS, scale_inv=(g0, g1), backend=backend)
+    assert_matches(got, _oracle(q0, q1, s0, s1))
+    assert got.n_nonfinite_w0 > 0 and got.n_nonfinite_w1 > 0
 
 
 def test_bad_scales_give_clear_errors():
@@ -182,6 +215,19 @@ def test_binding_refuses_what_the_api_would_refuse():
         module.diff_stats(bf, bf, **{**kw, "dtype": 1}, scale0=s0, scale1=s1)
 
 
+def _property_backends() -> list[str]:
+    """cpu, torch, and triton where its interpreter takes CPU tensors."""
+    from paramgeom._backends import _status
+
+    out = ["cpu", "torch"]
+    if _status("triton")[0]:
+        from paramgeom.triton_kernels import diff_stats as kernels
+
+        if kernels.INTERPRETED:
+            out.append("triton")
+    return out
+
+
 _FP8_BITS = st.integers(min_value=0, max_value=255)
 _SCALES = st.sampled_from([1.0, 2.0**-10, 2.0**-20, 448.0, 0.0, float("nan"), float("inf"),
                            -1.5, 1e-45, 3e38])  # fmt: skip
@@ -199,7 +245,8 @@ _SCALES = st.sampled_from([1.0, 2.0**-10, 2.0**-20, 448.0, 0.0, float("nan"), fl
 def test_property_any_bits_any_scales(fmt, rows, cols, row0, seed, scale_values):
     """Every fp8 bit pattern (NaN, subnormals, +-0) under any scale (0, NaN, Inf,
     subnormal, huge, negative), any size (empty included) and any row offset: the CPU
-    kernel and the torch reference agree with the oracle, counts exactly."""
+    kernel, the torch reference and the Triton kernel (interpreted) agree with the oracle,
+    counts exactly."""
     g = torch.Generator().manual_seed(seed)
     q0 = torch.randint(0, 256, (rows, cols), generator=g, dtype=torch.uint8).view(fmt)
     q1 = q0.clone()
@@ -212,7 +259,7 @@ def test_property_any_bits_any_scales(fmt, rows, cols, row0, seed, scale_values)
     vals = torch.tensor(scale_values, dtype=torch.float32)
     s0, s1 = vals[pick[0]], vals[pick[1]]
     want = _oracle(q0, q1, s0, s1, row0, per_row=True)
-    for backend in ("cpu", "torch"):
+    for backend in _property_backends():
         got = paramgeom.diff_stats(
             q0, q1, RELS, ABSS, scale_inv=(s0, s1), scale_row0=row0, per_row=True,
             backend=backend,

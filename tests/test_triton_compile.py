@@ -30,7 +30,12 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 # The GPU machine's Triton (Python 3.12, torch 2.11+cu130).
 PINNED_TRITON = ("3.6.0",)
-TRITON_TEST_FILES = ("test_diff_matmul.py", "test_gram_update.py", "test_diff_stats_triton.py")
+TRITON_TEST_FILES = (
+    "test_diff_matmul.py",
+    "test_gram_update.py",
+    "test_diff_stats_triton.py",
+    "test_diff_stats_scaled.py",
+)
 # pip's words for an index it could not reach.
 NETWORK_ERRORS = (
     "Failed to establish a new connection",

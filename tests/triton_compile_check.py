@@ -36,8 +36,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.driver import DriverBase  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
+from paramgeom._backends import triton as triton_backend  # noqa: E402
 from paramgeom.api.diff_matmul import weight_views  # noqa: E402
-from paramgeom.api.diff_stats import make_job  # noqa: E402
+from paramgeom.api.diff_stats import make_job, make_scaled_job  # noqa: E402
+from paramgeom.checkpoints.fp8 import quantize_blocks  # noqa: E402
 from paramgeom.triton_kernels import diff_matmul, diff_stats, gram_update  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -204,6 +206,29 @@ def diff_stats_cases():
     yield "diff_stats 0-d", lambda: _diff_stats(w0, w1)
     b0, b1 = _pair((70, 1100), torch.float16, seed=3)
     yield "diff_stats strided multi-program", lambda: _diff_stats(b0[:, 5:1035], b1[:, :1030])
+    # Block-scaled fp8 as stored (the engine's read of FP8 checkpoints): both formats, one
+    # and up to 8 tolerances, totals and per row, a row block starting mid scale block.
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        for tols in ("default", "8+8"):
+            for per_row in (False, True):
+                yield (
+                    f"diff_stats scaled {dtype} tols={tols} per_row={per_row}",
+                    lambda d=dtype, t=tols, p=per_row: _diff_stats_scaled(d, t, p),
+                )
+    yield (
+        "diff_stats scaled row block",
+        lambda: _diff_stats_scaled(torch.float8_e4m3fn, "default", True, rows=(100, 260)),
+    )
+
+
+def _diff_stats_scaled(dtype, tols, per_row, rows=(0, 300)):
+    """What ``paramgeom.diff_stats(..., scale_inv=...)`` runs on the triton backend."""
+    w0, w1 = _pair((300, 1100), torch.float32, seed=4)
+    (q0, s0), (q1, s1) = quantize_blocks(w0, dtype), quantize_blocks(w1, dtype)
+    rel, abs_ = TOLERANCES[tols]
+    a, b = rows
+    job = make_scaled_job(q0[a:b], q1[a:b], (s0, s1), a, rel, abs_, per_row)
+    triton_backend.diff_stats(job)
 
 
 def _diff_matmul(w0, w1, x, transpose=False):

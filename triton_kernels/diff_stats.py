@@ -10,6 +10,11 @@ with ``cast_bf16``, rounded to bf16 with round-to-nearest-even), then widened to
     sums         sum (b - a)^2, sum a^2, sum b^2, sum a*b, max |b - a|   over finite pairs
     non-finite   count of non-finite a, and of non-finite b
 
+With block scales (block-scaled fp8, ``paramgeom/diff_stats.h``, BlockScales), a and b are
+instead ``round_to_bf16(decode(q) * scale)`` with the fp32 scale of the element's 128x128
+block (``scale[(scale_row0 + row) // 128][col // 128]``, one fp32 rounding of the product):
+the dequantised weights as the host path forms them, read from the stored bytes.
+
 and per row (optional): changed = cols - #unchanged, with unchanged = rel_0 when a
 relative tolerance is given and equal otherwise, and sum (b - a)^2 over the row's finite
 pairs. ``csrc/include/paramgeom/diff_stats.h`` states the same rule for the C++/CUDA
@@ -60,6 +65,7 @@ SUM_SQ_W1 = tl.constexpr(_contract.SUM_SQ_W1)
 SUM_W0W1 = tl.constexpr(_contract.SUM_W0W1)
 MAX_ABS_DELTA = tl.constexpr(_contract.MAX_ABS_DELTA)
 NUM_SUMS = tl.constexpr(_contract.NUM_SUMS)
+SCALE_BLOCK = tl.constexpr(_contract.SCALE_BLOCK)
 
 # Integer bit views that carry each storage dtype (paramgeom._dtypes.bits_view).
 _BITS_DTYPE = {
@@ -137,6 +143,11 @@ def _diff_stats_kernel(
     part_sums_ptr,  # fp64 [programs, NUM_SUMS]
     row_changed_ptr,  # int64 [col programs, rows] (PER_ROW only)
     row_sq_ptr,  # fp64 [col programs, rows] (PER_ROW only)
+    scale0_ptr,  # fp32 block-scale grids of w0 / w1 (SCALED only)
+    scale1_ptr,
+    scale_stride0,  # elements between grid rows
+    scale_stride1,
+    scale_row0,  # weight row of the view's row 0
     rows,
     cols,
     stride0,
@@ -145,6 +156,7 @@ def _diff_stats_kernel(
     cols_per_prog,
     DTYPE: tl.constexpr,
     CAST_BF16: tl.constexpr,
+    SCALED: tl.constexpr,
     N_REL: tl.constexpr,  # number of relative tolerances (0..MAX_TOLS)
     N_ABS: tl.constexpr,  # number of absolute tolerances (0..MAX_TOLS)
     PER_ROW: tl.constexpr,
@@ -193,6 +205,10 @@ def _diff_stats_kernel(
         r_mask = r < row_hi
         off0 = r[:, None] * stride0
         off1 = r[:, None] * stride1
+        if SCALED:
+            scale_r = (scale_row0 + r[:, None]) // SCALE_BLOCK
+            soff0 = scale_r * scale_stride0
+            soff1 = scale_r * scale_stride1
         row_changed = zero_i
         row_sq = zero_f
         for c0 in range(col_lo, col_hi, BLOCK_C):
@@ -204,6 +220,14 @@ def _diff_stats_kernel(
             x1 = tl.load(w1_ptr + (off1 + c[None, :]), mask=mask, other=0)
             fa = _decode(x0, DTYPE)
             fb = _decode(x1, DTYPE)
+            if SCALED:
+                # The fp32 product (one rounding: enable_fp_fusion is off), then bf16,
+                # exactly scaled_element() of paramgeom/diff_stats.h.
+                scale_c = (c // SCALE_BLOCK)[None, :]
+                s0 = tl.load(scale0_ptr + (soff0 + scale_c), mask=mask, other=1.0)
+                s1 = tl.load(scale1_ptr + (soff1 + scale_c), mask=mask, other=1.0)
+                fa = _round_to_bf16(fa * s0)
+                fb = _round_to_bf16(fb * s1)
             if CAST_BF16:
                 fa = _round_to_bf16(fa)
                 fb = _round_to_bf16(fb)
@@ -281,6 +305,8 @@ def diff_stats_triton(
     abs_tols: tuple[float, ...],
     cast_bf16: bool,
     per_row: bool,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    scale_row0: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Fused diff statistics of two 2-D storage-bit views (see the module docstring).
 
@@ -298,6 +324,13 @@ def diff_stats_triton(
         Round both inputs to bf16 (round to nearest even) before comparing.
     per_row : bool
         Also return the per-row changed count and squared-delta sum.
+    scales : (Tensor, Tensor) or None
+        Block-scale grids of w0 and w1 (fp8 inputs only): float32, 2-D, inner stride 1, on
+        the inputs' device, covering the view's rows (row i is weight row
+        ``scale_row0 + i``) and ``ceil(cols / 128)`` columns. The view's rows must then be
+        the weight's rows.
+    scale_row0 : int
+        With ``scales``: the weight row of the view's row 0.
 
     Returns
     -------
@@ -325,6 +358,9 @@ def diff_stats_triton(
             f"Triton kernels need GPU tensors, got {w0_bits.device} "
             "(set TRITON_INTERPRET=1 before importing to run them on CPU tensors)"
         )
+    if scales is not None:
+        _check_scales(scales, scale_row0, dtype_code, rows=w0_bits.shape[0], cols=w0_bits.shape[1],
+                      device=w0_bits.device)  # fmt: skip
     rel_tols = tuple(float(t) for t in rel_tols)
     abs_tols = tuple(float(t) for t in abs_tols)
     max_tols = MAX_TOLS.value
@@ -355,10 +391,12 @@ def diff_stats_triton(
         n_rel=len(rel_tols),
         n_abs=len(abs_tols),
         cast_bf16=bool(cast_bf16),
+        scales=scales,
+        scale_row0=int(scale_row0),
     )
 
     contiguous = all(rows == 1 or t.stride(0) == cols for t in (w0_bits, w1_bits))
-    if per_row:
+    if per_row or scales is not None:  # scales are indexed by the weight's own rows
         parts = [launch(w0_bits, w1_bits, row_changed=row_changed, row_sq=row_sq)]
     elif contiguous:
         # One contiguous run: full-width rows of the flat index (so one long row spreads
@@ -394,6 +432,31 @@ def diff_stats_triton(
     return counts, sums, row_changed, row_sq
 
 
+def _check_scales(scales, scale_row0: int, dtype_code: int, rows: int, cols: int, device) -> None:
+    """ValueError / TypeError unless ``scales`` is a pair of grids this view can read."""
+    if dtype_code not in (_contract.FLOAT8_E4M3, _contract.FLOAT8_E5M2):
+        raise ValueError(f"block scales need fp8 inputs, got dtype code {dtype_code}")
+    if isinstance(scale_row0, bool) or not isinstance(scale_row0, int) or scale_row0 < 0:
+        raise ValueError(f"scale_row0 must be an int >= 0, got {scale_row0!r}")
+    if not isinstance(scales, (tuple, list)) or len(scales) != 2:
+        raise TypeError("scales must be a pair (grid of w0, grid of w1)")
+    block = _contract.SCALE_BLOCK
+    need_rows = (scale_row0 + rows - 1) // block + 1 if rows else 0
+    need_cols = -(-cols // block)
+    for name, grid in zip(("scale0", "scale1"), scales, strict=True):
+        if not isinstance(grid, torch.Tensor) or grid.dtype != torch.float32 or grid.dim() != 2:
+            raise TypeError(f"{name}: expected a 2-D float32 tensor")
+        if grid.device != device:
+            raise ValueError(f"{name}: on {grid.device}, the inputs on {device}")
+        if grid.shape[1] > 1 and grid.stride(1) != 1:
+            raise ValueError(f"{name}: must have contiguous rows")
+        if grid.shape[1] != need_cols or grid.shape[0] < need_rows:
+            raise ValueError(
+                f"{name} of shape {tuple(grid.shape)} does not cover weight rows "
+                f"[{scale_row0}, {scale_row0 + rows}) of {cols} columns in {block}-blocks"
+            )
+
+
 def _launch(
     w0: torch.Tensor,
     w1: torch.Tensor,
@@ -403,6 +466,8 @@ def _launch(
     n_rel: int,
     n_abs: int,
     cast_bf16: bool,
+    scales: tuple[torch.Tensor, torch.Tensor] | None,
+    scale_row0: int,
     row_changed: torch.Tensor | None = None,
     row_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,6 +488,12 @@ def _launch(
         part_changed, part_sq = row_changed, row_sq
     else:  # never written (PER_ROW is off); any valid pointer will do
         part_changed, part_sq = part_counts, part_sums
+    if scales is not None:
+        scale0, scale1 = scales
+        scale_strides = [g.stride(0) if g.shape[0] > 1 else 0 for g in scales]
+    else:  # never read (SCALED is off); any valid pointer will do
+        scale0 = scale1 = part_sums
+        scale_strides = [0, 0]
 
     _diff_stats_kernel[plan.grid](
         w0,
@@ -432,6 +503,11 @@ def _launch(
         part_sums,
         part_changed,
         part_sq,
+        scale0,
+        scale1,
+        scale_strides[0],
+        scale_strides[1],
+        scale_row0,
         rows,
         cols,
         w0.stride(0),
@@ -440,6 +516,7 @@ def _launch(
         plan.cols_per_prog,
         DTYPE=dtype_code,
         CAST_BF16=cast_bf16,
+        SCALED=scales is not None,
         N_REL=n_rel,
         N_ABS=n_abs,
         PER_ROW=per_row,

@@ -48,12 +48,32 @@ T* vector_ptr(const Array& a, const char* name, size_t count, bool exact, int de
   return static_cast<T*>(a.data());
 }
 
+// A float32 block-scale grid on `device` covering the (rows, cols) view whose row 0 is
+// weight row `row0` (paramgeom/diff_stats.h, scale_grid_covers); returns its row stride.
+pg_i64 check_scale_grid(const InArray& s, const std::string& name, pg_i64 rows, pg_i64 cols,
+                        pg_i64 row0, int device) {
+  using namespace paramgeom;
+  paramgeom::bindings::check_device(s, name, device);
+  require(s.dtype() == nb::dtype<float>(), name + ": expected float32");
+  require(s.ndim() == 2, name + ": expected a 2-D scale grid");
+  require(s.shape(1) <= 1 || s.stride(1) == 1, name + ": must have contiguous rows");
+  require(s.shape(0) <= 1 || s.stride(0) >= 0, name + ": negative row stride");
+  require(scale_grid_covers(static_cast<pg_i64>(s.shape(0)), static_cast<pg_i64>(s.shape(1)),
+                            rows, cols, row0),
+          name + " of shape (" + std::to_string(s.shape(0)) + ", " +
+              std::to_string(s.shape(1)) + ") does not cover weight rows [" +
+              std::to_string(row0) + ", " + std::to_string(row0 + rows) + ") of " +
+              std::to_string(cols) + " columns in " + std::to_string(kScaleBlock) + "-blocks");
+  return s.shape(0) > 1 ? static_cast<pg_i64>(s.stride(0)) : 0;
+}
+
 void diff_stats(const InArray& w0, const InArray& w1, int dtype,
                 const std::vector<double>& rel_tols, const std::vector<double>& abs_tols,
                 bool cast_bf16, int changed_index, const Array& counts, const Array& sums,
                 const std::optional<Array>& row_changed,
                 const std::optional<Array>& row_sq_delta, const Array& workspace,
-                std::uintptr_t stream) {
+                std::uintptr_t stream, const std::optional<InArray>& scale0,
+                const std::optional<InArray>& scale1, pg_i64 scale_row0) {
   using namespace paramgeom;
   require(dtype >= kFloat32 && dtype <= kFloat8E5M2,
           "dtype: unknown dtype code " + std::to_string(dtype));
@@ -86,6 +106,17 @@ void diff_stats(const InArray& w0, const InArray& w1, int dtype,
   args.params.changed_index = changed_index;
   for (size_t i = 0; i < rel_tols.size(); ++i) args.params.rel_tols[i] = rel_tols[i];
   for (size_t i = 0; i < abs_tols.size(); ++i) args.params.abs_tols[i] = abs_tols[i];
+  require(scale0.has_value() == scale1.has_value(), "scale0 and scale1 come together");
+  if (scale0) {
+    require(dtype == kFloat8E4M3 || dtype == kFloat8E5M2,
+            "block scales need fp8 inputs, got dtype code " + std::to_string(dtype));
+    require(scale_row0 >= 0, "scale_row0 must be >= 0");
+    args.scales.stride0 = check_scale_grid(*scale0, "scale0", rows, cols, scale_row0, device);
+    args.scales.stride1 = check_scale_grid(*scale1, "scale1", rows, cols, scale_row0, device);
+    args.scales.scale0 = static_cast<const float*>(scale0->data());
+    args.scales.scale1 = static_cast<const float*>(scale1->data());
+    args.scales.row0 = scale_row0;
+  }
   args.counts = vector_ptr<pg_i64>(counts, "counts", kNumCounts, false, device);
   args.sums = vector_ptr<double>(sums, "sums", kNumSums, false, device);
   const bool per_row = row_changed.has_value();
@@ -147,9 +178,11 @@ NB_MODULE(_C_cuda, m) {
   m.def("diff_stats", &diff_stats, "w0"_a, "w1"_a, nb::kw_only(), "dtype"_a, "rel_tols"_a,
         "abs_tols"_a, "cast_bf16"_a, "changed_index"_a, "counts"_a, "sums"_a,
         "row_changed"_a = nb::none(), "row_sq_delta"_a = nb::none(), "workspace"_a,
-        "stream"_a = 0,
+        "stream"_a = 0, "scale0"_a = nb::none(), "scale1"_a = nb::none(), "scale_row0"_a = 0,
         "Fused diff statistics of two (rows, cols) integer bit views on one CUDA device; "
-        "writes counts (int64), sums (float64) and the optional per-row outputs in place.");
+        "writes counts (int64), sums (float64) and the optional per-row outputs in place. "
+        "With scale0/scale1 (float32 grids, fp8 inputs) the inputs are block-scaled fp8 "
+        "whose row 0 is weight row scale_row0.");
   m.def(
       "workspace_bytes",
       [](pg_i64 rows, pg_i64 cols, bool per_row) {

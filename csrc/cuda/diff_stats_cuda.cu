@@ -9,7 +9,8 @@ namespace paramgeom {
 namespace {
 
 typedef void (*MainKernel)(const void*, const void*, pg_i64, pg_i64, pg_i64, pg_i64,
-                           DiffStatsParams, DiffAccum*, PartialRow*, pg_i64*, double*);
+                           DiffStatsParams, BlockScales, DiffAccum*, PartialRow*, pg_i64*,
+                           double*);
 
 // Indexed by kernel id (plan::kDiffStatsKernelNames holds their names, in the same order).
 constexpr MainKernel kMainKernels[plan::kDiffStatsKernels] = {
@@ -23,6 +24,8 @@ constexpr MainKernel kMainKernels[plan::kDiffStatsKernels] = {
     nullptr,                        nullptr,
     &paramgeom_diff_stats_f8e5m2,   &paramgeom_diff_stats_f8e5m2_tols8,
     nullptr,                        nullptr,
+    &paramgeom_diff_stats_f8e4m3_scaled, &paramgeom_diff_stats_f8e4m3_scaled_tols8,
+    &paramgeom_diff_stats_f8e5m2_scaled, &paramgeom_diff_stats_f8e5m2_scaled_tols8,
 };
 
 }  // namespace
@@ -50,6 +53,8 @@ int diff_stats_cuda(const DiffStatsArgs& args, void* workspace, size_t workspace
   if (args.dtype < kFloat32 || args.dtype > kFloat8E5M2) return kBadDType;
   const bool scaled = args.scales.scale0 != nullptr;
   if (scaled != (args.scales.scale1 != nullptr)) return kBadArgument;
+  if (scaled && (args.scales.row0 < 0 || args.scales.stride0 < 0 || args.scales.stride1 < 0))
+    return kBadArgument;
   const int kid =
       plan::diff_stats_kernel_id(args.dtype, p.cast_bf16 != 0, p.n_rel, p.n_abs, scaled);
   const bool per_row = args.row_changed != nullptr;
@@ -77,8 +82,8 @@ int diff_stats_cuda(const DiffStatsArgs& args, void* workspace, size_t workspace
               : nullptr;
   if (groups > 0) {
     kMainKernels[kid]<<<launch.blocks, plan::kDiffStatsThreads, 0, stream>>>(
-        args.w0, args.w1, rows, cols, args.stride0, args.stride1, p, partials, slots,
-        args.row_changed, args.row_sq_delta);
+        args.w0, args.w1, rows, cols, args.stride0, args.stride1, p, args.scales, partials,
+        slots, args.row_changed, args.row_sq_delta);
     if (per_row)
       paramgeom_diff_stats_rows_fixup<<<launch.fixup_blocks, plan::kDiffStatsThreads, 0,
                                         stream>>>(slots, rows, cols, args.row_changed,

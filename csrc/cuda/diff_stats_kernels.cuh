@@ -10,6 +10,10 @@
 //       <dt> in f32, f16, bf16, f8e4m3, f8e5m2; _cast (f32/f16 only: a bf16 round trip is
 //       the identity on bf16 and fp8 values) rounds inputs to bf16; _tols8 takes up to 8
 //       relative and 8 absolute tolerances, the plain kernel at most one of each.
+//   paramgeom_diff_stats_<f8e4m3|f8e5m2>_scaled[_tols8]
+//       block-scaled fp8 (BlockScales, paramgeom/diff_stats.h): each element is
+//       scaled_element(decode(q), its block's scale row, its column), the value the host
+//       path's dequantise-then-bf16 gives, read from the stored bytes in the same pass.
 //   paramgeom_diff_stats_final                  one block: merges the group partials
 //   paramgeom_diff_stats_rows_fixup             per-row mode: joins rows cut by groups
 //
@@ -146,20 +150,36 @@ __device__ __forceinline__ float vector_element(const uint4& v, int j) {
   }
 }
 
-template <bool kCast>
+// The scale rows of one piece and the weight column of its first element. Unscaled
+// kernels get nulls and never read them.
+struct PieceScales {
+  const float* row0;  // w0's scale row for the piece's row
+  const float* row1;  // w1's
+  pg_i64 col;         // column of the piece's first element
+};
+
+// One element pair at offset i of the piece: scaled (kScaled) exactly as the CPU kernel's
+// scalar rule does it (scaled_element, shared through paramgeom/diff_stats.h), then
+// classified and accumulated.
+template <bool kCast, bool kScaled>
 __device__ __forceinline__ void add_element(DiffAccum& acc, const DiffStatsParams& q, float a,
-                                            float b) {
+                                            float b, const PieceScales& s, pg_i64 i) {
+  if constexpr (kScaled) {
+    a = scaled_element(a, s.row0, s.col + i);
+    b = scaled_element(b, s.row1, s.col + i);
+  }
   accumulate_terms(acc, q, classify(a, b, kCast));
 }
 
 // This lane's share of one piece of `len` elements: chunks lane, lane + team, ... in order,
 // then the trailing partial chunk (index nfull) if it is this lane's. A chunk is one 16-byte
 // vector; each iteration of the aligned loop reads 16 elements per input (kLoads vectors).
-template <int kDType, bool kCast>
+template <int kDType, bool kCast, bool kScaled>
 __device__ __forceinline__ void accumulate_piece(const typename Storage<kDType>::type* pa,
                                                  const typename Storage<kDType>::type* pb,
                                                  pg_i64 len, int lane, int team,
-                                                 const DiffStatsParams& q, DiffAccum& acc) {
+                                                 const DiffStatsParams& q,
+                                                 const PieceScales& s, DiffAccum& acc) {
   typedef typename Storage<kDType>::type T;
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   constexpr int kLoads = 16 / kVec;
@@ -182,8 +202,9 @@ __device__ __forceinline__ void accumulate_piece(const typename Storage<kDType>:
         if (k + pg_i64(u) * team < nfull) {
 #pragma unroll
           for (int j = 0; j < kVec; ++j)
-            add_element<kCast>(acc, q, vector_element<kDType>(xa[u], j),
-                               vector_element<kDType>(xb[u], j));
+            add_element<kCast, kScaled>(acc, q, vector_element<kDType>(xa[u], j),
+                                        vector_element<kDType>(xb[u], j), s,
+                                        (k + pg_i64(u) * team) * kVec + j);
         }
       }
     }
@@ -191,21 +212,23 @@ __device__ __forceinline__ void accumulate_piece(const typename Storage<kDType>:
     for (pg_i64 k = lane; k < nfull; k += team) {
 #pragma unroll 2
       for (int j = 0; j < kVec; ++j)
-        add_element<kCast>(acc, q, Storage<kDType>::decode(pa[k * kVec + j]),
-                           Storage<kDType>::decode(pb[k * kVec + j]));
+        add_element<kCast, kScaled>(acc, q, Storage<kDType>::decode(pa[k * kVec + j]),
+                                    Storage<kDType>::decode(pb[k * kVec + j]), s, k * kVec + j);
     }
   }
   if (nfull * kVec < len && lane == static_cast<int>(nfull % team)) {
 #pragma unroll 1
     for (pg_i64 i = nfull * kVec; i < len; ++i)
-      add_element<kCast>(acc, q, Storage<kDType>::decode(pa[i]), Storage<kDType>::decode(pb[i]));
+      add_element<kCast, kScaled>(acc, q, Storage<kDType>::decode(pa[i]),
+                                  Storage<kDType>::decode(pb[i]), s, i);
   }
 }
 
-template <int kDType, bool kCast, int kRelCap, int kAbsCap>
+template <int kDType, bool kCast, bool kScaled, int kRelCap, int kAbsCap>
 __device__ __forceinline__ void diff_stats_groups(const void* w0, const void* w1, pg_i64 rows,
                                                   pg_i64 cols, pg_i64 stride0, pg_i64 stride1,
                                                   const DiffStatsParams& params,
+                                                  const BlockScales& scales,
                                                   DiffAccum* partials, PartialRow* slots,
                                                   pg_i64* row_changed, double* row_sq_delta) {
   typedef typename Storage<kDType>::type T;
@@ -238,8 +261,13 @@ __device__ __forceinline__ void diff_stats_groups(const void* w0, const void* w1
       const pg_i64 len = min64(cols - c, end - pos);
       DiffAccum pacc;
       pacc.clear();
-      accumulate_piece<kDType, kCast>(a + r * stride0 + c, b + r * stride1 + c, len, lane, team,
-                                      q, pacc);
+      PieceScales ps{nullptr, nullptr, c};
+      if constexpr (kScaled) {
+        ps.row0 = scale_row(scales.scale0, scales.stride0, scales.row0, r);
+        ps.row1 = scale_row(scales.scale1, scales.stride1, scales.row0, r);
+      }
+      accumulate_piece<kDType, kCast, kScaled>(a + r * stride0 + c, b + r * stride1 + c, len,
+                                               lane, team, q, ps, pacc);
       if (per_row) {
         long long changed = pacc.counts[kCount] - count_at(pacc, q.changed_index);
         double sq = pacc.sums[kSumSqDelta];
@@ -267,7 +295,8 @@ __device__ __forceinline__ void diff_stats_groups(const void* w0, const void* w1
 }  // namespace cuda_kernels
 }  // namespace paramgeom
 
-// Kernel id = dtype * 4 + cast * 2 + tols8 (plan::diff_stats_kernel_id; the names are
+// Kernel id = dtype * 4 + cast * 2 + tols8, or 20 + (dtype - fp8 e4m3) * 2 + tols8 for the
+// block-scaled fp8 reads (plan::diff_stats_kernel_id; the names are
 // plan::kDiffStatsKernelNames). NVRTC needs about a second per kernel, so the cupy backend
 // compiles one module per kernel with -DPG_DIFF_STATS_ONLY=<id>; nvcc builds all.
 #if defined(PG_DIFF_STATS_ONLY)
@@ -276,57 +305,74 @@ __device__ __forceinline__ void diff_stats_groups(const void* w0, const void* w1
 #define PG_DIFF_STATS_WANT(ID) 1
 #endif
 
-#define PG_DIFF_STATS_KERNEL(NAME, DTYPE, CAST, REL_CAP, ABS_CAP)                              \
+// Every main kernel has this one signature (the launchers keep one function-pointer type);
+// unscaled kernels never read `scales`.
+#define PG_DIFF_STATS_KERNEL(NAME, DTYPE, CAST, SCALED, REL_CAP, ABS_CAP)                      \
   extern "C" __global__ void __launch_bounds__(paramgeom::cuda_kernels::kThreads) NAME(       \
       const void* w0, const void* w1, pg_i64 rows, pg_i64 cols, pg_i64 stride0,               \
-      pg_i64 stride1, paramgeom::DiffStatsParams params, paramgeom::DiffAccum* partials,      \
-      paramgeom::PartialRow* slots, pg_i64* row_changed, double* row_sq_delta) {              \
-    paramgeom::cuda_kernels::diff_stats_groups<DTYPE, CAST, REL_CAP, ABS_CAP>(                 \
-        w0, w1, rows, cols, stride0, stride1, params, partials, slots, row_changed,            \
+      pg_i64 stride1, paramgeom::DiffStatsParams params, paramgeom::BlockScales scales,       \
+      paramgeom::DiffAccum* partials, paramgeom::PartialRow* slots, pg_i64* row_changed,      \
+      double* row_sq_delta) {                                                                  \
+    paramgeom::cuda_kernels::diff_stats_groups<DTYPE, CAST, SCALED, REL_CAP, ABS_CAP>(         \
+        w0, w1, rows, cols, stride0, stride1, params, scales, partials, slots, row_changed,    \
         row_sq_delta);                                                                         \
   }
 
 #if PG_DIFF_STATS_WANT(0)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32, paramgeom::kFloat32, false, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32, paramgeom::kFloat32, false, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(1)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32_tols8, paramgeom::kFloat32, false, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32_tols8, paramgeom::kFloat32, false, false, 8, 8)
 #endif
 #if PG_DIFF_STATS_WANT(2)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32_cast, paramgeom::kFloat32, true, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32_cast, paramgeom::kFloat32, true, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(3)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32_cast_tols8, paramgeom::kFloat32, true, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f32_cast_tols8, paramgeom::kFloat32, true, false, 8, 8)
 #endif
 #if PG_DIFF_STATS_WANT(4)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_bf16, paramgeom::kBFloat16, false, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_bf16, paramgeom::kBFloat16, false, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(5)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_bf16_tols8, paramgeom::kBFloat16, false, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_bf16_tols8, paramgeom::kBFloat16, false, false, 8, 8)
 #endif
 #if PG_DIFF_STATS_WANT(8)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16, paramgeom::kFloat16, false, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16, paramgeom::kFloat16, false, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(9)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16_tols8, paramgeom::kFloat16, false, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16_tols8, paramgeom::kFloat16, false, false, 8, 8)
 #endif
 #if PG_DIFF_STATS_WANT(10)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16_cast, paramgeom::kFloat16, true, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16_cast, paramgeom::kFloat16, true, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(11)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16_cast_tols8, paramgeom::kFloat16, true, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f16_cast_tols8, paramgeom::kFloat16, true, false, 8, 8)
 #endif
 #if PG_DIFF_STATS_WANT(12)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e4m3, paramgeom::kFloat8E4M3, false, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e4m3, paramgeom::kFloat8E4M3, false, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(13)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e4m3_tols8, paramgeom::kFloat8E4M3, false, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e4m3_tols8, paramgeom::kFloat8E4M3, false, false, 8, 8)
 #endif
 #if PG_DIFF_STATS_WANT(16)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e5m2, paramgeom::kFloat8E5M2, false, 1, 1)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e5m2, paramgeom::kFloat8E5M2, false, false, 1, 1)
 #endif
 #if PG_DIFF_STATS_WANT(17)
-PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e5m2_tols8, paramgeom::kFloat8E5M2, false, 8, 8)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e5m2_tols8, paramgeom::kFloat8E5M2, false, false, 8, 8)
+#endif
+#if PG_DIFF_STATS_WANT(20)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e4m3_scaled, paramgeom::kFloat8E4M3, false, true, 1, 1)
+#endif
+#if PG_DIFF_STATS_WANT(21)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e4m3_scaled_tols8, paramgeom::kFloat8E4M3, false, true,
+                     8, 8)
+#endif
+#if PG_DIFF_STATS_WANT(22)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e5m2_scaled, paramgeom::kFloat8E5M2, false, true, 1, 1)
+#endif
+#if PG_DIFF_STATS_WANT(23)
+PG_DIFF_STATS_KERNEL(paramgeom_diff_stats_f8e5m2_scaled_tols8, paramgeom::kFloat8E5M2, false, true,
+                     8, 8)
 #endif
 
 #undef PG_DIFF_STATS_KERNEL

@@ -71,6 +71,9 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
             row_sq_delta=row_sq_delta,
             workspace=workspace,
             stream=torch.cuda.current_stream(device).cuda_stream,
+            scale0=job.scale0,
+            scale1=job.scale1,
+            scale_row0=job.scale_row0,
         )
     return DiffStatsRaw(
         counts=counts.cpu(), sums=sums.cpu(), row_changed=row_changed, row_sq_delta=row_sq_delta

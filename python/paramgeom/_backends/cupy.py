@@ -258,6 +258,25 @@ def diff_stats_plan(job: DiffStatsJob, sm_count: int) -> dict:
         n_rel=len(job.rel_tols),
         n_abs=len(job.abs_tols),
         sm_count=sm_count,
+        scaled=job.scaled,
+    )
+
+
+def _scales_bytes(job: DiffStatsJob) -> bytes:
+    """``paramgeom::BlockScales`` as the main kernel takes it by value (packed by
+    ``paramgeom._C``); all zero for an unscaled job."""
+    if not job.scaled:
+        return _plans().diff_stats_scales(0, 0, 0, 0, 0)
+
+    def row_stride(grid: torch.Tensor) -> int:
+        return grid.stride(0) if grid.shape[0] > 1 else 0
+
+    return _plans().diff_stats_scales(
+        job.scale0.data_ptr(),
+        job.scale1.data_ptr(),
+        row_stride(job.scale0),
+        row_stride(job.scale1),
+        job.scale_row0,
     )
 
 
@@ -277,10 +296,11 @@ def diff_stats_launches(job, plan, counts, sums, row_changed, row_sq_delta, work
             changed_index=job.changed_index,
         )
     )
+    scales = ctypes.create_string_buffer(_scales_bytes(job))
     launches = []
     if groups:
         main_args = [_ptr(job.w0), _ptr(job.w1), i64(rows), i64(cols), i64(job.w0.stride(0))]
-        main_args += [i64(job.w1.stride(0)), params, partials, slots]
+        main_args += [i64(job.w1.stride(0)), params, scales, partials, slots]
         main_args += [_ptr(row_changed), _ptr(row_sq_delta)]
         launches.append((plan["kernel"], (plan["blocks"], 1, 1), main_args))
         if job.per_row:

@@ -66,6 +66,8 @@ def diff_stats(job: DiffStatsJob) -> DiffStatsRaw:
         job.abs_tols,
         job.cast_bf16,
         job.per_row,
+        scales=(job.scale0, job.scale1) if job.scaled else None,
+        scale_row0=job.scale_row0,
     )
     return DiffStatsRaw(
         counts=counts, sums=sums, row_changed=row_changed, row_sq_delta=row_sq_delta
