@@ -207,6 +207,12 @@ def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Paramet
         if id(p) in seen:
             continue  # tied weights: one matrix, reported once
         seen.add(id(p))
+        if type(p) not in (torch.nn.Parameter, torch.Tensor):
+            raise TypeError(
+                f"{name}: a {type(p).__name__} parameter (a tensor subclass: sharded by FSDP2 "
+                "fully_shard / DTensor, or a wrapper); the monitor reads whole, plain weights "
+                "only (sharded weights are not supported yet)"
+            )
         if p.dim() != 2 or p.numel() == 0:
             raise ValueError(
                 f"{name}: the monitor watches non-empty 2-D weights, got shape "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from paramgeom._backends import resolve
+from paramgeom.api._tensors import check_tensor
 
 __all__ = ["diff_matmul"]
 
@@ -13,8 +14,7 @@ WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _check_tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_tensor(name, t)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
     return t
@@ -134,8 +134,7 @@ def diff_matmul(
             f"got shape {tuple(x.shape)}"
         )
     if out is not None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        check_tensor("out", out)
         if out.dtype != torch.float32:
             raise TypeError(f"out must be float32, got {out.dtype}")
         if tuple(out.shape) != (outer, k):

@@ -10,6 +10,7 @@ import torch
 from paramgeom import _contract, _dtypes
 from paramgeom._backends import resolve
 from paramgeom._backends.job import DiffStatsJob, DiffStatsRaw
+from paramgeom.api._tensors import check_tensor
 from paramgeom.checkpoints.fp8 import check_scales
 from paramgeom.results import DiffStats
 
@@ -32,11 +33,8 @@ def _check_tols(tols: Sequence[float], name: str) -> tuple[float, ...]:
 
 
 def _check_pair(w0: torch.Tensor, w1: torch.Tensor) -> None:
-    for name, w in (("w0", w0), ("w1", w1)):
-        if not isinstance(w, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
-        if w.layout != torch.strided:
-            raise TypeError(f"{name} has layout {w.layout}: pass a dense (strided) tensor")
+    check_tensor("w0", w0)
+    check_tensor("w1", w1)
     if w0.shape != w1.shape:
         raise ValueError(
             f"shape mismatch: w0 has shape {tuple(w0.shape)}, w1 has shape {tuple(w1.shape)}"
@@ -121,8 +119,7 @@ def make_scaled_job(
         raise TypeError(f"scale_row0 must be an int, got {type(scale_row0).__name__}")
     grids = []
     for name, w, s in (("w0", w0, scale_inv[0]), ("w1", w1, scale_inv[1])):
-        if not isinstance(s, torch.Tensor):
-            raise TypeError(f"scale_inv of {name} must be a torch.Tensor, got {type(s).__name__}")
+        check_tensor(f"scale_inv of {name}", s)
         check_scales(w, s, _contract.SCALE_BLOCK, scale_row0, f"diff_stats: scale_inv of {name}")
         grid = s.to(device=w.device, dtype=torch.float32)
         grids.append(grid if grid.stride(-1) == 1 or grid.shape[-1] <= 1 else grid.contiguous())

@@ -7,6 +7,7 @@ import math
 import torch
 
 from paramgeom._backends import resolve
+from paramgeom.api._tensors import check_tensor
 from paramgeom.api.diff_matmul import row_major
 
 __all__ = ["gram_update"]
@@ -23,8 +24,7 @@ def _check(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: flo
     for name, t in (("G", G), ("x", x), ("x0", x0)):
         if name == "x0" and t is None:
             continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_tensor(name, t)
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
     if x.dtype not in INPUT_DTYPES:
