@@ -201,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's diagnostics for a base/tuned checkpoint pair",
         description="Per-tensor unchanged fraction, update norms and ranks, subspace rotation "
         "and spectral drift of TUNED against BASE (HF folders, sharded or not, .safetensors "
-        "files or torch state dicts), streamed in bounded memory and resumable: rerunning "
-        "the same command after a crash skips finished tensors. Under torchrun the ranks "
-        "share the tensors.",
+        "files, torch state dicts or torch.distributed.checkpoint folders), streamed in "
+        "bounded memory and resumable: rerunning the same command after a crash skips "
+        "finished tensors. Under torchrun the ranks share the tensors.",
     )
-    p.add_argument("base", help="base checkpoint (folder, .safetensors, or state dict)")
+    p.add_argument("base", help="base checkpoint (folder, .safetensors, state dict, DCP folder)")
     p.add_argument("tuned", help="tuned checkpoint")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rank", type=bounded_int(1), default=512,

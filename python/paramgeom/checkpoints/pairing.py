@@ -136,6 +136,16 @@ def _refs(ckpt, side: str, notes: list[str]) -> dict[str, TensorRef]:
         refs[key] = TensorRef(name, info, scale)
     if skipped:
         notes.append(f"{side}: skipped {len(skipped)} non-float tensor(s): {', '.join(skipped)}")
+    other = getattr(ckpt, "skipped", None) or {}
+    if other:
+        by_reason: dict[str, list[str]] = {}
+        for name, why in other.items():
+            by_reason.setdefault(why, []).append(name)
+        for why, names in by_reason.items():
+            shown = ", ".join(names[:5]) + (
+                f", ... ({len(names) - 5} more)" if len(names) > 5 else ""
+            )
+            notes.append(f"{side}: skipped {len(names)} key(s), {why}: {shown}")
     return refs
 
 

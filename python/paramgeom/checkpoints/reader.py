@@ -7,6 +7,10 @@ Accepted inputs (:func:`open_checkpoint`):
   ``*.safetensors.index.json``, else ``pytorch_model.bin.index.json`` + ``.bin`` shards,
   else ``pytorch_model.bin``, else exactly one ``*.bin`` / ``*.pt`` / ``*.pth`` file;
 - a single ``.safetensors`` file, or an index file ``*.index.json`` itself;
+- a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``*.distcp``: FSDP2, torchtitan,
+  Megatron-Core ``torch_dist``), its metadata read without unpickling arbitrary objects and
+  each tensor assembled from its chunks when read (:mod:`paramgeom.checkpoints.dcp`);
+  optimizer state and other non-model keys are skipped and listed (:attr:`Checkpoint.skipped`);
 - a torch state dict file ``.pt`` / ``.pth`` / ``.bin``, unpickled only by torch's
   ``weights_only`` unpickler (arbitrary objects are never unpickled): for the zip format
   that ``torch.save`` has written since torch 1.6 its structure is read at open and every
@@ -51,8 +55,9 @@ from pathlib import Path, PureWindowsPath
 
 import torch
 
+from paramgeom.checkpoints.dcp import DATA_SUFFIX, METADATA_FILE, chunk_spec, parse_metadata
 from paramgeom.checkpoints.errors import CheckpointError
-from paramgeom.checkpoints.files import open_regular, read_json
+from paramgeom.checkpoints.files import open_regular, read_json, read_regular_bytes
 from paramgeom.checkpoints.safetensors_header import read_header
 from paramgeom.checkpoints.torch_zip import TensorSpec, TorchZip, read_tensor
 
@@ -451,6 +456,98 @@ class _TorchSource(_Source):
         self._data = {}
 
 
+class _DcpSource(_Source):
+    """A ``torch.distributed.checkpoint`` folder as one source: ``file`` is its
+    ``.metadata``; the tensors' chunks live in its ``.distcp`` files, each checked for change
+    like ``file`` (size, mtime, ctime, inode). Every read assembles new memory."""
+
+    private_reads = True
+
+    def __init__(self, folder: Path) -> None:
+        meta = folder / METADATA_FILE
+        st = _stat_regular(meta)
+        super().__init__(meta, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        self.layout = parse_metadata(folder)
+        self._data: dict[Path, _Source] = {}
+        for f in self.layout.files:
+            fst = _stat_regular(f)
+            self._data[f] = _Source(f, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_ino)
+        self._specs: dict[tuple[str, int], tuple[TensorSpec, bool]] = {}
+        self.tensors = {
+            name: TensorInfo(name, meta, t.dtype, t.shape, t.nbytes)
+            for name, t in self.layout.tensors.items()
+        }
+        self.skipped = dict(self.layout.skipped)
+        self.check_unchanged(None)  # the metadata read is the file whose identity was taken
+
+    def check_unchanged(self, tensor: str | None) -> None:
+        super().check_unchanged(tensor)
+        if tensor is None:
+            files = self._data
+        else:
+            files = {c.file for c in self.layout.tensors[tensor].chunks}
+        for f in files:
+            self._data[f].check_unchanged(tensor)
+
+    def _header_digest(self) -> str:
+        """sha256 of the metadata and of each data file's name, size and mtime: a journal
+        entry keyed by it is recomputed when any of them changes."""
+        h = hashlib.sha256(read_regular_bytes(self.file, 1 << 31, "DCP metadata"))
+        for f, src in sorted(self._data.items()):
+            h.update(f"\0{f.name}\0{src._size}\0{src._mtime_ns}".encode())
+        return h.hexdigest()
+
+    def _spec(self, name: str, i: int) -> tuple[TensorSpec, bool]:
+        key = (name, i)
+        with self._lock:
+            found = self._specs.get(key)
+        if found is None:
+            t = self.layout.tensors[name]
+            found = chunk_spec(t.chunks[i], t)
+            with self._lock:
+                self._specs[key] = found
+        return found
+
+    def _assemble(self, name: str, start: int | None, stop: int | None) -> torch.Tensor:
+        t = self.layout.tensors[name]
+        shape = list(t.shape)
+        if start is not None:
+            shape[0] = stop - start
+        out = torch.empty(shape, dtype=t.dtype)
+        for i, c in enumerate(t.chunks):
+            if c.numel == 0:
+                continue
+            box = [slice(o, o + n) for o, n in zip(c.offsets, c.sizes, strict=True)]
+            rows = None
+            if start is not None:
+                lo, hi = max(start, c.offsets[0]), min(stop, c.offsets[0] + c.sizes[0])
+                if lo >= hi:
+                    continue
+                rows = (lo - c.offsets[0], hi - c.offsets[0])
+                box[0] = slice(lo - start, hi - start)
+            spec, byteswap = self._spec(name, i)
+            out[tuple(box)] = read_tensor(c.file, spec, rows, byteswap)
+        # A file rewritten during the read may have given bytes of two versions: refuse.
+        self.check_unchanged(name)
+        return out
+
+    def get(self, name: str, copy: bool = True) -> torch.Tensor:
+        return self._assemble(name, None, None)
+
+    def get_rows(self, name: str, start: int, stop: int, copy: bool = True) -> torch.Tensor:
+        return self._assemble(name, start, stop)
+
+
+def _stat_regular(path: Path) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(path, None, "not a regular file")
+    return st
+
+
 def _open_source(file: Path) -> _Source:
     if file.name.endswith(".safetensors"):
         return _SafetensorsSource(file)
@@ -478,6 +575,9 @@ class Checkpoint:
     ``model-0000i-of-0000N`` names)."""
     tensors: dict[str, TensorInfo]
     """All tensors, ordered by shard order then offset in the file."""
+    skipped: dict[str, str]
+    """Keys of the checkpoint that are not read as model tensors, with why (a DCP folder's
+    optimizer state and non-tensor entries)."""
 
     def __init__(
         self, path: Path, sources: list[_Source], selection: dict[Path, list[str]] | None = None
@@ -486,6 +586,7 @@ class Checkpoint:
         self._sources = {s.file: s for s in sources}
         self.files = [s.file for s in sources]
         self.tensors = {}
+        self.skipped = {}
         self._by_name: dict[str, _Source] = {}
         for s in sources:
             wanted = None if selection is None else set(selection[s.file])
@@ -498,6 +599,7 @@ class Checkpoint:
                     )
                 self.tensors[name] = info
                 self._by_name[name] = s
+            self.skipped.update(getattr(s, "skipped", {}))
         self._config: dict | None = None
 
     # ---------------------------------------------------------------- helpers
@@ -721,6 +823,9 @@ def _open_index(path: Path, index: Path) -> Checkpoint:
 def _open_folder(folder: Path) -> Checkpoint:
     def one(pattern: str) -> list[Path]:
         return sorted(p for p in folder.glob(pattern) if p.is_file())
+
+    if (folder / METADATA_FILE).is_file() and one(f"*{DATA_SUFFIX}"):
+        return Checkpoint(folder, [_DcpSource(folder)])
 
     for name in ("model.safetensors.index.json",):
         if (folder / name).is_file():

@@ -127,6 +127,39 @@ def pread_into(fh: BinaryIO, buf: torch.Tensor, offset: int) -> int:
     return want - done
 
 
+class _Slice(io.RawIOBase):
+    """Bytes ``[base, base + size)`` of an open file as a seekable read-only file of their
+    own (positioned reads: the underlying file position is never used). A torch.save
+    archive embedded in a bigger file (a DCP ``.distcp`` holds one per tensor chunk) is
+    read through it exactly as a file of its own; nothing past ``size`` is visible."""
+
+    def __init__(self, fh: BinaryIO, base: int, size: int) -> None:
+        self._fd, self._base, self._size, self._pos = fh.fileno(), base, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if start + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = start + offset
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        n = max(0, min(len(buf), self._size - self._pos))
+        data = os.pread(self._fd, n, self._base + self._pos) if n else b""
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 class TorchZip:
     """The structure of one zip-format torch checkpoint, read without its tensor data.
 
@@ -137,7 +170,12 @@ class TorchZip:
     fh
         The checkpoint, open for reading (``zipfile.is_zipfile`` is true for it).
     size
-        Its size when the checkpoint was opened: records must lie inside it.
+        The archive's size (the file's when the checkpoint was opened): records must lie
+        inside it.
+    base
+        Where the archive starts in ``fh`` (0 for a file of its own; a DCP ``.distcp``
+        file holds many archives one after another). Offsets in :class:`TensorSpec` are
+        absolute file offsets either way.
 
     Attributes
     ----------
@@ -151,9 +189,10 @@ class TorchZip:
     to word.
     """
 
-    def __init__(self, file: Path, fh: BinaryIO, size: int) -> None:
+    def __init__(self, file: Path, fh: BinaryIO, size: int, base: int = 0) -> None:
         self.file = file
         self._size = size
+        self._base = base
         self._records = self._read_directory(fh)
         # As torch's reader does: the archive folder is that of the first record.
         first = next(iter(self._records), "")
@@ -181,8 +220,8 @@ class TorchZip:
 
     def _read_directory(self, fh: BinaryIO) -> dict[str, ZipRecord]:
         try:
-            infos = zipfile.ZipFile(fh).infolist()
-        except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+            infos = zipfile.ZipFile(_Slice(fh, self._base, self._size)).infolist()
+        except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
             raise CheckpointError(self.file, None, self._unreadable(f"bad zip: {exc}")) from exc
         records: dict[str, ZipRecord] = {}
         for info in infos:
@@ -211,11 +250,12 @@ class TorchZip:
         outside = f"zip record {info.filename!r} lies outside the file"
         if not 0 <= info.header_offset < self._size:
             raise CheckpointError(self.file, None, outside)
-        head = os.pread(fh.fileno(), _LOCAL_HEADER.size, info.header_offset)
+        header_offset = self._base + info.header_offset
+        head = os.pread(fh.fileno(), _LOCAL_HEADER.size, header_offset)
         if len(head) < _LOCAL_HEADER.size:
             raise CheckpointError(self.file, None, f"{outside} (truncated file?)")
         signature, n_name, n_extra = _LOCAL_HEADER.unpack(head)
-        raw = os.pread(fh.fileno(), n_name, info.header_offset + _LOCAL_HEADER.size)
+        raw = os.pread(fh.fileno(), n_name, header_offset + _LOCAL_HEADER.size)
         name = raw.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
         if signature != _LOCAL_SIGNATURE or name != info.orig_filename:
             raise CheckpointError(
@@ -226,10 +266,10 @@ class TorchZip:
             raise CheckpointError(
                 self.file,
                 None,
-                f"{outside} (its data end at byte {start + info.file_size}, the file has "
-                f"{self._size})",
+                f"{outside} (its data end at byte {start + info.file_size}, the "
+                f"{'file' if self._base == 0 else 'archive'} has {self._size})",
             )
-        return start
+        return self._base + start
 
     def _record(self, fh: BinaryIO, name: str) -> bytes:
         rec = self._records.get(self._prefix + name)
