@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    p.add_argument(
+        "--offline", action="store_true",
+        help="Hugging Face repo ids (org/name[@rev]) from the local cache only: no download",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_diff)
 
     p = sub.add_parser(
@@ -258,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+    p.add_argument(
+        "--offline", action="store_true",
+        help="Hugging Face repo ids (org/name[@rev]) from the local cache only: no download",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_trajectory)
 
     p = sub.add_parser(
@@ -291,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from paramgeom.checkpoints.errors import CheckpointError
 
+    if getattr(args, "offline", False):
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by paramgeom.checkpoints.hub (and torchrun ranks)
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:

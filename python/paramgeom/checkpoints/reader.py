@@ -7,6 +7,9 @@ Accepted inputs (:func:`open_checkpoint`):
   ``*.safetensors.index.json``, else ``pytorch_model.bin.index.json`` + ``.bin`` shards,
   else ``pytorch_model.bin``, else exactly one ``*.bin`` / ``*.pt`` / ``*.pth`` file;
 - a single ``.safetensors`` file, or an index file ``*.index.json`` itself;
+- a Hugging Face repo id ``org/name[@revision]`` where no such path exists: its snapshot
+  folder, from the local cache first, downloaded only where allowed
+  (:mod:`paramgeom.checkpoints.hub`);
 - a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``*.distcp``: FSDP2, torchtitan,
   Megatron-Core ``torch_dist``), its metadata read without unpickling arbitrary objects and
   each tensor assembled from its chunks when read (:mod:`paramgeom.checkpoints.dcp`);
@@ -55,6 +58,7 @@ from pathlib import Path, PureWindowsPath
 
 import torch
 
+from paramgeom.checkpoints import hub
 from paramgeom.checkpoints.dcp import DATA_SUFFIX, METADATA_FILE, chunk_spec, parse_metadata
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular, read_json, read_regular_bytes
@@ -894,7 +898,9 @@ def _open_checkpoint(path: str | Path) -> Checkpoint:
     except OSError as exc:
         raise CheckpointError(p, None, f"cannot access: {exc.strerror or exc}") from exc
     if not exists:
-        raise CheckpointError(p, None, "no such file or directory")
+        if not hub.is_repo_id(str(path)):
+            raise CheckpointError(p, None, "no such file or directory")
+        p = hub.resolve(str(path))  # org/name[@revision]: the Hugging Face snapshot folder
     if p.is_dir():
         return _open_folder(p)
     if p.name.endswith(".index.json"):
