@@ -248,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint is read once; per matrix only a streaming sketch is kept.",
     )
     p.add_argument("base", help="base checkpoint (W_0)")
-    p.add_argument("checkpoints", nargs="+", help="checkpoints in training order")
+    p.add_argument(
+        "checkpoints", nargs="+",
+        help="checkpoints in training order, or a training run's folder (sub-folders "
+        "checkpoint-N, global_step_N, step-N, iter_N: taken in step order)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--k", type=bounded_int(1), default=16,
                    help="K of Sim_K and the lock rule (16)")  # fmt: skip

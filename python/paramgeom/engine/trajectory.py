@@ -32,6 +32,7 @@ from typing import Any
 
 import paramgeom
 from paramgeom import linalg, metrics
+from paramgeom.checkpoints.dcp import METADATA_FILE
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
@@ -73,6 +74,47 @@ class TrajectoryOptions:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_STEP_FOLDER = re.compile(rf"^{_STEP.pattern}$", re.IGNORECASE)
+# Files that make a folder a checkpoint of its own (then it is never read as a run folder).
+_CHECKPOINT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt", "*.pth")
+
+
+def run_checkpoints(path: str | Path) -> list[Path] | None:
+    """The checkpoints of a training run's folder, in step order, or None when ``path`` is
+    not one: a folder that holds no checkpoint files itself (no ``*.safetensors``, ``.bin``,
+    ``.pt``, DCP ``.metadata``) but sub-folders named by step (``checkpoint-300``,
+    ``global_step_300`` (verl), ``step-300`` (torchtitan), ``iter_0000300`` (Megatron),
+    ``step_300``, ``ckpt-300``). Steps are compared as numbers (``step-10`` after
+    ``step-9``); two sub-folders of one step are a ``CheckpointError``."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / METADATA_FILE).is_file():
+        return None
+    if any(next(folder.glob(pattern), None) is not None for pattern in _CHECKPOINT_FILES):
+        return None
+    found: dict[int, Path] = {}
+    for child in folder.iterdir():
+        m = _STEP_FOLDER.match(child.name)
+        if m is None or not child.is_dir():
+            continue
+        step = int(m.group(1))
+        if step in found:
+            raise CheckpointError(
+                folder, None, f"two checkpoints of step {step}: {found[step].name}, {child.name}"
+            )
+        found[step] = child
+    return [found[s] for s in sorted(found)] or None
+
+
+def expand_runs(checkpoints: Sequence[str | Path]) -> list[str | Path]:
+    """``checkpoints`` with each training run's folder (:func:`run_checkpoints`) replaced by
+    its checkpoints in step order."""
+    out: list[str | Path] = []
+    for c in checkpoints:
+        run = run_checkpoints(c)
+        out.extend(run if run is not None else [c])
+    return out
 
 
 def step_of(path: str | Path, position: int) -> int:
@@ -228,8 +270,10 @@ def run_trajectory(
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
     """Follow every attention/MLP matrix from ``base_path`` over ``checkpoints`` (in training
-    order, the last one is t_end) into ``out_dir``; the summary on rank 0, None elsewhere."""
+    order, the last one is t_end; a training run's folder stands for its checkpoints in step
+    order, :func:`run_checkpoints`) into ``out_dir``; the summary on rank 0, None elsewhere."""
     opts = opts or TrajectoryOptions()
+    checkpoints = expand_runs(checkpoints)
     if not checkpoints:
         raise ValueError("trajectory needs at least one checkpoint after the base")
     if opts.k < 1 or opts.rank < opts.k:
