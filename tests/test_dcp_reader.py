@@ -361,7 +361,7 @@ def test_a_data_file_changed_after_open_is_refused(written, tmp_path):
 
 
 def test_tiling_rule():
-    tiles = dcp_format._tiles_exactly
+    tiles = dcp_format.tiles_exactly
     assert tiles((4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))]) is None
     assert tiles((4, 4), [((0, 0), (4, 2)), ((0, 2), (4, 2))]) is None
     assert tiles((4, 4), [((0, 0), (2, 2)), ((0, 2), (2, 2)), ((2, 0), (2, 4))]) is None

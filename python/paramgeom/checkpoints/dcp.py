@@ -45,6 +45,7 @@ import torch
 
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular, read_regular_bytes
+from paramgeom.checkpoints.records import Record, record_class
 
 __all__ = [
     "METADATA_FILE",
@@ -85,36 +86,9 @@ def is_dcp_folder(folder: Path) -> bool:
 # ------------------------------------------------------------------ restricted unpickling
 
 
-class _Record:
-    """Stand-in for one of DCP's metadata dataclasses: remembers its pickled state, runs
-    nothing. ``kind`` is the DCP class it stands for."""
-
-    kind = "?"
-
-    def __init__(self, *args: object) -> None:  # REDUCE with arguments (never by DCP)
-        self.args = args
-        self.state: object = None
-
-    def __setstate__(self, state: object) -> None:
-        self.state = state
-
-    def fields(self) -> dict[str, object]:
-        """The pickled attributes: a dict state, or the dict half of (dict, slots)."""
-        st = self.state
-        if isinstance(st, tuple) and len(st) == 2 and isinstance(st[1], dict):
-            merged = dict(st[0]) if isinstance(st[0], dict) else {}
-            merged.update(st[1])
-            return merged
-        return dict(st) if isinstance(st, dict) else {}
-
-
-def _record_class(name: str) -> type[_Record]:
-    return type(name, (_Record,), {"kind": name})
-
-
 _METADATA_MODULE = "torch.distributed.checkpoint.metadata"
-_RECORDS: dict[tuple[str, str], type[_Record]] = {
-    (_METADATA_MODULE, name): _record_class(name)
+_RECORDS: dict[tuple[str, str], type[Record]] = {
+    (_METADATA_MODULE, name): record_class(name)
     for name in (
         "Metadata",
         "TensorStorageMetadata",
@@ -126,9 +100,7 @@ _RECORDS: dict[tuple[str, str], type[_Record]] = {
     )
 }
 # _StorageInfo has lived in filesystem.py (and, in some releases, in metadata.py).
-_RECORDS[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = _record_class(
-    "_StorageInfo"
-)
+_RECORDS[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = record_class("_StorageInfo")
 _RECORDS[(_METADATA_MODULE, "_StorageInfo")] = _RECORDS[
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo")
 ]
@@ -254,7 +226,7 @@ def _data_file(folder: Path, meta: Path, name: str, rel: object) -> Path:
     return folder / rel
 
 
-def _tiles_exactly(shape: tuple[int, ...], chunks: list[tuple[tuple, tuple]]) -> str | None:
+def tiles_exactly(shape: tuple[int, ...], chunks: list[tuple[tuple, tuple]]) -> str | None:
     """None when the chunk boxes tile ``shape`` (inside it, no overlap, volumes adding up to
     the whole); else what is wrong."""
     for offsets, sizes in chunks:
@@ -295,7 +267,7 @@ def parse_metadata(folder: Path) -> DcpLayout:
         raise CheckpointError(
             meta, None, f"not readable DCP metadata ({type(exc).__name__}: {str(exc)[:120]})"
         ) from None
-    if not isinstance(root, _Record) or root.kind != "Metadata":
+    if not isinstance(root, Record) or root.kind != "Metadata":
         raise CheckpointError(meta, None, "not DCP metadata (no Metadata object at the top)")
     fields = root.fields()
     entries = fields.get("state_dict_metadata")
@@ -312,7 +284,7 @@ def parse_metadata(folder: Path) -> DcpLayout:
     for key, entry in entries.items():
         if not isinstance(key, str):
             raise CheckpointError(meta, None, f"state-dict key {str(key)[:80]!r} is not a string")
-        if not isinstance(entry, _Record) or entry.kind not in (
+        if not isinstance(entry, Record) or entry.kind not in (
             "TensorStorageMetadata",
             "BytesStorageMetadata",
         ):
@@ -335,9 +307,9 @@ def _storage_index(folder: Path, meta: Path, storage: dict) -> dict[tuple, tuple
     sizes: dict[Path, int] = {}
     out: dict[tuple, tuple] = {}
     for index, info in storage.items():
-        if not (isinstance(index, _Record) and index.kind == "MetadataIndex"):
+        if not (isinstance(index, Record) and index.kind == "MetadataIndex"):
             raise CheckpointError(meta, None, "storage_data has a key that is not a MetadataIndex")
-        if not (isinstance(info, _Record) and info.kind == "_StorageInfo"):
+        if not (isinstance(info, Record) and info.kind == "_StorageInfo"):
             raise CheckpointError(meta, None, "storage_data has an entry that is not _StorageInfo")
         idx, inf = index.fields(), info.fields()
         name = idx.get("fqn")
@@ -385,11 +357,11 @@ def _storage_index(folder: Path, meta: Path, storage: dict) -> dict[tuple, tuple
     return out
 
 
-def _tensor(meta: Path, key: str, entry: _Record, where: dict) -> DcpTensor:
+def _tensor(meta: Path, key: str, entry: Record, where: dict) -> DcpTensor:
     f = entry.fields()
     props = f.get("properties")
     dtype = None
-    if isinstance(props, _Record):
+    if isinstance(props, Record):
         pst = props.state  # TensorProperties.__getstate__ gives (dtype, layout, ...)
         dtype = pst[0] if isinstance(pst, tuple) and pst else props.fields().get("dtype")
     if not isinstance(dtype, torch.dtype):
@@ -402,14 +374,14 @@ def _tensor(meta: Path, key: str, entry: _Record, where: dict) -> DcpTensor:
         raise CheckpointError(meta, key, "no chunk list")
     boxes = []
     for c in raw_chunks:
-        if not (isinstance(c, _Record) and c.kind == "ChunkStorageMetadata"):
+        if not (isinstance(c, Record) and c.kind == "ChunkStorageMetadata"):
             raise CheckpointError(meta, key, "a chunk entry is not ChunkStorageMetadata")
         cf = c.fields()
         boxes.append(
             (_ints(cf.get("offsets"), "chunk offsets", meta, key),
              _ints(cf.get("sizes"), "chunk sizes", meta, key))
         )  # fmt: skip
-    problem = _tiles_exactly(shape, boxes)
+    problem = tiles_exactly(shape, boxes)
     if problem is not None:
         raise CheckpointError(meta, key, f"shape {list(shape)}: {problem}")
     chunks = []

@@ -14,6 +14,9 @@ Accepted inputs (:func:`open_checkpoint`):
   Megatron-Core ``torch_dist``), its metadata read without unpickling arbitrary objects and
   each tensor assembled from its chunks when read (:mod:`paramgeom.checkpoints.dcp`);
   optimizer state and other non-model keys are skipped and listed (:attr:`Checkpoint.skipped`);
+- verl's FSDP checkpoint (``model_world_size_W_rank_R.pt`` per rank, in the folder or its
+  ``actor/``): DTensor shards reassembled, read without admitting DTensor's classes
+  (:mod:`paramgeom.checkpoints.verl`);
 - a torch state dict file ``.pt`` / ``.pth`` / ``.bin``, unpickled only by torch's
   ``weights_only`` unpickler (arbitrary objects are never unpickled): for the zip format
   that ``torch.save`` has written since torch 1.6 its structure is read at open and every
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -64,6 +68,7 @@ from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular, read_json, read_regular_bytes
 from paramgeom.checkpoints.safetensors_header import read_header
 from paramgeom.checkpoints.torch_zip import TensorSpec, TorchZip, read_tensor
+from paramgeom.checkpoints.verl import open_shards, shard_files
 
 __all__ = [
     "Checkpoint",
@@ -460,22 +465,82 @@ class _TorchSource(_Source):
         self._data = {}
 
 
-class _DcpSource(_Source):
-    """A ``torch.distributed.checkpoint`` folder as one source: ``file`` is its
-    ``.metadata``; the tensors' chunks live in its ``.distcp`` files, each checked for change
-    like ``file`` (size, mtime, ctime, inode). Every read assembles new memory."""
+class _ChunkedSource(_Source):
+    """A checkpoint whose tensors are assembled from pieces in several data files (DCP,
+    verl): ``file`` is the file that describes them; each data file is checked for change
+    like ``file`` (size, mtime, ctime, inode). Every read assembles new memory, one tensor
+    (or row block) at a time; a row block reads only the rows of each piece inside it."""
 
     private_reads = True
+
+    def _watch(self, files) -> None:
+        self._data: dict[Path, _Source] = {}
+        for f in files:
+            fst = _stat_regular(f)
+            self._data[f] = _Source(f, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_ino)
+
+    def _pieces(self, name: str) -> list[tuple[tuple[int, ...], tuple[int, ...], Path]]:
+        """(offsets, sizes, data file) of each piece of tensor ``name``."""
+        raise NotImplementedError
+
+    def _piece_spec(self, name: str, i: int) -> tuple[TensorSpec, bool]:
+        """The checked storage of piece ``i`` of ``name`` and whether to byteswap it."""
+        raise NotImplementedError
+
+    def check_unchanged(self, tensor: str | None) -> None:
+        super().check_unchanged(tensor)
+        files = self._data if tensor is None else {f for _, _, f in self._pieces(tensor)}
+        for f in files:
+            self._data[f].check_unchanged(tensor)
+
+    def _header_digest(self) -> str:
+        """sha256 of the describing file and of each data file's name, size and mtime: a
+        journal entry keyed by it is recomputed when any of them changes."""
+        h = hashlib.sha256(read_regular_bytes(self.file, 1 << 31, "checkpoint description"))
+        for f, src in sorted(self._data.items()):
+            h.update(f"\0{f.name}\0{src._size}\0{src._mtime_ns}".encode())
+        return h.hexdigest()
+
+    def _assemble(self, name: str, start: int | None, stop: int | None) -> torch.Tensor:
+        info = self.tensors[name]
+        shape = list(info.shape)
+        if start is not None:
+            shape[0] = stop - start
+        out = torch.empty(shape, dtype=info.dtype)
+        for i, (offsets, sizes, file) in enumerate(self._pieces(name)):
+            if math.prod(sizes) == 0:
+                continue
+            box = [slice(o, o + n) for o, n in zip(offsets, sizes, strict=True)]
+            rows = None
+            if start is not None:
+                lo, hi = max(start, offsets[0]), min(stop, offsets[0] + sizes[0])
+                if lo >= hi:
+                    continue
+                rows = (lo - offsets[0], hi - offsets[0])
+                box[0] = slice(lo - start, hi - start)
+            spec, byteswap = self._piece_spec(name, i)
+            out[tuple(box)] = read_tensor(file, spec, rows, byteswap)
+        # A file rewritten during the read may have given bytes of two versions: refuse.
+        self.check_unchanged(name)
+        return out
+
+    def get(self, name: str, copy: bool = True) -> torch.Tensor:
+        return self._assemble(name, None, None)
+
+    def get_rows(self, name: str, start: int, stop: int, copy: bool = True) -> torch.Tensor:
+        return self._assemble(name, start, stop)
+
+
+class _DcpSource(_ChunkedSource):
+    """A ``torch.distributed.checkpoint`` folder: ``file`` is its ``.metadata``; each
+    chunk's archive is parsed and checked when its tensor is first read."""
 
     def __init__(self, folder: Path) -> None:
         meta = folder / METADATA_FILE
         st = _stat_regular(meta)
         super().__init__(meta, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         self.layout = parse_metadata(folder)
-        self._data: dict[Path, _Source] = {}
-        for f in self.layout.files:
-            fst = _stat_regular(f)
-            self._data[f] = _Source(f, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_ino)
+        self._watch(self.layout.files)
         self._specs: dict[tuple[str, int], tuple[TensorSpec, bool]] = {}
         self.tensors = {
             name: TensorInfo(name, meta, t.dtype, t.shape, t.nbytes)
@@ -484,24 +549,10 @@ class _DcpSource(_Source):
         self.skipped = dict(self.layout.skipped)
         self.check_unchanged(None)  # the metadata read is the file whose identity was taken
 
-    def check_unchanged(self, tensor: str | None) -> None:
-        super().check_unchanged(tensor)
-        if tensor is None:
-            files = self._data
-        else:
-            files = {c.file for c in self.layout.tensors[tensor].chunks}
-        for f in files:
-            self._data[f].check_unchanged(tensor)
+    def _pieces(self, name: str):
+        return [(c.offsets, c.sizes, c.file) for c in self.layout.tensors[name].chunks]
 
-    def _header_digest(self) -> str:
-        """sha256 of the metadata and of each data file's name, size and mtime: a journal
-        entry keyed by it is recomputed when any of them changes."""
-        h = hashlib.sha256(read_regular_bytes(self.file, 1 << 31, "DCP metadata"))
-        for f, src in sorted(self._data.items()):
-            h.update(f"\0{f.name}\0{src._size}\0{src._mtime_ns}".encode())
-        return h.hexdigest()
-
-    def _spec(self, name: str, i: int) -> tuple[TensorSpec, bool]:
+    def _piece_spec(self, name: str, i: int) -> tuple[TensorSpec, bool]:
         key = (name, i)
         with self._lock:
             found = self._specs.get(key)
@@ -512,34 +563,29 @@ class _DcpSource(_Source):
                 self._specs[key] = found
         return found
 
-    def _assemble(self, name: str, start: int | None, stop: int | None) -> torch.Tensor:
-        t = self.layout.tensors[name]
-        shape = list(t.shape)
-        if start is not None:
-            shape[0] = stop - start
-        out = torch.empty(shape, dtype=t.dtype)
-        for i, c in enumerate(t.chunks):
-            if c.numel == 0:
-                continue
-            box = [slice(o, o + n) for o, n in zip(c.offsets, c.sizes, strict=True)]
-            rows = None
-            if start is not None:
-                lo, hi = max(start, c.offsets[0]), min(stop, c.offsets[0] + c.sizes[0])
-                if lo >= hi:
-                    continue
-                rows = (lo - c.offsets[0], hi - c.offsets[0])
-                box[0] = slice(lo - start, hi - start)
-            spec, byteswap = self._spec(name, i)
-            out[tuple(box)] = read_tensor(c.file, spec, rows, byteswap)
-        # A file rewritten during the read may have given bytes of two versions: refuse.
-        self.check_unchanged(name)
-        return out
 
-    def get(self, name: str, copy: bool = True) -> torch.Tensor:
-        return self._assemble(name, None, None)
+class _VerlSource(_ChunkedSource):
+    """verl's FSDP shards (``model_world_size_W_rank_R.pt``): ``file`` is rank 0's file;
+    every rank file's structure is read and checked at open."""
 
-    def get_rows(self, name: str, start: int, stop: int, copy: bool = True) -> torch.Tensor:
-        return self._assemble(name, start, stop)
+    def __init__(self, files: dict[int, Path]) -> None:
+        first = files[0]
+        st = _stat_regular(first)
+        super().__init__(first, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        self._watch(files.values())
+        self.layout = open_shards(files)
+        self.tensors = {
+            name: TensorInfo(name, first, t.dtype, t.shape, t.nbytes)
+            for name, t in self.layout.items()
+        }
+        self.check_unchanged(None)
+
+    def _pieces(self, name: str):
+        return [(p.offsets, p.sizes, p.file) for p in self.layout[name].pieces]
+
+    def _piece_spec(self, name: str, i: int) -> tuple[TensorSpec, bool]:
+        piece = self.layout[name].pieces[i]
+        return piece.spec, piece.byteswap
 
 
 def _stat_regular(path: Path) -> os.stat_result:
@@ -830,6 +876,10 @@ def _open_folder(folder: Path) -> Checkpoint:
 
     if (folder / METADATA_FILE).is_file() and one(f"*{DATA_SUFFIX}"):
         return Checkpoint(folder, [_DcpSource(folder)])
+    for place in (folder, folder / "actor"):  # verl: global_step_N/actor/model_world_size_*
+        shards = shard_files(place) if place.is_dir() else None
+        if shards is not None:
+            return Checkpoint(folder, [_VerlSource(shards)])
 
     for name in ("model.safetensors.index.json",):
         if (folder / name).is_file():

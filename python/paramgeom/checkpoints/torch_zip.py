@@ -38,6 +38,7 @@ import pickle
 import struct
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -176,6 +177,10 @@ class TorchZip:
         Where the archive starts in ``fh`` (0 for a file of its own; a DCP ``.distcp``
         file holds many archives one after another). Offsets in :class:`TensorSpec` are
         absolute file offsets either way.
+    unpickler
+        Makes the unpickler of ``data.pkl`` from its bytes (default: torch's
+        ``weights_only`` one). It must be as restrictive; its ``persistent_load`` is set
+        here (meta storages).
 
     Attributes
     ----------
@@ -189,8 +194,16 @@ class TorchZip:
     to word.
     """
 
-    def __init__(self, file: Path, fh: BinaryIO, size: int, base: int = 0) -> None:
+    def __init__(
+        self,
+        file: Path,
+        fh: BinaryIO,
+        size: int,
+        base: int = 0,
+        unpickler: Callable[[BinaryIO], pickle.Unpickler] | None = None,
+    ) -> None:
         self.file = file
+        self._make_unpickler = unpickler or (lambda f: WeightsOnlyUnpickler(f, encoding="utf-8"))
         self._size = size
         self._base = base
         self._records = self._read_directory(fh)
@@ -328,7 +341,7 @@ class TorchZip:
         return seen.meta
 
     def _unpickle(self, pkl: bytes) -> object:
-        unpickler = WeightsOnlyUnpickler(io.BytesIO(pkl), encoding="utf-8")
+        unpickler = self._make_unpickler(io.BytesIO(pkl))
         unpickler.persistent_load = self._persistent_load
         # Sparse tensors rebuilt here join torch's module-level list that the next
         # torch.load validates; ours are meta placeholders, so take them back out.
