@@ -91,3 +91,51 @@ def test_attach_feeds_reporters_and_stop(tmp_path):
     trainer.train()
     seen = [entry for entry in recorder.logs if "geometry/stable_rank" in entry]
     assert len(seen) == 2 and all(entry["geometry/stable_rank"] > 0 for entry in seen)
+
+
+def _resumable_trainer(out, model, callbacks, steps):
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=4,
+        learning_rate=1e-2, logging_steps=100, save_strategy="steps", save_steps=3,
+        report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    return transformers.Trainer(model=model, args=args, train_dataset=Tokens(),
+                                callbacks=callbacks)  # fmt: skip
+
+
+def test_monitor_state_resumes_with_the_trainer_checkpoint(tmp_path):
+    """Train 6 steps saving at 3; a fresh process-like restart (new model loaded from the
+    step-3 checkpoint, new monitor whose own W_0 snapshot is the trained weights) resumes:
+    the callback loads paramgeom_monitor.pt and the history equals the uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    from paramgeom.integrations.hf import STATE_FILE
+
+    whole_mon = GeometryMonitor(tiny_llama(), every=1, k=4)
+    trainer = _resumable_trainer(tmp_path / "whole", whole_mon.model, [], steps=6)
+    GeometryCallback(whole_mon).attach(trainer)
+    trainer.train()
+    assert (tmp_path / "whole" / "checkpoint-3" / STATE_FILE).is_file()
+
+    model = tiny_llama()
+    ckpt = tmp_path / "whole" / "checkpoint-3"
+    model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+    mon = GeometryMonitor(model, every=1, k=4)
+    trainer = _resumable_trainer(tmp_path / "whole", model, [], steps=6)
+    GeometryCallback(mon).attach(trainer)
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    assert [r["step"] for r in mon.records] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(mon.records, whole_mon.records, strict=True):
+        for key in ("unchanged_fraction", "dw_fro", "stable_rank"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), (a["step"], key)
+
+
+def test_resume_without_monitor_state_warns(tmp_path):
+    trainer = _resumable_trainer(tmp_path / "run", tiny_llama(), [], steps=3)
+    trainer.train()
+    (tmp_path / "run" / "checkpoint-3" / "paramgeom_monitor.pt").unlink(missing_ok=True)
+    model = tiny_llama()
+    trainer = _resumable_trainer(tmp_path / "run", model, [], steps=6)
+    GeometryCallback(GeometryMonitor(model, every=1, k=4)).attach(trainer)
+    with pytest.warns(RuntimeWarning, match="history and lock detection start over"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))

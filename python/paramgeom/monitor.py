@@ -82,7 +82,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -434,6 +434,103 @@ class GeometryMonitor:
     def matrix_history(self):
         """The per-matrix records as a ``pandas.DataFrame`` (or ``pyarrow.Table``)."""
         return _table(self.matrix_records)
+
+    # -- checkpointing ------------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def state_dict(self, include_reference: bool = True) -> dict[str, Any]:
+        """Everything a resumed run needs to continue this monitor's history and lock
+        detection: the records, the lock / guardrail / action state, each matrix's previous
+        subspace ``V`` and (``include_reference``) its bf16 reference ``W_0`` (a monitor
+        built on a resumed model would otherwise take the trained weights as ``W_0``).
+
+        Plain containers, numbers and CPU tensors only: ``torch.save`` it beside the
+        trainer's checkpoint and read it back with ``torch.load(..., weights_only=True)``.
+        """
+        return {
+            "version": self.STATE_VERSION,
+            "config": asdict(self.config),
+            "names": self.names,
+            "shapes": [list(w.param.shape) for w in self._watched],
+            "records": [dict(r) for r in self.records],
+            "matrix_records": [dict(r) for r in self.matrix_records],
+            "lock_step": self.lock_step,
+            "lock_detected_step": self.lock_detected_step,
+            "over_locking_step": self.over_locking_step,
+            "action_step": self.action_step,
+            "should_stop": self.should_stop,
+            "total_s": self.total_s,
+            "total_steps": self.total_steps,
+            "run": self._run,
+            "run_start": self._run_start,
+            "prev_step": self._prev_step,
+            "prev_srank": self._prev_srank,
+            "prev_v": [
+                None if w.prev_v is None else w.prev_v.detach().cpu() for w in self._watched
+            ],
+            "reference": (
+                [w.ref.detach().cpu() for w in self._watched] if include_reference else None
+            ),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output. The watched matrices (names and
+        shapes) and the options that define the figures (``k``, ``every``, thresholds,
+        tolerance, range-finder settings) must match this monitor's: ``ValueError`` naming
+        the first difference otherwise. Nothing is changed unless all of it fits."""
+        if not isinstance(state, Mapping) or state.get("version") != self.STATE_VERSION:
+            raise ValueError(
+                f"not a GeometryMonitor state of version {self.STATE_VERSION} "
+                f"(got version {state.get('version') if isinstance(state, Mapping) else None!r})"
+            )
+        if list(state.get("names", [])) != self.names:
+            raise ValueError(
+                f"monitor state watches {len(state.get('names', []))} matrices "
+                f"({list(state.get('names', []))[:3]}...), this monitor {len(self.names)} "
+                f"({self.names[:3]}...)"
+            )
+        shapes = [list(w.param.shape) for w in self._watched]
+        for name, a, b in zip(self.names, state.get("shapes", []), shapes, strict=False):
+            if list(a) != b:
+                raise ValueError(f"monitor state: {name} has shape {list(a)}, the model's {b}")
+        mine = asdict(self.config)
+        theirs = state.get("config", {})
+        for key in mine:
+            if key != "backend" and theirs.get(key) != mine[key]:
+                raise ValueError(
+                    f"monitor state was recorded with {key}={theirs.get(key)!r}, this "
+                    f"monitor has {key}={mine[key]!r}: its figures would not continue"
+                )
+        prev_v = list(state.get("prev_v", []))
+        refs = state.get("reference")
+        if len(prev_v) != len(self._watched) or (
+            refs is not None and len(refs) != len(self._watched)
+        ):
+            raise ValueError("monitor state: one subspace and reference per matrix expected")
+        for w, v, r in zip(self._watched, prev_v, refs or [None] * len(prev_v), strict=True):
+            if v is not None and (v.dim() != 2 or v.shape[0] != w.param.shape[1]):
+                raise ValueError(f"monitor state: {w.name} subspace of shape {tuple(v.shape)}")
+            if r is not None and tuple(r.shape) != tuple(w.param.shape):
+                raise ValueError(f"monitor state: {w.name} reference of shape {tuple(r.shape)}")
+        for w, v, r in zip(self._watched, prev_v, refs or [None] * len(prev_v), strict=True):
+            w.prev_v = w.last_v = None if v is None else v.to(torch.float64)
+            if r is not None:
+                w.ref.copy_(r.to(device=w.ref.device, dtype=torch.bfloat16))
+        self.records = [dict(r) for r in state.get("records", [])]
+        self.matrix_records = [dict(r) for r in state.get("matrix_records", [])]
+        self.lock_step = state.get("lock_step")
+        self.lock_detected_step = state.get("lock_detected_step")
+        self.over_locking_step = state.get("over_locking_step")
+        self.action_step = state.get("action_step")
+        self.should_stop = bool(state.get("should_stop", False))
+        self.total_s = float(state.get("total_s", 0.0))
+        if self.total_steps is None:
+            self.total_steps = state.get("total_steps")
+        self._run = int(state.get("run", 0))
+        self._run_start = state.get("run_start")
+        self._prev_step = state.get("prev_step")
+        self._prev_srank = state.get("prev_srank")
 
     # -- recording ----------------------------------------------------------------------
 

@@ -17,6 +17,12 @@ list order and puts the ``report_to`` reporters first, so a callback passed in
     GeometryCallback(monitor).attach(trainer)
     trainer.train()
 
+Checkpoints: at each Trainer save the monitor's state (:meth:`GeometryMonitor.state_dict`:
+history, lock state, subspaces, the bf16 reference) is written into the checkpoint folder as
+``paramgeom_monitor.pt``; a run resumed from that checkpoint
+(``trainer.train(resume_from_checkpoint=...)``) loads it at ``on_train_begin``, so the
+history and lock detection continue where they stopped and ``W_0`` stays the original base.
+
 ``on_lock="stop"`` ends training through ``control.should_training_stop``; when the monitor
 has no ``total_steps`` the callback takes the Trainer's ``max_steps`` (the over-locking
 guardrail needs it). Importing this module needs ``transformers``; ``import paramgeom`` does
@@ -25,7 +31,11 @@ not.
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
+
+import torch
 
 try:
     from transformers import TrainerCallback
@@ -36,7 +46,9 @@ except ImportError:  # pragma: no cover - exercised only without transformers
 
 from paramgeom.monitor import GeometryMonitor, log_items
 
-__all__ = ["GeometryCallback"]
+__all__ = ["STATE_FILE", "GeometryCallback"]
+
+STATE_FILE = "paramgeom_monitor.pt"
 
 
 class GeometryCallback(TrainerCallback):
@@ -67,8 +79,31 @@ class GeometryCallback(TrainerCallback):
         return self
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0 and not self.monitor.records:
+            self._resume(args, state)
         if self.monitor.total_steps is None and state.max_steps and state.max_steps > 0:
             self.monitor.total_steps = int(state.max_steps)
+
+    def _resume(self, args, state) -> None:
+        """A run resumed at ``global_step``: load the monitor state its checkpoint holds."""
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        if not os.path.isfile(path):
+            warnings.warn(
+                f"paramgeom: resumed at step {state.global_step} without {path}: the "
+                "monitor's history and lock detection start over, and W_0 is the resumed "
+                "weights",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        self.monitor.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if args.process_index == 0 and os.path.isdir(folder):
+            tmp = os.path.join(folder, f".{STATE_FILE}.tmp")
+            torch.save(self.monitor.state_dict(), tmp)
+            os.replace(tmp, os.path.join(folder, STATE_FILE))
 
     def on_step_end(self, args, state, control, **kwargs):
         rec = self.monitor.step(state.global_step)
