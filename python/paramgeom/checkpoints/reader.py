@@ -67,7 +67,7 @@ from paramgeom.checkpoints.dcp import DATA_SUFFIX, METADATA_FILE, chunk_spec, pa
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular, read_json, read_regular_bytes
 from paramgeom.checkpoints.safetensors_header import read_header
-from paramgeom.checkpoints.torch_zip import TensorSpec, TorchZip, read_tensor
+from paramgeom.checkpoints.torch_zip import TensorSpec, TorchZip, read_tensor, read_tensor_into
 from paramgeom.checkpoints.verl import open_shards, shard_files
 
 __all__ = [
@@ -519,7 +519,11 @@ class _ChunkedSource(_Source):
                 rows = (lo - offsets[0], hi - offsets[0])
                 box[0] = slice(lo - start, hi - start)
             spec, byteswap = self._piece_spec(name, i)
-            out[tuple(box)] = read_tensor(file, spec, rows, byteswap)
+            dest = out[tuple(box)]
+            # A row-block piece (full trailing dims) is a contiguous block of ``out``: read
+            # into it directly; other pieces through a buffer.
+            if byteswap or not read_tensor_into(file, spec, dest, rows):
+                dest.copy_(read_tensor(file, spec, rows, byteswap))
         # A file rewritten during the read may have given bytes of two versions: refuse.
         self.check_unchanged(name)
         return out

@@ -49,7 +49,7 @@ from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular
 
-__all__ = ["TensorSpec", "TorchZip", "read_tensor"]
+__all__ = ["TensorSpec", "TorchZip", "read_tensor", "read_tensor_into"]
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra-field lengths
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -483,3 +483,44 @@ def read_tensor(
         buf = _byteswapped(buf, spec.dtype)
     out = buf.view(spec.dtype).as_strided(shape, spec.stride)
     return out if out.is_contiguous() else out.contiguous()
+
+
+def read_tensor_into(
+    file: Path, spec: TensorSpec, out: torch.Tensor, rows: tuple[int, int] | None = None
+) -> bool:
+    """Read tensor ``spec`` (or rows ``[start, stop)`` of dim 0) straight into ``out``, a
+    contiguous tensor of that shape and dtype (a block of a bigger tensor being assembled),
+    when the stored view is contiguous and needs no byte swap: one positioned read, no
+    intermediate buffer. Returns False (nothing read) otherwise: then use
+    :func:`read_tensor`. Raises :class:`CheckpointError` if the file ends first."""
+    shape = list(spec.shape)
+    offset = spec.storage_offset
+    if rows is not None:
+        offset += rows[0] * (spec.stride[0] if spec.stride else 0)
+        shape[0] = rows[1] - rows[0]
+    contiguous = list(_contiguous_strides(spec.shape)) == list(spec.stride) or 0 in spec.shape
+    if not contiguous or not out.is_contiguous() or list(out.shape) != shape:
+        return False
+    if out.dtype != spec.dtype:
+        return False
+    nbytes = out.numel() * out.element_size()
+    if nbytes == 0:
+        return True
+    buf = out.view(-1).view(torch.uint8)
+    with open_regular(file, spec.name) as fh:
+        missing = pread_into(fh, buf, spec.data_offset + offset * spec.dtype.itemsize)
+    if missing:
+        raise CheckpointError(
+            file,
+            spec.name,
+            f"file ends {nbytes - missing} bytes into the tensor data ({missing} bytes missing)",
+        )
+    return True
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
