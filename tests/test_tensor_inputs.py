@@ -74,12 +74,14 @@ def test_parameters_and_plain_tensors_still_pass():
 def test_monitor_refuses_subclass_weights_at_construction():
     model = torch.nn.Linear(4, 4)
     model.weight = torch.nn.Parameter(model.weight.detach().as_subclass(_Wrapper))
-    with pytest.raises(TypeError, match=r"^weight: a _Wrapper parameter \(a tensor subclass"):
+    with pytest.raises(TypeError, match=r"^weight: a _Wrapper parameter \(a tensor subclass "
+                       "other than DTensor"):
         GeometryMonitor(model, modules=["weight"])
 
 
-# Two gloo ranks on the CPU, each holding one row shard of a DTensor weight: the op and the
-# monitor must raise (the process survives: exit 0, not SIGSEGV).
+# Two gloo ranks on the CPU, each holding one row shard of a DTensor weight: the ops must
+# raise (the process survives: exit 0, not SIGSEGV); the monitor reads row shards
+# (tests/test_monitor_sharded.py) and refuses a column-sharded weight.
 _DTENSOR_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -111,7 +113,7 @@ _DTENSOR_SCRIPT = textwrap.dedent(
                 seen[name] = str(exc)
         model = torch.nn.Linear(32, 64, bias=False)
         model.weight = torch.nn.Parameter(distribute_tensor(model.weight.detach(), mesh,
-                                                            [Shard(0)]))
+                                                            [Shard(1)]))
         try:
             GeometryMonitor(model)
             seen["monitor"] = "no error"
@@ -144,4 +146,4 @@ def test_dtensor_weights_on_two_gloo_ranks(tmp_path):
         for op in ("diff_stats", "diff_matmul", "gram_update"):
             assert "DTensor, a tensor subclass" in seen[op], seen[op]
             assert ".to_local()" in seen[op]
-        assert seen["monitor"].startswith("weight: a DTensor parameter"), seen["monitor"]
+        assert seen["monitor"].startswith("weight: a DTensor with placements (Shard(dim=1),)")

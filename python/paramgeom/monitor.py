@@ -72,7 +72,19 @@ Memory: the reference costs 2 bytes per watched parameter (bf16) on ``reference_
 present, and copies one matrix at a time to the weight's device at each record). Per matrix
 the previous record's ``V`` costs ``8 n K`` bytes (float64), and a record allocates
 transiently one bf16 copy of the current matrix and the SVD's ``(m + n) (K + p)`` float64
-bases. Not supported: sharded parameters (FSDP / ZeRO-3 placeholders), 3-D expert stacks.
+bases.
+
+Sharded models: a parameter that is a DTensor split by rows over a 1-D mesh (FSDP2's
+``fully_shard``, ``Shard(0)``) is measured where it lives: each rank keeps its rows of
+``W_0``, computes the counts and sums of its rows (all-reduced over the mesh), and
+``sigma_1`` and the top-K subspace come from the row-sharded range finder of
+:mod:`paramgeom.linalg.distributed` (products local, only ``n x l`` and ``l x l`` matrices
+all-reduced: no rank gathers a matrix); every rank gets the same record, equal to the
+one-process monitor's on the same weights. Replicated DTensors and DDP's whole parameters
+are read as they are. Every rank must record at the same steps (the record is a
+collective). ``"project"`` and ``"perturb"`` are not available on sharded weights. Not
+supported: other placements and meshes (e.g. HSDP's 2-D mesh), ZeRO-3 flat-parameter
+placeholders, 3-D expert stacks.
 """
 
 from __future__ import annotations
@@ -89,6 +101,7 @@ import torch
 
 from paramgeom.api.diff_stats import diff_stats
 from paramgeom.linalg import randomized_svd
+from paramgeom.linalg.distributed import row_sharded_svd
 from paramgeom.metrics import sim_k
 
 __all__ = [
@@ -162,6 +175,9 @@ class _Watched:
     name: str
     param: torch.nn.Parameter
     ref: torch.Tensor
+    # Row-sharded (FSDP2 / DTensor Shard(0)): the process group of its mesh; ``ref`` is then
+    # this rank's rows of W_0. None: this rank holds the whole matrix.
+    group: Any = None
     prev_v: torch.Tensor | None = None
     last_v: torch.Tensor | None = None
     last_fro: float = 0.0
@@ -208,11 +224,7 @@ def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Paramet
             continue  # tied weights: one matrix, reported once
         seen.add(id(p))
         if type(p) not in (torch.nn.Parameter, torch.Tensor):
-            raise TypeError(
-                f"{name}: a {type(p).__name__} parameter (a tensor subclass: sharded by FSDP2 "
-                "fully_shard / DTensor, or a wrapper); the monitor reads whole, plain weights "
-                "only (sharded weights are not supported yet)"
-            )
+            _sharding(name, p)  # TypeError unless a DTensor layout the monitor reads
         if p.dim() != 2 or p.numel() == 0:
             raise ValueError(
                 f"{name}: the monitor watches non-empty 2-D weights, got shape "
@@ -222,6 +234,58 @@ def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Paramet
     if not out:
         raise ValueError("no weight matrices selected: pass modules= (names or a predicate)")
     return out
+
+
+def _is_dtensor(t: object) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _sharding(name: str, p: torch.Tensor):
+    """How the monitor reads parameter ``p``: None for a whole matrix on this rank (a plain
+    tensor, or a replicated DTensor), else the process group over which its rows are split
+    (a DTensor ``Shard(0)`` on a 1-D mesh: FSDP2's layout). Anything else is a TypeError."""
+    if type(p) in (torch.nn.Parameter, torch.Tensor):
+        return None
+    if _is_dtensor(p):
+        mesh, placements = p.device_mesh, tuple(p.placements)
+        if mesh.ndim == 1 and len(placements) == 1:
+            kind = type(placements[0]).__name__
+            if kind == "Replicate":
+                return None
+            if kind == "Shard" and placements[0].dim == 0:
+                return mesh.get_group()
+        raise TypeError(
+            f"{name}: a DTensor with placements {placements} on a {mesh.ndim}-D mesh; the "
+            "monitor reads row-sharded (Shard(0), FSDP2's layout) or replicated DTensors on a "
+            "1-D mesh"
+        )
+    raise TypeError(
+        f"{name}: a {type(p).__name__} parameter (a tensor subclass other than DTensor); the "
+        "monitor reads plain tensors and DTensors"
+    )
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (a DTensor's local tensor), else ``t``."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _local_rows(ref: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
+    """This rank's rows of a reference for row-sharded ``p``: a DTensor's own local part, or
+    the same rows of a whole matrix (DTensor's split: ``torch.chunk`` along dim 0)."""
+    if _is_dtensor(ref):
+        return ref.to_local()
+    local = p.to_local()
+    world = p.device_mesh.size()
+    rank = p.device_mesh.get_local_rank()
+    step = -(-p.shape[0] // world)
+    start = min(rank * step, p.shape[0])
+    rows = ref[start : start + local.shape[0]]
+    if rows.shape != local.shape:
+        raise ValueError(f"reference {name}: rows [{start}, {start + local.shape[0]}) of "
+                         f"{tuple(ref.shape)} do not match this rank's shard "
+                         f"{tuple(local.shape)}")  # fmt: skip
+    return rows
 
 
 def _reference_map(reference) -> Mapping[str, torch.Tensor] | None:
@@ -386,12 +450,18 @@ class GeometryMonitor:
                 if tuple(src.shape) != tuple(p.shape):
                     raise ValueError(f"reference {name}: shape {tuple(src.shape)} differs from "
                                      f"the model's {tuple(p.shape)}")  # fmt: skip
-                dev = p.device if reference_device is None else torch.device(reference_device)
+                group = _sharding(name, p)
+                if group is not None and on_lock in ("project", "perturb"):
+                    raise ValueError(f"on_lock={on_lock!r} is not supported on sharded weights "
+                                     f"({name}); use 'log', 'stop' or a callable")  # fmt: skip
+                src = _local_rows(src.detach(), p, name) if group is not None else _local(src)
+                local = _local(p)
+                dev = local.device if reference_device is None else torch.device(reference_device)
                 # clone: a bf16 parameter's .to(bf16) would alias the live weights
                 ref = src.detach().to(device=dev, dtype=torch.bfloat16, copy=True)
                 if pin and ref.device.type == "cpu":
                     ref = ref.pin_memory()  # lets the per-record copy to the GPU overlap
-                self._watched.append(_Watched(name, p, ref))
+                self._watched.append(_Watched(name, p, ref, group))
         self.records: list[dict[str, Any]] = []
         self.matrix_records: list[dict[str, Any]] = []
         self.lock_step: int | None = None
@@ -511,7 +581,7 @@ class GeometryMonitor:
         for w, v, r in zip(self._watched, prev_v, refs or [None] * len(prev_v), strict=True):
             if v is not None and (v.dim() != 2 or v.shape[0] != w.param.shape[1]):
                 raise ValueError(f"monitor state: {w.name} subspace of shape {tuple(v.shape)}")
-            if r is not None and tuple(r.shape) != tuple(w.param.shape):
+            if r is not None and tuple(r.shape) != tuple(w.ref.shape):
                 raise ValueError(f"monitor state: {w.name} reference of shape {tuple(r.shape)}")
         for w, v, r in zip(self._watched, prev_v, refs or [None] * len(prev_v), strict=True):
             w.prev_v = w.last_v = None if v is None else v.to(torch.float64)
@@ -629,34 +699,44 @@ class GeometryMonitor:
 
     def _measure(self, w: _Watched, step: int) -> dict[str, Any]:
         cfg = self.config
-        p = w.param.detach()
+        p = _local(w.param.detach())
         ref = w.ref if w.ref.device == p.device else w.ref.to(p.device, non_blocking=True)
         # The paper's rule compares bf16 values: cast the (fp32 master) weights like the ref.
         cur = p.to(torch.bfloat16)
         st = diff_stats(ref, cur, rel_tols=(cfg.rel_tol,), backend=cfg.backend)
-        m, n = p.shape
-        kk = min(cfg.k, m, n)
-        fro = math.sqrt(st.sum_sq_delta)
-        s1, srank, sim, v = 0.0, 0.0, None, None
+        unchanged, numel, sq, sq0 = st.n_within_rel[0], st.numel, st.sum_sq_delta, st.sum_sq_w0
         bad = st.n_nonfinite_w1
+        if w.group is not None:  # this rank's rows: the counts and sums of all ranks
+            import torch.distributed as dist
+
+            tot = torch.tensor([unchanged, numel, sq, sq0, bad], dtype=torch.float64)
+            dist.all_reduce(tot, group=w.group)
+            unchanged, numel, bad = int(tot[0]), int(tot[1]), int(tot[4])
+            sq, sq0 = float(tot[2]), float(tot[3])
+        m, n = w.param.shape
+        kk = min(cfg.k, m, n)
+        fro = math.sqrt(sq)
+        s1, srank, sim, v = 0.0, 0.0, None, None
         if bad:
             srank = math.nan  # no spectrum of a non-finite update; counted, never a crash
-        elif st.sum_sq_delta > 0:
-            _, s, vh = randomized_svd(
-                ref, cur, kk, oversample=cfg.oversample, power_iters=cfg.power_iters,
-                seed=cfg.seed, exact_threshold=cfg.exact_threshold,
-            )  # fmt: skip
+        elif sq > 0:
+            opts = dict(oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed,
+                        exact_threshold=cfg.exact_threshold)  # fmt: skip
+            if w.group is not None:
+                s, v = row_sharded_svd(ref, cur, kk, m, w.group, **opts)
+            else:
+                _, s, vh = randomized_svd(ref, cur, kk, **opts)
+                v = vh.T.contiguous()
             s1 = float(s[0])
-            srank = st.sum_sq_delta / s1**2 if s1 > 0 else 0.0
-            v = vh.T.contiguous()
+            srank = sq / s1**2 if s1 > 0 else 0.0
             if w.prev_v is not None:
                 sim = sim_k(w.prev_v, v, kk)
         w.last_v, w.last_fro = v, fro
         return {
             "step": step, "name": w.name, "rows": m, "cols": n, "k": kk,
-            "unchanged_fraction": st.n_within_rel[0] / st.numel, "dw_fro": fro, "s1": s1,
+            "unchanged_fraction": unchanged / numel, "dw_fro": fro, "s1": s1,
             "stable_rank": srank, "sim_k": sim, "nonfinite": bad,
-            "_unchanged": st.n_within_rel[0], "_numel": st.numel, "_sq0": st.sum_sq_w0,
+            "_unchanged": unchanged, "_numel": numel, "_sq0": sq0,
         }  # fmt: skip
 
     # -- lock actions -------------------------------------------------------------------
