@@ -51,6 +51,14 @@ __all__ = ["STATE_FILE", "GeometryCallback"]
 STATE_FILE = "paramgeom_monitor.pt"
 
 
+def _state_path(args, folder: str) -> str:
+    """The monitor state file of this process in checkpoint ``folder``: ``STATE_FILE`` in a
+    one-process run, ``paramgeom_monitor.rank<R>.pt`` per process otherwise."""
+    if args.world_size > 1:
+        return os.path.join(folder, f"paramgeom_monitor.rank{args.process_index}.pt")
+    return os.path.join(folder, STATE_FILE)
+
+
 class GeometryCallback(TrainerCallback):
     """Runs ``monitor.step`` from ``on_step_end`` and logs its figures with the Trainer's.
 
@@ -86,7 +94,10 @@ class GeometryCallback(TrainerCallback):
 
     def _resume(self, args, state) -> None:
         """A run resumed at ``global_step``: load the monitor state its checkpoint holds."""
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        path = _state_path(args, folder)
+        if not os.path.isfile(path):  # an unsharded monitor's one file, written by rank 0
+            path = os.path.join(folder, STATE_FILE)
         if not os.path.isfile(path):
             warnings.warn(
                 f"paramgeom: resumed at step {state.global_step} without {path}: the "
@@ -100,10 +111,18 @@ class GeometryCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if args.process_index == 0 and os.path.isdir(folder):
-            tmp = os.path.join(folder, f".{STATE_FILE}.tmp")
+        # One file per process when several train: a sharded monitor's W_0 rows differ per
+        # rank (and an unsharded one's state is the same on every rank).
+        if os.path.isdir(folder) and (args.world_size == 1 or self._sharded or
+                                      args.process_index == 0):  # fmt: skip
+            path = _state_path(args, folder) if self._sharded else os.path.join(folder, STATE_FILE)
+            tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
             torch.save(self.monitor.state_dict(), tmp)
-            os.replace(tmp, os.path.join(folder, STATE_FILE))
+            os.replace(tmp, path)
+
+    @property
+    def _sharded(self) -> bool:
+        return any(w.group is not None for w in self.monitor._watched)
 
     def on_step_end(self, args, state, control, **kwargs):
         rec = self.monitor.step(state.global_step)
