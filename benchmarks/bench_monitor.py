@@ -16,7 +16,14 @@ the drivers' 15-token vocabulary, SFT-like batch of 128 sequences of 16 tokens);
 tokens per step). With the monitor's defaults (K = 16, ``exact_threshold`` 64) every
 matrix of both takes the randomized range finder (p = 10, q = 2).
 
-``python benchmarks/bench_monitor.py [--models small large] [--every 100] [--threads 2]``
+Sharded (``--ranks R``, R > 1): R gloo processes on the CPU, one thread each (R x 1 threads
+against the one-process run's ``--threads``), every decoder layer and the model wrapped by
+FSDP2 ``fully_shard`` (the watched weights become row-sharded DTensors, measured by the
+sharded monitor: local products, all-reduced counts and small matrices); the global batch
+is split over the ranks (data parallel); the figures are rank 0's, every rank records.
+
+``python benchmarks/bench_monitor.py [--models small large] [--every 100] [--threads 2]
+[--ranks 2]``
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from pathlib import Path
 import torch
 from harness import machine, quantile
 
-from paramgeom.monitor import GeometryMonitor
+from paramgeom.monitor import GeometryMonitor, default_modules
 
 MODELS = {
     # name: (hidden, layers, heads, intermediate, vocab, batch, seq)
@@ -47,6 +54,7 @@ MODELS = {
 class Row:
     model: str
     device: str
+    ranks: int
     watched_params: int
     reference_mib: float
     tokens_per_step: int
@@ -78,8 +86,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench(name: str, device: torch.device, every: int, steps: int, records: int) -> Row:
+def bench(
+    name: str, device: torch.device, every: int, steps: int, records: int, ranks: int = 1
+) -> Row:
     model, tokens = build(name, device)
+    watched = sum(m.weight.numel() for n, m in model.named_modules() if default_modules(n, m))
+    if ranks > 1:  # inside a spawned rank: FSDP2 shards, this rank's share of the batch
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (ranks,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        tokens = tokens.chunk(ranks)[dist.get_rank()]
     mon = GeometryMonitor(model, every=every)  # reference = the starting weights
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -106,14 +127,13 @@ def bench(name: str, device: torch.device, every: int, steps: int, records: int)
         rec_times.append(time.perf_counter() - t0)
     step_s = statistics.median(step_times)
     rec_s = statistics.median(rec_times)
-    names = set(mon.names)
-    watched = sum(p.numel() for n, p in model.named_parameters() if n in names)
     return Row(
         model=name,
         device=str(device),
+        ranks=ranks,
         watched_params=watched,
         reference_mib=round(mon.reference_bytes / 2**20, 2),
-        tokens_per_step=tokens.numel(),
+        tokens_per_step=tokens.numel() * ranks,
         step_s=round(step_s, 4),
         record_s=round(rec_s, 4),
         record_s_p20=round(quantile(rec_times, 0.2), 4),
@@ -121,6 +141,33 @@ def bench(name: str, device: torch.device, every: int, steps: int, records: int)
         every=every,
         overhead_pct=round(100 * rec_s / (every * step_s), 3),
     )
+
+
+def _rank_main(rank: int, args, device: torch.device, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=args.ranks)  # fmt: skip
+    rows = [bench(m, device, args.every, args.steps, args.records, args.ranks)
+            for m in args.models]  # fmt: skip
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump([asdict(r) for r in rows], f)
+    dist.destroy_process_group()
+
+
+def _spawn(args, device: torch.device) -> list[Row]:
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        mp.spawn(_rank_main, args=(args, device, os.path.join(tmp, "store"), out),
+                 nprocs=args.ranks)  # fmt: skip
+        with open(out) as f:
+            return [Row(**r) for r in json.load(f)]
 
 
 def main(argv=None) -> int:
@@ -131,6 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=int, default=5, help="timed monitor records (5)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--ranks", type=int, default=1, help="gloo ranks, FSDP2-sharded (1)")
     ap.add_argument("--json", default=None, help="also write rows and machine info here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -142,13 +190,17 @@ def main(argv=None) -> int:
         run = subprocess.run(git, capture_output=True, text=True, cwd=Path(__file__).parent)
         info["git"] = run.stdout.strip()
     info["loadavg_before"] = os.getloadavg()
-    rows = [bench(m, device, args.every, args.steps, args.records) for m in args.models]
+    if args.ranks > 1:
+        rows = _spawn(args, device)
+    else:
+        rows = [bench(m, device, args.every, args.steps, args.records) for m in args.models]
     info["loadavg_after"] = os.getloadavg()
-    head = ("model", "device", "watched", "ref MiB", "tok/step", "step s", "record s",
+    head = ("model", "device", "ranks", "watched", "ref MiB", "tok/step", "step s", "record s",
             "p20-p80", "every", "overhead")  # fmt: skip
     print(" | ".join(head))
     for r in rows:
-        print(f"{r.model} | {r.device} | {r.watched_params / 1e6:.1f}M | {r.reference_mib} | "
+        print(f"{r.model} | {r.device} | {r.ranks} | {r.watched_params / 1e6:.1f}M | "
+              f"{r.reference_mib} | "
               f"{r.tokens_per_step} | {r.step_s:.4f} | {r.record_s:.4f} | "
               f"{r.record_s_p20:.4f}-{r.record_s_p80:.4f} | {r.every} | "
               f"{r.overhead_pct:.3f}%")  # fmt: skip
