@@ -84,7 +84,8 @@ one-process monitor's on the same weights. Replicated DTensors and DDP's whole p
 are read as they are. Every rank must record at the same steps (the record is a
 collective). ``"project"`` and ``"perturb"`` are not available on sharded weights. Not
 supported: other placements and meshes (e.g. HSDP's 2-D mesh), ZeRO-3 flat-parameter
-placeholders, 3-D expert stacks.
+placeholders, sharded 3-D expert stacks (whole stacks are watched per expert, with
+per-stack summaries: ``stack_records``).
 """
 
 from __future__ import annotations
@@ -178,10 +179,28 @@ class _Watched:
     # Row-sharded (FSDP2 / DTensor Shard(0)): the process group of its mesh; ``ref`` is then
     # this rank's rows of W_0. None: this rank holds the whole matrix.
     group: Any = None
+    # A matrix of a 3-D expert stack ``[E, out, in]`` (MoE): its index; None for a matrix.
+    expert: int | None = None
     prev_v: torch.Tensor | None = None
     last_v: torch.Tensor | None = None
     last_fro: float = 0.0
     hooks: list = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The matrix's (global) shape."""
+        shape = tuple(self.param.shape)
+        return shape[1:] if self.expert is not None else shape  # type: ignore[return-value]
+
+    @property
+    def stack(self) -> str:
+        """The parameter's name (the stack's, for an expert)."""
+        return self.name.rsplit("[", 1)[0] if self.expert is not None else self.name
+
+    def matrix(self) -> torch.Tensor:
+        """This rank's part of the matrix, detached (an expert: its slice of the stack)."""
+        t = _local(self.param.detach())
+        return t[self.expert] if self.expert is not None else t
 
 
 def default_modules(name: str, module: torch.nn.Module) -> bool:
@@ -191,8 +210,15 @@ def default_modules(name: str, module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Linear) and not ("lm_head" in lowered or "embed" in lowered)
 
 
-def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Parameter]]:
-    """``(parameter name, parameter)`` of the watched 2-D weights, tied duplicates once."""
+def _is_expert_stack(name: str, p: torch.Tensor) -> bool:
+    """A 3-D MoE expert stack ``[E, out, in]`` (transformers' fused experts, e.g.
+    ``mlp.experts.gate_up_proj``): watched per expert by default."""
+    return p.dim() == 3 and "expert" in name.lower()
+
+
+def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Parameter, int | None]]:
+    """``(name, parameter, expert)`` of the watched matrices, tied duplicates once: 2-D
+    weights (``expert`` None) and each expert of a 3-D stack (``name[e]``)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     chosen: list[tuple[str, torch.nn.Parameter]] = []
     if modules is None or callable(modules):
@@ -205,6 +231,8 @@ def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Paramet
             if mod is head or not isinstance(w, torch.nn.Parameter) or not pred(mod_name, mod):
                 continue
             chosen.append((f"{mod_name}.weight" if mod_name else "weight", w))
+        if modules is None:
+            chosen += [(n, p) for n, p in params.items() if _is_expert_stack(n, p)]
     else:
         if isinstance(modules, str):
             raise TypeError("modules must be a list of names or a predicate, not one string")
@@ -225,12 +253,18 @@ def _select(model: torch.nn.Module, modules) -> list[tuple[str, torch.nn.Paramet
         seen.add(id(p))
         if type(p) not in (torch.nn.Parameter, torch.Tensor):
             _sharding(name, p)  # TypeError unless a DTensor layout the monitor reads
+        if p.dim() == 3 and p.numel() > 0:
+            if type(p) not in (torch.nn.Parameter, torch.Tensor):
+                raise TypeError(f"{name}: a sharded 3-D expert stack; the monitor reads "
+                                "whole expert stacks only")  # fmt: skip
+            out += [(f"{name}[{e}]", p, e) for e in range(p.shape[0])]
+            continue
         if p.dim() != 2 or p.numel() == 0:
             raise ValueError(
-                f"{name}: the monitor watches non-empty 2-D weights, got shape "
-                f"{tuple(p.shape)} (sharded or 3-D weights are not supported)"
+                f"{name}: the monitor watches non-empty 2-D weights and 3-D expert stacks, "
+                f"got shape {tuple(p.shape)}"
             )
-        out.append((name, p))
+        out.append((name, p, None))
     if not out:
         raise ValueError("no weight matrices selected: pass modules= (names or a predicate)")
     return out
@@ -306,6 +340,26 @@ def _reference_tensor(reference: Mapping[str, torch.Tensor], name: str) -> torch
     return t
 
 
+def _stack_row(step: int, stack: str, rows: list[tuple[dict, int, int]]) -> dict[str, Any]:
+    """One expert stack's summary of a record: counts and squared norms summed over its
+    experts, stable rank and Sim_K averaged over the experts that changed / have one."""
+    unchanged = sum(u for _, u, _ in rows)
+    numel = sum(n for _, _, n in rows)
+    changed = [r["stable_rank"] for r, _, _ in rows
+               if r["dw_fro"] > 0 and math.isfinite(r["stable_rank"])]  # fmt: skip
+    sims = [r["sim_k"] for r, _, _ in rows if r["sim_k"] is not None]
+    return {
+        "step": step,
+        "stack": stack,
+        "n_experts": len(rows),
+        "unchanged_fraction": unchanged / numel if numel else math.nan,
+        "dw_fro": math.sqrt(sum(r["dw_fro"] ** 2 for r, _, _ in rows)),
+        "stable_rank": _mean(changed) if changed else 0.0,
+        "sim_k": _mean(sims),
+        "experts_changed": len(changed),
+    }
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -344,7 +398,9 @@ class GeometryMonitor:
     on_lock : None, callable or one of ``"log"``, ``"stop"``, ``"project"``, ``"perturb"``
         Action, fired once at the ``trigger``; see the module docstring.
     modules : None, list of str or callable
-        Watched weights: None is every ``nn.Linear`` except the output head and embeddings;
+        Watched weights: None is every ``nn.Linear`` except the output head and embeddings,
+        and every 3-D MoE expert stack (a parameter ``[E, out, in]`` with "expert" in its
+        name, as transformers' fused experts store them), one matrix per expert;
         a list names modules (their ``.weight``) or parameters; a callable
         ``(module_name, module) -> bool`` selects modules that have a 2-D ``weight``.
     lock_window : int
@@ -382,9 +438,15 @@ class GeometryMonitor:
         ``over_locking``, ``action_step``, ``n_matrices``, ``monitor_s`` (seconds the
         record took).
     matrix_records : list of dict
-        Per matrix and record: ``step``, ``name``, ``rows``, ``cols``, ``k``,
+        Per matrix and record: ``step``, ``name``, ``stack`` and ``expert`` (the 3-D stack's
+        name and the expert's index, ``name`` is ``stack[e]``; the name and None for a 2-D
+        weight), ``rows``, ``cols``, ``k``,
         ``unchanged_fraction``, ``dw_fro``, ``s1``, ``stable_rank``, ``sim_k``,
         ``nonfinite``.
+    stack_records : list of dict
+        Per MoE expert stack and record: ``step``, ``stack``, ``n_experts``,
+        ``unchanged_fraction`` and ``dw_fro`` over the stack, ``stable_rank`` and ``sim_k``
+        averaged over its experts, ``experts_changed``.
     lock_step, lock_detected_step : int or None
         The first lock's step (DESIGN's lock step, online) and the record that detected it.
     over_locking_step : int or None
@@ -445,8 +507,9 @@ class GeometryMonitor:
         pin = reference_device is not None and torch.cuda.is_available()
         reference = _reference_map(reference)
         with torch.no_grad():
-            for name, p in _select(model, modules):
-                src = p if reference is None else _reference_tensor(reference, name)
+            for name, p, expert in _select(model, modules):
+                stack = name.rsplit("[", 1)[0] if expert is not None else name
+                src = p if reference is None else _reference_tensor(reference, stack)
                 if tuple(src.shape) != tuple(p.shape):
                     raise ValueError(f"reference {name}: shape {tuple(src.shape)} differs from "
                                      f"the model's {tuple(p.shape)}")  # fmt: skip
@@ -456,14 +519,17 @@ class GeometryMonitor:
                                      f"({name}); use 'log', 'stop' or a callable")  # fmt: skip
                 src = _local_rows(src.detach(), p, name) if group is not None else _local(src)
                 local = _local(p)
+                if expert is not None:
+                    src, local = src[expert], local[expert]
                 dev = local.device if reference_device is None else torch.device(reference_device)
                 # clone: a bf16 parameter's .to(bf16) would alias the live weights
                 ref = src.detach().to(device=dev, dtype=torch.bfloat16, copy=True)
                 if pin and ref.device.type == "cpu":
                     ref = ref.pin_memory()  # lets the per-record copy to the GPU overlap
-                self._watched.append(_Watched(name, p, ref, group))
+                self._watched.append(_Watched(name, p, ref, group, expert))
         self.records: list[dict[str, Any]] = []
         self.matrix_records: list[dict[str, Any]] = []
+        self.stack_records: list[dict[str, Any]] = []
         self.lock_step: int | None = None
         self.lock_detected_step: int | None = None
         self.over_locking_step: int | None = None
@@ -501,6 +567,11 @@ class GeometryMonitor:
         return _table(self.records)
 
     @property
+    def stack_history(self):
+        """Per MoE expert stack and record (``stack_records``) as a table."""
+        return _table(self.stack_records)
+
+    @property
     def matrix_history(self):
         """The per-matrix records as a ``pandas.DataFrame`` (or ``pyarrow.Table``)."""
         return _table(self.matrix_records)
@@ -522,9 +593,10 @@ class GeometryMonitor:
             "version": self.STATE_VERSION,
             "config": asdict(self.config),
             "names": self.names,
-            "shapes": [list(w.param.shape) for w in self._watched],
+            "shapes": [list(w.shape) for w in self._watched],
             "records": [dict(r) for r in self.records],
             "matrix_records": [dict(r) for r in self.matrix_records],
+            "stack_records": [dict(r) for r in self.stack_records],
             "lock_step": self.lock_step,
             "lock_detected_step": self.lock_detected_step,
             "over_locking_step": self.over_locking_step,
@@ -560,7 +632,7 @@ class GeometryMonitor:
                 f"({list(state.get('names', []))[:3]}...), this monitor {len(self.names)} "
                 f"({self.names[:3]}...)"
             )
-        shapes = [list(w.param.shape) for w in self._watched]
+        shapes = [list(w.shape) for w in self._watched]
         for name, a, b in zip(self.names, state.get("shapes", []), shapes, strict=False):
             if list(a) != b:
                 raise ValueError(f"monitor state: {name} has shape {list(a)}, the model's {b}")
@@ -579,7 +651,7 @@ class GeometryMonitor:
         ):
             raise ValueError("monitor state: one subspace and reference per matrix expected")
         for w, v, r in zip(self._watched, prev_v, refs or [None] * len(prev_v), strict=True):
-            if v is not None and (v.dim() != 2 or v.shape[0] != w.param.shape[1]):
+            if v is not None and (v.dim() != 2 or v.shape[0] != w.shape[1]):
                 raise ValueError(f"monitor state: {w.name} subspace of shape {tuple(v.shape)}")
             if r is not None and tuple(r.shape) != tuple(w.ref.shape):
                 raise ValueError(f"monitor state: {w.name} reference of shape {tuple(r.shape)}")
@@ -589,6 +661,7 @@ class GeometryMonitor:
                 w.ref.copy_(r.to(device=w.ref.device, dtype=torch.bfloat16))
         self.records = [dict(r) for r in state.get("records", [])]
         self.matrix_records = [dict(r) for r in state.get("matrix_records", [])]
+        self.stack_records = [dict(r) for r in state.get("stack_records", [])]
         self.lock_step = state.get("lock_step")
         self.lock_detected_step = state.get("lock_detected_step")
         self.over_locking_step = state.get("over_locking_step")
@@ -621,10 +694,12 @@ class GeometryMonitor:
         sq = sq0 = 0.0
         sranks: list[float] = []
         sims: list[float] = []
+        stacks: dict[str, list[tuple[dict, int, int]]] = {}
         for w in self._watched:
             row = self._measure(w, step)
-            unchanged += row.pop("_unchanged")
-            numel += row.pop("_numel")
+            u, nn = row.pop("_unchanged"), row.pop("_numel")
+            unchanged += u
+            numel += nn
             sq0 += row.pop("_sq0")
             sq += row["dw_fro"] ** 2
             if row["dw_fro"] > 0 and math.isfinite(row["stable_rank"]):
@@ -632,6 +707,10 @@ class GeometryMonitor:
             if row["sim_k"] is not None:
                 sims.append(row["sim_k"])
             self.matrix_records.append(row)
+            if w.expert is not None:
+                stacks.setdefault(w.stack, []).append((row, u, nn))
+        for stack, rows in stacks.items():
+            self.stack_records.append(_stack_row(step, stack, rows))
         srank = _mean(sranks) if sranks else 0.0
         sim = _mean(sims)
         changed = bool(sranks)
@@ -699,7 +778,7 @@ class GeometryMonitor:
 
     def _measure(self, w: _Watched, step: int) -> dict[str, Any]:
         cfg = self.config
-        p = _local(w.param.detach())
+        p = w.matrix()
         ref = w.ref if w.ref.device == p.device else w.ref.to(p.device, non_blocking=True)
         # The paper's rule compares bf16 values: cast the (fp32 master) weights like the ref.
         cur = p.to(torch.bfloat16)
@@ -713,7 +792,7 @@ class GeometryMonitor:
             dist.all_reduce(tot, group=w.group)
             unchanged, numel, bad = int(tot[0]), int(tot[1]), int(tot[4])
             sq, sq0 = float(tot[2]), float(tot[3])
-        m, n = w.param.shape
+        m, n = w.shape
         kk = min(cfg.k, m, n)
         fro = math.sqrt(sq)
         s1, srank, sim, v = 0.0, 0.0, None, None
@@ -733,7 +812,8 @@ class GeometryMonitor:
                 sim = sim_k(w.prev_v, v, kk)
         w.last_v, w.last_fro = v, fro
         return {
-            "step": step, "name": w.name, "rows": m, "cols": n, "k": kk,
+            "step": step, "name": w.name, "stack": w.stack, "expert": w.expert,
+            "rows": m, "cols": n, "k": kk,
             "unchanged_fraction": unchanged / numel, "dw_fro": fro, "s1": s1,
             "stable_rank": srank, "sim_k": sim, "nonfinite": bad,
             "_unchanged": unchanged, "_numel": numel, "_sq0": sq0,
@@ -779,7 +859,16 @@ class GeometryMonitor:
             if w.prev_v is None or w.hooks:
                 continue
             v = w.prev_v.to(device=w.param.device, dtype=w.param.dtype)
-            w.hooks.append(w.param.register_hook(lambda g, v=v: (g @ v) @ v.T))
+            if w.expert is None:
+                hook = lambda g, v=v: (g @ v) @ v.T  # noqa: E731
+            else:
+
+                def hook(g, v=v, e=w.expert):
+                    g = g.clone()
+                    g[e] = (g[e] @ v) @ v.T
+                    return g
+
+            w.hooks.append(w.param.register_hook(hook))
             count += 1
         return count
 
@@ -801,7 +890,7 @@ class GeometryMonitor:
         for i, w in enumerate(self._watched):
             if w.prev_v is None or w.last_fro == 0.0:
                 continue
-            p = w.param
+            p = w.param if w.expert is None else w.param[w.expert]
             # Drawn on the weight's device in fp32: no host-side full-size temporary.
             gen = torch.Generator(device=p.device).manual_seed(self.config.seed + 1 + i)
             v = w.prev_v.to(device=p.device, dtype=torch.float32)
