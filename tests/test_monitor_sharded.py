@@ -1,10 +1,12 @@
 """The GeometryMonitor on a sharded model: FSDP2 (``fully_shard``) on two gloo CPU ranks,
 its Linear weights DTensors split by rows (uneven: 33 rows are 17 + 16). At every step both
 ranks and a one-process monitor on a plain copy of the same weights record; the sharded
-records (identical on both ranks) equal the one-process ones: unchanged fraction and
+records (identical on both ranks) equal the one-process ones: unchanged fraction exactly,
 ``||dW||_F`` to 1e-12, stable rank, ``sigma_1`` and Sim_K to 1e-6 (both go through fp32
-products; measured agreement 3e-9 to 3e-8), the lock step equal. Both spectral paths: the exact Gram / full-range path (``exact_threshold`` 64)
-and the range finder with TSQR (``exact_threshold=0``). A replicated weight is read whole."""
+products; measured agreement 3e-9 to 3e-8), the lock step equal. Both spectral paths: the
+exact Gram / full-range path (``exact_threshold`` 64) and the range finder with TSQR
+(``exact_threshold=0``). A replicated weight is read whole; under DDP (whole weights on
+every rank) the records are the one-process ones bit for bit."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ SCRIPT = textwrap.dedent(
             torch.manual_seed(0)
             return torch.nn.Sequential(torch.nn.Linear(48, 33), torch.nn.ReLU(),
                                        torch.nn.Linear(33, 100), torch.nn.Linear(100, 70))
-        plain, sharded = build(), build()
+        plain, sharded, replica = build(), build(), build()
+        ddp = torch.nn.parallel.DistributedDataParallel(replica)  # whole weights per rank
         for m in list(sharded)[:3]:
             if isinstance(m, torch.nn.Linear):
                 fully_shard(m, mesh=mesh)
@@ -63,19 +66,23 @@ SCRIPT = textwrap.dedent(
                         rows = -(-full.shape[0] // world)
                         full = full[rank * rows : rank * rows + local.shape[0]]
                     local.copy_(full)
+                    ddp.module.get_parameter(name).copy_(weights_at(p.shape, i, step))
 
         set_step(0)
         kw = dict(every=1, k=2, lock_window=2, modules=names, exact_threshold=exact_threshold)
         one = GeometryMonitor(plain, **kw) if rank == 0 else None
         mon = GeometryMonitor(sharded, **kw)
+        under_ddp = GeometryMonitor(ddp.module, **kw)
         for step in range(1, 7):
             set_step(step)
             mon.step(step)
+            under_ddp.step(step)
             if one is not None:
                 one.step(step)
         result = {"records": mon.records, "matrix_records": mon.matrix_records,
                   "lock_step": mon.lock_step,
-                  "ref_rows": [w.ref.shape[0] for w in mon._watched]}
+                  "ref_rows": [w.ref.shape[0] for w in mon._watched],
+                  "ddp": under_ddp.matrix_records}
         if one is not None:
             result["one"] = {"records": one.records, "matrix_records": one.matrix_records,
                              "lock_step": one.lock_step}
@@ -119,6 +126,9 @@ def test_sharded_records_equal_the_one_process_monitor(tmp_path, exact_threshold
     assert r0["ref_rows"] == [17, 50, 70] and r1["ref_rows"] == [16, 50, 70]  # W_0's rows only
     one = r0["one"]
     assert r0["lock_step"] == r1["lock_step"] == one["lock_step"] is not None
+    # Under DDP every rank holds the whole matrices: the one-process figures, bit for bit.
+    for a, c in zip(r1["ddp"], one["matrix_records"], strict=True):
+        assert all(a[key] == c[key] for key in FIGURES), (a, c)
     for rows in ("records", "matrix_records"):
         assert len(r0[rows]) == len(r1[rows]) == len(one[rows]) > 0
         for a, b, c in zip(r0[rows], r1[rows], one[rows], strict=True):

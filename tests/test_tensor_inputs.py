@@ -74,8 +74,11 @@ def test_parameters_and_plain_tensors_still_pass():
 def test_monitor_refuses_subclass_weights_at_construction():
     model = torch.nn.Linear(4, 4)
     model.weight = torch.nn.Parameter(model.weight.detach().as_subclass(_Wrapper))
-    with pytest.raises(TypeError, match=r"^weight: a _Wrapper parameter \(a tensor subclass "
-                       "other than DTensor"):
+    with pytest.raises(
+        TypeError,
+        match=r"^weight: a _Wrapper parameter \(a tensor subclass "
+        "other than DTensor",
+    ):
         GeometryMonitor(model, modules=["weight"])
 
 
