@@ -238,9 +238,20 @@ def tiles_exactly(shape: tuple[int, ...], chunks: list[tuple[tuple, tuple]]) -> 
         return "its chunks do not cover it exactly (their sizes do not add up to its size)"
     if not shape:
         return None if len(chunks) == 1 else "a 0-d tensor saved in several chunks"
-    # Overlap: sweep along dim 0; boxes whose dim-0 ranges overlap must be disjoint
-    # elsewhere. (Equal volumes and no overlap mean an exact tiling.)
     boxes = sorted((o, s) for o, s in chunks if math.prod(s) > 0)
+    # (Equal volumes and no overlap mean an exact tiling.) The usual layouts split one
+    # dimension only (FSDP's rows, tensor parallelism's columns): then the boxes overlap iff
+    # their intervals on that dimension do, checked in order, O(k log k).
+    varying = [d for d in range(len(shape)) if len({(b[0][d], b[1][d]) for b in boxes}) > 1]
+    if len(varying) <= 1:
+        d = varying[0] if varying else 0
+        spans = sorted((o[d], o[d] + s[d], o) for o, s in boxes)
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+            if start < end:
+                return f"chunks at {list(first)} and {list(second)} overlap"
+        return None
+    # Otherwise a sweep along dim 0: boxes whose dim-0 ranges overlap must be disjoint
+    # elsewhere.
     active: list[tuple[tuple, tuple]] = []
     for o, s in boxes:
         active = [(ao, asz) for ao, asz in active if ao[0] + asz[0] > o[0]]
