@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gloo import gathered, run_ranks
 from safetensors.torch import save_file
 
 from paramgeom.checkpoints import dcp as dcp_format
@@ -89,20 +90,9 @@ WRITER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> Path:
     """A DCP folder written by two gloo ranks (``ck/``) and the full tensors (``full.pt``)."""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     root = tmp_path_factory.mktemp("dcp")
-    (root / "writer.py").write_text(WRITER)
-    proc = subprocess.run(
-        [sys.executable, str(root / "writer.py"), str(root / "store"), str(root)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ranks(WRITER, root, str(root))
     return root
-
-
-def _full(root: Path) -> dict[str, torch.Tensor]:
-    return torch.load(root / "full.pt", weights_only=True)
 
 
 def _copy(root: Path, tmp_path: Path) -> Path:
@@ -112,7 +102,7 @@ def _copy(root: Path, tmp_path: Path) -> Path:
 
 
 def test_every_tensor_equals_the_gathered_tensor(written):
-    full = _full(written)
+    full = gathered(written)
     with open_checkpoint(written / "ck") as ckpt:
         assert set(ckpt.tensors) == {f"model.{k}" for k in full}
         for name, info in ckpt.tensors.items():
@@ -136,7 +126,7 @@ def test_every_tensor_equals_the_gathered_tensor(written):
      ("model.2.weight", 3, 3)],
 )  # fmt: skip
 def test_row_blocks_across_chunks(written, name, start, stop):
-    want = _full(written)[name.removeprefix("model.")][start:stop]
+    want = gathered(written)[name.removeprefix("model.")][start:stop]
     with open_checkpoint(written / "ck") as ckpt:
         got = ckpt.read_rows(name, start, stop)
     assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
@@ -159,7 +149,7 @@ def test_diff_against_a_safetensors_base_matches_a_safetensors_copy(written, tmp
     """An HF-style safetensors base against the DCP folder (names pair after ``model.``
     is removed): the figures of the same diff against a safetensors copy of the DCP
     tensors, and the notes list what was skipped."""
-    full = _full(written)
+    full = gathered(written)
     g = torch.Generator().manual_seed(5)
     base = {
         k: (v if k.startswith("fp8") else v + (torch.rand(v.shape, generator=g) < 0.5) * 1e-2)

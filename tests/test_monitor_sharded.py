@@ -11,12 +11,10 @@ every rank) the records are the one-process ones bit for bit."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
-import torch
+from gloo import run_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -111,16 +109,7 @@ def _close(a, b, key):
 
 @pytest.mark.parametrize("exact_threshold", [64, 0], ids=["exact", "range-finder"])
 def test_sharded_records_equal_the_one_process_monitor(tmp_path, exact_threshold):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    script = tmp_path / "sharded.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "out"),
-         str(exact_threshold)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ranks(SCRIPT, tmp_path, str(tmp_path / "out"), str(exact_threshold))
     r0 = json.loads((tmp_path / "out.0").read_text())
     r1 = json.loads((tmp_path / "out.1").read_text())
     assert r0["ref_rows"] == [17, 50, 70] and r1["ref_rows"] == [16, 50, 70]  # W_0's rows only

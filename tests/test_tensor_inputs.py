@@ -6,12 +6,11 @@ crash in a C++ kernel: a DTensor handed to the CPU kernel used to segfault the p
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from gloo import run_ranks
 
 import paramgeom
 from paramgeom.monitor import GeometryMonitor
@@ -134,16 +133,7 @@ _DTENSOR_SCRIPT = textwrap.dedent(
 
 
 def test_dtensor_weights_on_two_gloo_ranks(tmp_path):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    script = tmp_path / "dtensor.py"
-    script.write_text(_DTENSOR_SCRIPT)
-    out = tmp_path / "seen"
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store"), str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ranks(_DTENSOR_SCRIPT, tmp_path, str(tmp_path / "seen"))
     for rank in (0, 1):
         seen = json.loads((tmp_path / f"seen.{rank}").read_text())
         for op in ("diff_stats", "diff_matmul", "gram_update"):

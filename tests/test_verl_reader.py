@@ -10,13 +10,12 @@ or mismatched ranks are one line naming the file."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from gloo import gathered, run_ranks
 
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.reader import open_checkpoint
@@ -66,25 +65,14 @@ WRITER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> Path:
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     root = tmp_path_factory.mktemp("verl")
-    (root / "writer.py").write_text(WRITER)
-    proc = subprocess.run(
-        [sys.executable, str(root / "writer.py"), str(root / "store"), str(root)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ranks(WRITER, root, str(root))
     return root
-
-
-def _full(root: Path) -> dict[str, torch.Tensor]:
-    return torch.load(root / "full.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("where", ["global_step_1", "global_step_1/actor"])
 def test_every_tensor_equals_the_full_state_dict(written, where):
-    full = _full(written)
+    full = gathered(written)
     with open_checkpoint(written / where) as ckpt:
         assert set(ckpt.tensors) == set(full)
         for name, want in full.items():
@@ -100,7 +88,7 @@ def test_every_tensor_equals_the_full_state_dict(written, where):
 def test_row_blocks(written, name, start, stop):
     with open_checkpoint(written / "global_step_1") as ckpt:
         got = ckpt.read_rows(name, start, stop)
-    assert torch.equal(got, _full(written)[name][start:stop])
+    assert torch.equal(got, gathered(written)[name][start:stop])
 
 
 def test_run_folder_of_verl_steps(written, tmp_path):
@@ -109,7 +97,7 @@ def test_run_folder_of_verl_steps(written, tmp_path):
     (run / "global_step_10").mkdir()
     assert [p.name for p in run_checkpoints(run)] == ["global_step_1", "global_step_10"]
     with open_checkpoint(run_checkpoints(run)[0]) as ckpt:  # global_step_N/actor inside
-        assert torch.equal(ckpt.read("2.weight"), _full(written)["2.weight"])
+        assert torch.equal(ckpt.read("2.weight"), gathered(written)["2.weight"])
 
 
 def _copy(written: Path, tmp_path: Path) -> Path:

@@ -471,14 +471,7 @@ def read_tensor(
         return torch.empty(shape, dtype=spec.dtype)
     span -= offset * spec.dtype.itemsize
     buf = torch.empty(span, dtype=torch.uint8)
-    with open_regular(file, spec.name) as fh:
-        missing = pread_into(fh, buf, spec.data_offset + offset * spec.dtype.itemsize)
-    if missing:
-        raise CheckpointError(
-            file,
-            spec.name,
-            f"file ends {span - missing} bytes into the tensor data ({missing} bytes missing)",
-        )
+    _read_exactly(file, spec, buf, offset)
     if byteswap:
         buf = _byteswapped(buf, spec.dtype)
     out = buf.view(spec.dtype).as_strided(shape, spec.stride)
@@ -506,16 +499,22 @@ def read_tensor_into(
     nbytes = out.numel() * out.element_size()
     if nbytes == 0:
         return True
-    buf = out.view(-1).view(torch.uint8)
+    _read_exactly(file, spec, out.view(-1).view(torch.uint8), offset)
+    return True
+
+
+def _read_exactly(file: Path, spec: TensorSpec, buf: torch.Tensor, offset: int) -> None:
+    """Fill uint8 ``buf`` with the tensor's bytes from element ``offset`` of its storage;
+    :class:`CheckpointError` naming file and tensor if the file ends first."""
     with open_regular(file, spec.name) as fh:
         missing = pread_into(fh, buf, spec.data_offset + offset * spec.dtype.itemsize)
     if missing:
+        got = buf.numel() - missing
         raise CheckpointError(
             file,
             spec.name,
-            f"file ends {nbytes - missing} bytes into the tensor data ({missing} bytes missing)",
+            f"file ends {got} bytes into the tensor data ({missing} bytes missing)",
         )
-    return True
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
