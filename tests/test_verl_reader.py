@@ -151,3 +151,24 @@ def test_rank_files_that_disagree(written, tmp_path):
     shutil.copy(written / "global_step_1" / "actor" / r1.name, r1)
     r1.write_bytes(r1.read_bytes()[:300])
     _one_line(actor, "model_world_size_2_rank_1.pt")
+
+
+def test_cli_diff_of_verl_checkpoints(written, tmp_path):
+    """The engine's identity, journal and reads on a verl shard set (journal keys come
+    from the rank files' names, sizes and times, never their whole bytes)."""
+    import csv
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    step = str(written / "global_step_1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "paramgeom.cli", "diff", step, step, "--out", str(out),
+         "--no-spectra", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "tensors.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["name"] for r in rows} == set(gathered(written))
+    assert all(float(r["unchanged_fraction"]) == 1.0 for r in rows)

@@ -493,10 +493,16 @@ class _ChunkedSource(_Source):
         for f in files:
             self._data[f].check_unchanged(tensor)
 
+    # Whether the describing file's bytes go into the digest (a DCP .metadata: small); a
+    # verl rank file is a data file, covered like the others by name, size and mtime.
+    _digest_description = True
+
     def _header_digest(self) -> str:
         """sha256 of the describing file and of each data file's name, size and mtime: a
         journal entry keyed by it is recomputed when any of them changes."""
-        h = hashlib.sha256(read_regular_bytes(self.file, 1 << 31, "checkpoint description"))
+        h = hashlib.sha256()
+        if self._digest_description:
+            h.update(read_regular_bytes(self.file, 1 << 31, "checkpoint description"))
         for f, src in sorted(self._data.items()):
             h.update(f"\0{f.name}\0{src._size}\0{src._mtime_ns}".encode())
         return h.hexdigest()
@@ -571,6 +577,8 @@ class _DcpSource(_ChunkedSource):
 class _VerlSource(_ChunkedSource):
     """verl's FSDP shards (``model_world_size_W_rank_R.pt``): ``file`` is rank 0's file;
     every rank file's structure is read and checked at open."""
+
+    _digest_description = False
 
     def __init__(self, files: dict[int, Path]) -> None:
         first = files[0]
