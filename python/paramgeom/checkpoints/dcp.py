@@ -99,6 +99,10 @@ _RECORDS: dict[tuple[str, str], type[Record]] = {
         "StorageMeta",
     )
 }
+# The save plans some writers keep in the metadata (Megatron-Core's ``all_local_plans``).
+_PLANNER_MODULE = "torch.distributed.checkpoint.planner"
+for _name in ("SavePlan", "WriteItem", "WriteItemType", "TensorWriteData", "BytesWriteData"):
+    _RECORDS[(_PLANNER_MODULE, _name)] = record_class(_name)
 # _StorageInfo has lived in filesystem.py (and, in some releases, in metadata.py).
 _RECORDS[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = record_class("_StorageInfo")
 _RECORDS[(_METADATA_MODULE, "_StorageInfo")] = _RECORDS[
