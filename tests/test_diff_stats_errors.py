@@ -24,8 +24,18 @@ def test_unsupported_dtype(dtype):
         paramgeom.diff_stats(torch.zeros(3, dtype=dtype), torch.zeros(3, dtype=dtype))
 
 
-def test_device_mismatch():
+def test_device_mismatch(monkeypatch):
+    """Two devices (a CPU-only machine has one: the meta device stands for the other, with
+    the API's no-data check taken out of the way)."""
+    import paramgeom.api.diff_stats as api
+
+    monkeypatch.setattr(api, "check_tensor", lambda name, t: t)
     with pytest.raises(ValueError, match="device mismatch: w0 is on cpu, w1 is on meta"):
+        paramgeom.diff_stats(torch.zeros(3), torch.zeros(3, device="meta"))
+
+
+def test_meta_tensor_is_refused():
+    with pytest.raises(TypeError, match="w1 is on the meta device: it holds no data"):
         paramgeom.diff_stats(torch.zeros(3), torch.zeros(3, device="meta"))
 
 
