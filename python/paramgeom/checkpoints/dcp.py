@@ -79,8 +79,10 @@ _METADATA_LIMIT = 1 << 31  # bytes: a 200B model's metadata is tens of MB
 
 
 def is_dcp_folder(folder: Path) -> bool:
-    """True when ``folder`` holds a DCP ``.metadata`` file."""
-    return (folder / METADATA_FILE).is_file()
+    """True when ``folder`` is a DCP checkpoint: a ``.metadata`` file and data files."""
+    if not (folder / METADATA_FILE).is_file():
+        return False
+    return any(p.is_file() for p in folder.glob(f"*{DATA_SUFFIX}"))
 
 
 # ------------------------------------------------------------------ restricted unpickling
@@ -170,10 +172,6 @@ class DcpChunk:
     offset: int
     """Byte offset of the chunk's ``torch.save`` archive in ``file``."""
     length: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.sizes)
 
 
 @dataclass(frozen=True)

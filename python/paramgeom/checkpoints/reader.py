@@ -63,7 +63,7 @@ from pathlib import Path, PureWindowsPath
 import torch
 
 from paramgeom.checkpoints import hub
-from paramgeom.checkpoints.dcp import DATA_SUFFIX, METADATA_FILE, chunk_spec, parse_metadata
+from paramgeom.checkpoints.dcp import METADATA_FILE, chunk_spec, is_dcp_folder, parse_metadata
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular, read_json, read_regular_bytes
 from paramgeom.checkpoints.safetensors_header import read_header
@@ -886,7 +886,7 @@ def _open_folder(folder: Path) -> Checkpoint:
     def one(pattern: str) -> list[Path]:
         return sorted(p for p in folder.glob(pattern) if p.is_file())
 
-    if (folder / METADATA_FILE).is_file() and one(f"*{DATA_SUFFIX}"):
+    if is_dcp_folder(folder):
         return Checkpoint(folder, [_DcpSource(folder)])
     for place in (folder, folder / "actor"):  # verl: global_step_N/actor/model_world_size_*
         shards = shard_files(place) if place.is_dir() else None

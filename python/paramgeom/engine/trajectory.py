@@ -32,7 +32,7 @@ from typing import Any
 
 import paramgeom
 from paramgeom import linalg, metrics
-from paramgeom.checkpoints.dcp import METADATA_FILE
+from paramgeom.checkpoints.dcp import is_dcp_folder
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
@@ -89,7 +89,7 @@ def run_checkpoints(path: str | Path) -> list[Path] | None:
     ``step_300``, ``ckpt-300``). Steps are compared as numbers (``step-10`` after
     ``step-9``); two sub-folders of one step are a ``CheckpointError``."""
     folder = Path(path)
-    if not folder.is_dir() or (folder / METADATA_FILE).is_file():
+    if not folder.is_dir() or is_dcp_folder(folder):
         return None
     if any(next(folder.glob(pattern), None) is not None for pattern in _CHECKPOINT_FILES):
         return None
