@@ -77,7 +77,7 @@ def _oracle(base, tuned, k):
                 p = s / s.sum() if s.sum() > 0 else s
                 p = p[p > 0]
                 fig["effective_rank"] = math.exp(-(p * np.log(p)).sum()) if p.size else 0.0
-                kk = min(k, *x.shape)
+                kk = k(min(x.shape)) if callable(k) else min(k, *x.shape)
                 u0, s0, v0 = np.linalg.svd(x)
                 u1, s1, v1 = np.linalg.svd(y)
                 fig["drift"] = np.linalg.norm(s1[:kk] - s0[:kk]) / np.linalg.norm(s0[:kk])
@@ -132,6 +132,43 @@ def test_diff_matches_float64_oracle(tmp_path, tuned_prefix):
     assert "51.6%" in report and "77.2%" in report
     for f in ("tensors.csv", "report.html", "heatmap_unchanged.png"):
         assert (out / f).stat().st_size > 0
+
+
+def test_default_k_is_an_eighth_of_each_matrix_and_never_the_whole_space(tmp_path):
+    """Without --rank, K = min(m, n) // 8 per matrix (at least 1), figures against the float64
+    oracle at that K; a --rank not below a matrix's smaller side leaves its rotation and drift
+    empty (not a 0 by construction) and says so in one note."""
+    base, tuned = _write_pair(tmp_path)
+    out = tmp_path / "out"
+    assert _run(["diff", tmp_path / "base", tmp_path / "tuned", "--out", out, "--quiet"]) == 0
+    oracle = _oracle(base, tuned, lambda p: max(1, p // 8))
+    checked = 0
+    for row in read_table(out / "tensors.parquet"):
+        if row["stable_rank"] is None:
+            continue
+        p = min(int(d) for d in row["shape"].split("x"))
+        assert row["rank_k"] == max(1, p // 8), row["name"]
+        fig = oracle[row["name"]]
+        if fig["frob"] > 0:
+            assert row["angle_right_max"] == pytest.approx(fig["right_max"], rel=1e-4), row["name"]
+            assert row["spectral_drift"] == pytest.approx(fig["drift"], rel=1e-6), row["name"]
+            checked += 1
+    assert checked >= 6
+    rules = json.loads((out / "summary.json").read_text())["rules"]
+    assert rules["rank_k"] == "min(m, n) // 8"
+    assert "not defined where K >= min(m, n)" in rules["angles"]
+
+    wide = tmp_path / "wide"
+    assert _run(["diff", tmp_path / "base", tmp_path / "tuned", "--out", wide, "--rank", 12,
+                 "--quiet"]) == 0  # fmt: skip
+    rows = [r for r in read_table(wide / "tensors.parquet") if r["stable_rank"] is not None]
+    narrow = [r for r in rows if min(int(d) for d in r["shape"].split("x")) <= 12]
+    assert narrow and all(r["rank_k"] is None and r["angle_left_max"] is None
+                          and r["spectral_drift"] is None for r in narrow)  # fmt: skip
+    assert all(r["rank_k"] == 12 for r in rows if r not in narrow)
+    notes = json.loads((wide / "summary.json").read_text())["notes"]
+    whole = [n for n in notes if "whole space" in n]
+    assert len(whole) == 1 and whole[0].startswith(f"{len(narrow)} matrices")
 
 
 def test_fp32_base_against_bf16_tuned_uses_the_bf16_rule(tmp_path):

@@ -174,18 +174,43 @@ def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha
     gram_update_blocks(G, x, x0, alpha)
 
 
+# gram_update_blocks computes the upper block triangle only (the product is symmetric): column
+# blocks of GRAM_COL_BLOCK; a Gram of n columns then costs (1/2 + GRAM_COL_BLOCK / 2n) of the
+# full product's flops (62% at n = 1024).
+GRAM_COL_BLOCK = 256
+
+
 def gram_update_blocks(
     G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha: float
 ) -> None:
     """``G += alpha * (x - x0)^T (x - x0)`` through float64 row blocks and torch's
-    ``addmm_`` (the path for CPUs without AVX-512)."""
+    ``addmm_`` (the path for CPUs without AVX-512): the upper block triangle of the product
+    is accumulated (one GEMM per column block and row block), then added to both halves of
+    ``G``."""
     r, n = x.shape
     block_r = min(r, max(GRAM_MIN_ROWS, GRAM_TILE_ELEMS // n))
     buf = torch.empty(block_r, n, dtype=torch.float64)
+    nb = GRAM_COL_BLOCK
+    if n <= nb:  # one column block: the plain product
+        for r0 in range(0, r, block_r):
+            d = _gram_rows(buf, x, x0, r0, min(r, r0 + block_r))
+            G.addmm_(d.T, d, alpha=alpha)
+        return
+    upper = torch.zeros(n, n, dtype=torch.float64)
     for r0 in range(0, r, block_r):
-        r1 = min(r, r0 + block_r)
-        d = buf[: r1 - r0]
-        d.copy_(x[r0:r1])
-        if x0 is not None:
-            d.sub_(x0[r0:r1])
-        G.addmm_(d.T, d, alpha=alpha)
+        d = _gram_rows(buf, x, x0, r0, min(r, r0 + block_r))
+        for c0 in range(0, n, nb):
+            upper[c0 : c0 + nb, c0:].addmm_(d[:, c0 : c0 + nb].T, d[:, c0:])
+    for c0 in range(0, n, nb):
+        c1 = min(n, c0 + nb)
+        G[c0:c1, c0:].add_(upper[c0:c1, c0:], alpha=alpha)  # diagonal block and right of it
+        G[c1:, c0:c1].add_(upper[c0:c1, c1:].T, alpha=alpha)  # mirrored below it
+
+
+def _gram_rows(buf: torch.Tensor, x, x0, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of ``x - x0`` in float64, in ``buf``."""
+    d = buf[: r1 - r0]
+    d.copy_(x[r0:r1])
+    if x0 is not None:
+        d.sub_(x0[r0:r1])
+    return d

@@ -32,15 +32,21 @@ from paramgeom.results import DiffStats
 __all__ = ["DiffOptions", "base_row", "block_rows", "expert_rows", "matrix_row", "stats_fields"]
 
 
+RANK_FRACTION = 8
+"""Default K of the subspaces is ``min(m, n) // RANK_FRACTION`` (arXiv 2606.07082: K = 512
+for 4096-wide matrices)."""
+
+
 @dataclass(frozen=True)
 class DiffOptions:
-    """What ``paramgeom diff`` computes. ``rank``: K of the subspaces (paper 512, capped at
-    the smaller dimension); ``exact_threshold``: largest ``min(m, n)`` whose spectrum is
-    computed exactly; ``chunk_bytes``: a pair larger than this is read in row blocks."""
+    """What ``paramgeom diff`` computes. ``rank``: K of the subspaces, or None for the rule
+    of :meth:`subspace_k` (one eighth of the smaller dimension, the paper's 512 of 4096);
+    ``exact_threshold``: largest ``min(m, n)`` whose spectrum is computed exactly;
+    ``chunk_bytes``: a pair larger than this is read in row blocks."""
 
     rel_tol: float = 1e-3
     atol: float = 1e-5
-    rank: int = 512
+    rank: int | None = None
     angles: bool = True
     spectra: bool = True
     exact_threshold: int = 4096
@@ -51,7 +57,7 @@ class DiffOptions:
 
     def __post_init__(self) -> None:
         checks = (
-            ("rank (--rank)", self.rank >= 1, ">= 1"),
+            ("rank (--rank)", self.rank is None or self.rank >= 1, ">= 1"),
             ("exact_threshold (--exact-threshold)", self.exact_threshold >= 0, ">= 0"),
             ("chunk_bytes (--chunk-bytes)", self.chunk_bytes >= 1, ">= 1"),
             ("rel_tol (--rel-tol)", 0 <= self.rel_tol <= 1, "in [0, 1]"),  # also refuses NaN
@@ -60,6 +66,14 @@ class DiffOptions:
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"{name} must be {want}, got {getattr(self, name.split()[0])}")
+
+    def subspace_k(self, p: int) -> int | None:
+        """K of the top-K subspaces of a matrix whose smaller dimension is ``p``: the given
+        ``rank``, else ``p // 8`` (at least 1: the paper's 512 of 4096). None where
+        ``K >= p``: the "subspace" would be the whole space and its angle 0 by
+        construction, so the rotation and drift of that matrix are not defined."""
+        k = self.rank if self.rank is not None else max(1, p // RANK_FRACTION)
+        return k if k < p else None
 
     def fingerprint(self) -> str:
         """Hash of every option that changes a figure (journal entries of other options are
@@ -253,15 +267,15 @@ def matrix_row(
         row.update(_mask_fields(w0, w1, opts))
     m, n = w0.shape
     p = min(m, n)
-    k = min(opts.rank, p)
+    k = opts.subspace_k(p)
     exact = p <= opts.exact_threshold
     w0, w1, factor = spectral_inputs(w0, w1, [st])
     if exact:
         s = linalg.diff_svdvals(w0, w1)
-    else:
-        _, s, _ = linalg.randomized_svd(w0, w1, k=k, seed=0, exact_threshold=0)
+    else:  # dW's top-K (all p where K is not defined for this matrix)
+        _, s, _ = linalg.randomized_svd(w0, w1, k=k or p, seed=0, exact_threshold=0)
     row.update(_rank_fields(s.double() * factor, st.sum_sq_delta, exact))
-    if opts.angles:
+    if opts.angles and k is not None:
         if exact:
             r0 = linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold)
             r1 = linalg.top_subspaces(w1, k, exact_threshold=opts.exact_threshold)
@@ -320,13 +334,12 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
         ]
     s = torch.linalg.eigvalsh(g_d.double()).clamp_min(0).flip(0).sqrt()
     row.update(_rank_fields(s[: min(pair.shape)], st.sum_sq_delta, True))
-    if opts.angles:
-        k = min(opts.rank, min(pair.shape))
-        e0, v0 = torch.linalg.eigh(g_0.double())
-        e1, v1 = torch.linalg.eigh(g_1.double())
-        right = linalg.principal_angles(v0.flip(1)[:, :k], v1.flip(1)[:, :k])
-        s0 = e0.flip(0)[:k].clamp_min(0).sqrt()
-        s1 = e1.flip(0)[:k].clamp_min(0).sqrt()
+    k = opts.subspace_k(min(pair.shape))
+    if opts.angles and k is not None:
+        e0, v0 = linalg.top_eigenpairs(g_0.double(), k)
+        e1, v1 = linalg.top_eigenpairs(g_1.double(), k)
+        right = linalg.principal_angles(v0, v1)
+        s0, s1 = e0.clamp_min(0).sqrt(), e1.clamp_min(0).sqrt()
         row.update(_angle_fields(k, None, (right.max_deg, right.mean_deg), _drift(s0, s1)))
         notes.append(f"{pair.name}: read in row blocks: right-subspace angles only")
     return row, notes
@@ -370,7 +383,8 @@ def expert_rows(
     b = torch.stack([s1[i].bf16() for i in finite])
     a, b, factor = spectral_inputs(a, b, [sts[i] for i in finite])
     s = linalg.batched_svdvals(b.double() - a.double()).cpu() * factor
-    rot = linalg.batched_rotation(a, b, min(opts.rank, p)) if opts.angles else None
+    k = opts.subspace_k(p)
+    rot = linalg.batched_rotation(a, b, k) if opts.angles and k is not None else None
     if rot is not None:
         lmax, lmean = (t.cpu() for t in rot.degrees("left"))
         rmax, rmean = (t.cpu() for t in rot.degrees("right"))

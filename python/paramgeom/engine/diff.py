@@ -24,7 +24,13 @@ from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
-from paramgeom.engine.compute import DiffOptions, block_rows, expert_rows, matrix_row
+from paramgeom.engine.compute import (
+    RANK_FRACTION,
+    DiffOptions,
+    block_rows,
+    expert_rows,
+    matrix_row,
+)
 from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
 from paramgeom.engine.loader import (
     InputWatch,
@@ -322,11 +328,15 @@ def _rules(opts: DiffOptions) -> dict[str, Any]:
             ),
             "eta": opts.rel_tol,
             "atol": opts.atol,
-            "rank_k": opts.rank,
+            "rank_k": opts.rank if opts.rank is not None else f"min(m, n) // {RANK_FRACTION}",
             "angles": (
                 "principal angles between the top-K singular subspaces of W0 and W1 (K = "
-                f"{opts.rank}, capped at the smaller dimension), float64, sine form below 45 "
-                "degrees"
+                + (
+                    f"{opts.rank}"
+                    if opts.rank is not None
+                    else f"min(m, n) // {RANK_FRACTION} per matrix, the paper's 512 of 4096"
+                )
+                + "; not defined where K >= min(m, n)), float64, sine form below 45 degrees"
                 if opts.angles
                 else "not computed (--no-angles)"
             ),
@@ -369,12 +379,25 @@ def unconverged_note(rows: list[dict]) -> list[str]:
     ]
 
 
+def whole_space_note(rows: list[dict]) -> list[str]:
+    """One note for the matrices with a spectrum but no rotation because K (``--rank``) is
+    not below their smaller dimension (DiffOptions.subspace_k)."""
+    bad = [r for r in rows if r.get("stable_rank") is not None and r.get("rank_k") is None]
+    if not bad:
+        return []
+    return [
+        f"{len(bad)} matrices (e.g. {bad[0]['name']}, {bad[0]['shape']}): no subspace rotation "
+        "or drift: K is not below min(m, n), so the top-K subspace would be the whole space "
+        "(angle 0 by construction); a smaller --rank, or the default rule, defines them"
+    ]
+
+
 def _write_outputs(out, rows, notes, pairing, opts, base_inputs, tuned_inputs) -> dict:
     from paramgeom.report import aggregate, plots, render, tables
 
     try:
         tables.write_table(rows, DIFF_COLUMNS, out, "tensors")
-        notes = notes + unconverged_note(rows)
+        notes = notes + unconverged_note(rows) + (whole_space_note(rows) if opts.angles else [])
         summary = aggregate.summarize_diff(rows)
         summary.update(
             {

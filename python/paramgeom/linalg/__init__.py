@@ -11,6 +11,7 @@ from paramgeom.linalg.batched import (
     batched_rotation,
     batched_svdvals,
 )
+from paramgeom.linalg.eigen import eigenvalues_desc, top_eigenpairs
 from paramgeom.linalg.randomized_svd import diff_svdvals, randomized_svd
 from paramgeom.linalg.sketch import Sketch
 from paramgeom.linalg.subspaces import (
@@ -28,6 +29,7 @@ __all__ = [
     "batched_rotation",
     "batched_svdvals",
     "diff_svdvals",
+    "eigenvalues_desc",
     "kernel_backend",
     "PrincipalAngles",
     "Sketch",
@@ -36,5 +38,6 @@ __all__ = [
     "principal_angles",
     "randomized_svd",
     "subspace_rotation",
+    "top_eigenpairs",
     "top_subspaces",
 ]

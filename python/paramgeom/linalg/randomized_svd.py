@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from paramgeom.linalg import _ops
+from paramgeom.linalg.eigen import eigenvalues_desc, top_eigenpairs
 
 __all__ = ["randomized_svd"]
 
@@ -119,10 +120,7 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
     side = "right" if n <= m else "left"
     g = _ops.gram(w0, w1, side)
     check_finite(g, "the Gram matrix of w1 - w0")
-    g = 0.5 * (g + g.T)
-    evals, evecs = torch.linalg.eigh(g)
-    evals = evals.flip(0)[:k]
-    vecs = evecs.flip(1)[:, :k].contiguous()
+    evals, vecs = top_eigenpairs(g, k)  # only the k wanted pairs (LAPACK's subset solver)
     s = evals.clamp_min(0.0).sqrt()
     other = _ops.diff_matmul(w0, w1, vecs, transpose=(side == "left"))
     other = normalise_columns(other, s, generator(seed))
@@ -147,8 +145,7 @@ def diff_svdvals(w0: torch.Tensor | None, w1: torch.Tensor) -> torch.Tensor:
     m, n = w1.shape
     g = _ops.gram(w0, w1, "right" if n <= m else "left")
     check_finite(g, "the Gram matrix of w1 - w0")
-    evals = torch.linalg.eigvalsh(0.5 * (g + g.T))
-    return evals.flip(0).clamp_min(0.0).sqrt()
+    return eigenvalues_desc(g).clamp_min(0.0).sqrt()
 
 
 def rayleigh_ritz(w0: torch.Tensor | None, w1: torch.Tensor, v: torch.Tensor):
