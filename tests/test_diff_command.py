@@ -136,8 +136,9 @@ def test_diff_matches_float64_oracle(tmp_path, tuned_prefix):
 
 def test_default_k_is_an_eighth_of_each_matrix_and_never_the_whole_space(tmp_path):
     """Without --rank, K = min(m, n) // 8 per matrix (at least 1), figures against the float64
-    oracle at that K; a --rank not below a matrix's smaller side leaves its rotation and drift
-    empty (not a 0 by construction) and says so in one note."""
+    oracle at that K; a --rank not below a matrix's smaller side is capped there, and the side
+    with only K dimensions gets empty angles (not a 0 by construction), said in one note,
+    while the other side's angles and the drift are still the oracle's."""
     base, tuned = _write_pair(tmp_path)
     out = tmp_path / "out"
     assert _run(["diff", tmp_path / "base", tmp_path / "tuned", "--out", out, "--quiet"]) == 0
@@ -156,16 +157,28 @@ def test_default_k_is_an_eighth_of_each_matrix_and_never_the_whole_space(tmp_pat
     assert checked >= 6
     rules = json.loads((out / "summary.json").read_text())["rules"]
     assert rules["rank_k"] == "min(m, n) // 8"
-    assert "not defined where K >= min(m, n)" in rules["angles"]
+    assert "a side with only K dimensions gets no angles" in rules["angles"]
 
     wide = tmp_path / "wide"
     assert _run(["diff", tmp_path / "base", tmp_path / "tuned", "--out", wide, "--rank", 12,
                  "--quiet"]) == 0  # fmt: skip
+    oracle = _oracle(base, tuned, 12)
     rows = [r for r in read_table(wide / "tensors.parquet") if r["stable_rank"] is not None]
-    narrow = [r for r in rows if min(int(d) for d in r["shape"].split("x")) <= 12]
-    assert narrow and all(r["rank_k"] is None and r["angle_left_max"] is None
-                          and r["spectral_drift"] is None for r in narrow)  # fmt: skip
-    assert all(r["rank_k"] == 12 for r in rows if r not in narrow)
+    narrow = []
+    for r in rows:
+        m, n = (int(d) for d in r["shape"].split("x"))
+        assert r["rank_k"] == min(12, m, n)
+        fig = oracle[r["name"]]
+        # A side with exactly K dimensions: no angle; the other side and the drift are defined.
+        for side, dim in (("left", m), ("right", n)):
+            if dim <= 12:
+                assert r[f"angle_{side}_max"] is None and r[f"angle_{side}_mean"] is None
+            elif fig["frob"] > 0:
+                assert r[f"angle_{side}_max"] == pytest.approx(fig[f"{side}_max"], rel=1e-4)
+        if fig["frob"] > 0:
+            assert r["spectral_drift"] == pytest.approx(fig["drift"], rel=1e-6), r["name"]
+        narrow += [r] if min(m, n) <= 12 else []
+    assert narrow and any(r["angle_right_max"] is not None for r in narrow)
     notes = json.loads((wide / "summary.json").read_text())["notes"]
     whole = [n for n in notes if "whole space" in n]
     assert len(whole) == 1 and whole[0].startswith(f"{len(narrow)} matrices")

@@ -79,10 +79,13 @@ def _unchanged(a: dict, b: dict, names) -> tuple[int, int]:
 
 def _max_angle(x: np.ndarray, y: np.ndarray, k: int, side: str) -> float:
     """Largest principal angle (degrees) between the top-k left or right singular subspaces
-    of x and y, by the sine formulation."""
+    of x and y, by the sine formulation; None where that side has only k dimensions (the
+    whole space: not defined, DiffOptions.subspace_k)."""
     if side == "right":
         x, y = x.T, y.T
     k = min(k, *x.shape)
+    if k >= x.shape[0]:
+        return None
     u0 = np.linalg.svd(x, full_matrices=False)[0][:, :k]
     u1 = np.linalg.svd(y, full_matrices=False)[0][:, :k]
     resid = u1 - u0 @ (u0.T @ u1)

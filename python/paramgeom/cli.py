@@ -209,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="base checkpoint (folder, .safetensors, state dict, DCP folder)")
     p.add_argument("tuned", help="tuned checkpoint")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--rank", type=bounded_int(1), default=None,
-                   help="K of the subspaces (default: min(m, n) // 8 per matrix, the paper's "
-                   "512 of 4096; matrices with K >= min(m, n) get no rotation)")  # fmt: skip
+    p.add_argument(
+        "--rank", type=bounded_int(1), default=None,
+        help="K of the subspaces (default: min(m, n) // 8 per matrix, the paper's 512 of "
+        "4096); a side of a matrix with only K dimensions gets no angles",
+    )  # fmt: skip
     p.add_argument("--no-angles", action="store_true", help="skip the subspace rotation")
     p.add_argument(
         "--no-spectra", action="store_true",

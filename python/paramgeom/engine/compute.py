@@ -67,13 +67,15 @@ class DiffOptions:
             if not ok:
                 raise ValueError(f"{name} must be {want}, got {getattr(self, name.split()[0])}")
 
-    def subspace_k(self, p: int) -> int | None:
+    def subspace_k(self, p: int) -> int:
         """K of the top-K subspaces of a matrix whose smaller dimension is ``p``: the given
-        ``rank``, else ``p // 8`` (at least 1: the paper's 512 of 4096). None where
-        ``K >= p``: the "subspace" would be the whole space and its angle 0 by
-        construction, so the rotation and drift of that matrix are not defined."""
+        ``rank``, else ``p // 8`` (at least 1: the paper's 512 of 4096), at most ``p``. A
+        side of the matrix with exactly K dimensions has the whole space as its "top-K
+        subspace" (angle 0 by construction): that side's angles are not defined
+        (:func:`defined_sides`); the other side's, and the drift over all K singular
+        values, are."""
         k = self.rank if self.rank is not None else max(1, p // RANK_FRACTION)
-        return k if k < p else None
+        return min(k, p)
 
     def fingerprint(self) -> str:
         """Hash of every option that changes a figure (journal entries of other options are
@@ -215,13 +217,19 @@ def _rank_fields(s: torch.Tensor, sum_sq_delta: float, exact: bool) -> dict[str,
     }
 
 
+def defined_sides(k: int, m: int, n: int) -> tuple[bool, bool]:
+    """(left, right): whether the top-``k`` left (in R^m) and right (in R^n) subspaces of an
+    ``m x n`` matrix are proper subspaces, so that their rotation means something."""
+    return k < m, k < n
+
+
 def _angle_fields(k: int, left, right, drift: float | None) -> dict[str, Any]:
     return {
         "rank_k": k,
         "angle_left_max": left[0] if left else None,
         "angle_left_mean": left[1] if left else None,
-        "angle_right_max": right[0],
-        "angle_right_mean": right[1],
+        "angle_right_max": right[0] if right else None,
+        "angle_right_mean": right[1] if right else None,
         "spectral_drift": drift,
     }
 
@@ -272,10 +280,10 @@ def matrix_row(
     w0, w1, factor = spectral_inputs(w0, w1, [st])
     if exact:
         s = linalg.diff_svdvals(w0, w1)
-    else:  # dW's top-K (all p where K is not defined for this matrix)
-        _, s, _ = linalg.randomized_svd(w0, w1, k=k or p, seed=0, exact_threshold=0)
+    else:
+        _, s, _ = linalg.randomized_svd(w0, w1, k=k, seed=0, exact_threshold=0)
     row.update(_rank_fields(s.double() * factor, st.sum_sq_delta, exact))
-    if opts.angles and k is not None:
+    if opts.angles:
         if exact:
             r0 = linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold)
             r1 = linalg.top_subspaces(w1, k, exact_threshold=opts.exact_threshold)
@@ -284,16 +292,11 @@ def matrix_row(
             r1 = linalg.top_subspaces(w1, k, init=r0.V)
             row["subspace_steps"] = r0.iterations + r1.iterations
             row["subspace_residual"] = max(r0.delta, r1.delta)
-        left = linalg.principal_angles(r0.U[:, :k], r1.U[:, :k])
-        right = linalg.principal_angles(r0.V[:, :k], r1.V[:, :k])
-        row.update(
-            _angle_fields(
-                k,
-                (left.max_deg, left.mean_deg),
-                (right.max_deg, right.mean_deg),
-                _drift(r0.S[:k], r1.S[:k]),
-            )
-        )
+        sides = []
+        for ok, a, b in zip(defined_sides(k, m, n), (r0.U, r0.V), (r1.U, r1.V), strict=True):
+            pa = linalg.principal_angles(a[:, :k], b[:, :k]) if ok else None
+            sides.append((pa.max_deg, pa.mean_deg) if ok else None)
+        row.update(_angle_fields(k, sides[0], sides[1], _drift(r0.S[:k], r1.S[:k])))
     return row, []
 
 
@@ -335,12 +338,13 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
     s = torch.linalg.eigvalsh(g_d.double()).clamp_min(0).flip(0).sqrt()
     row.update(_rank_fields(s[: min(pair.shape)], st.sum_sq_delta, True))
     k = opts.subspace_k(min(pair.shape))
-    if opts.angles and k is not None:
+    if opts.angles:
         e0, v0 = linalg.top_eigenpairs(g_0.double(), k)
         e1, v1 = linalg.top_eigenpairs(g_1.double(), k)
-        right = linalg.principal_angles(v0, v1)
+        right = linalg.principal_angles(v0, v1) if defined_sides(k, *pair.shape)[1] else None
         s0, s1 = e0.clamp_min(0).sqrt(), e1.clamp_min(0).sqrt()
-        row.update(_angle_fields(k, None, (right.max_deg, right.mean_deg), _drift(s0, s1)))
+        right_fields = (right.max_deg, right.mean_deg) if right is not None else None
+        row.update(_angle_fields(k, None, right_fields, _drift(s0, s1)))
         notes.append(f"{pair.name}: read in row blocks: right-subspace angles only")
     return row, notes
 
@@ -384,7 +388,8 @@ def expert_rows(
     a, b, factor = spectral_inputs(a, b, [sts[i] for i in finite])
     s = linalg.batched_svdvals(b.double() - a.double()).cpu() * factor
     k = opts.subspace_k(p)
-    rot = linalg.batched_rotation(a, b, k) if opts.angles and k is not None else None
+    rot = linalg.batched_rotation(a, b, k) if opts.angles else None
+    left_ok, right_ok = defined_sides(k, m, n)
     if rot is not None:
         lmax, lmean = (t.cpu() for t in rot.degrees("left"))
         rmax, rmean = (t.cpu() for t in rot.degrees("right"))
@@ -396,8 +401,8 @@ def expert_rows(
             rows[i].update(
                 _angle_fields(
                     rot.k,
-                    (float(lmax[j]), float(lmean[j])),
-                    (float(rmax[j]), float(rmean[j])),
+                    (float(lmax[j]), float(lmean[j])) if left_ok else None,
+                    (float(rmax[j]), float(rmean[j])) if right_ok else None,
                     d if math.isfinite(d) else None,
                 )
             )

@@ -336,7 +336,8 @@ def _rules(opts: DiffOptions) -> dict[str, Any]:
                     if opts.rank is not None
                     else f"min(m, n) // {RANK_FRACTION} per matrix, the paper's 512 of 4096"
                 )
-                + "; not defined where K >= min(m, n)), float64, sine form below 45 degrees"
+                + ", at most min(m, n); a side with only K dimensions gets no angles), float64, "
+                "sine form below 45 degrees"
                 if opts.angles
                 else "not computed (--no-angles)"
             ),
@@ -380,15 +381,23 @@ def unconverged_note(rows: list[dict]) -> list[str]:
 
 
 def whole_space_note(rows: list[dict]) -> list[str]:
-    """One note for the matrices with a spectrum but no rotation because K (``--rank``) is
-    not below their smaller dimension (DiffOptions.subspace_k)."""
-    bad = [r for r in rows if r.get("stable_rank") is not None and r.get("rank_k") is None]
+    """One note for the matrices with a side of exactly K dimensions: that side's top-K
+    "subspace" is the whole space, so its angles are left empty (compute.defined_sides)."""
+    bad = []
+    for r in rows:
+        k = r.get("rank_k")
+        if k is None or r.get("stable_rank") is None or "x" not in str(r.get("shape")):
+            continue
+        m, n = (int(d) for d in r["shape"].split("x"))
+        if k >= m or k >= n:
+            bad.append(r)
     if not bad:
         return []
     return [
-        f"{len(bad)} matrices (e.g. {bad[0]['name']}, {bad[0]['shape']}): no subspace rotation "
-        "or drift: K is not below min(m, n), so the top-K subspace would be the whole space "
-        "(angle 0 by construction); a smaller --rank, or the default rule, defines them"
+        f"{len(bad)} matrices (e.g. {bad[0]['name']}, {bad[0]['shape']}, K = {bad[0]['rank_k']})"
+        ": a side with only K dimensions has the whole space as its top-K subspace (angle 0 "
+        "by construction), so that side's angles are empty; the other side's angles and the "
+        "drift are computed. A smaller --rank, or the default rule, avoids it"
     ]
 
 
