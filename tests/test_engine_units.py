@@ -39,6 +39,37 @@ def test_units_group_split_experts_by_stack_shape_and_budget():
     assert len({u.digest() for u in units}) == len(units)
 
 
+def test_small_pairs_are_grouped_in_order_up_to_the_caps(monkeypatch):
+    """Consecutive small pairs (any shape, not experts) form 'small' units of at most
+    SMALL_UNIT_PAIRS pairs and SMALL_UNIT_BYTES bytes; a large pair or an expert group
+    between them ends a group. Checkpoints of at most SMALL_GROUPING_MIN_PAIRS pairs keep one
+    unit per tensor."""
+    from paramgeom.engine import plan
+
+    monkeypatch.setattr(plan, "SMALL_UNIT_PAIRS", 4)
+    monkeypatch.setattr(plan, "SMALL_GROUPING_MIN_PAIRS", 0)
+    pairs = [_pair(f"model.layers.{i}.input_layernorm.weight", (8,)) for i in range(6)]
+    pairs += [_pair("model.layers.6.mlp.down_proj.weight", (1024, 512))]  # 2 MiB: not small
+    pairs += [_pair("model.layers.7.self_attn.q_proj.weight", (16, 16))]
+    pairs += [_pair(f"model.layers.8.mlp.experts.{e}.up_proj.weight", (4, 4)) for e in range(2)]
+    pairs += [_pair("model.norm.weight", (8,))]
+    units = build_units(pairs, group_bytes=1 << 30)
+    kinds = [(u.kind, len(u.pairs)) for u in units]
+    assert kinds == [("small", 4), ("small", 2), ("tensor", 1), ("small", 1), ("experts", 2),
+                     ("small", 1)]  # fmt: skip
+    assert [p.name for u in units for p in u.pairs] == [p.name for p in pairs]
+    assert units[0].name == f"{pairs[0].name}..{pairs[3].name}" and units[3].name == pairs[7].name
+    monkeypatch.setattr(plan, "SMALL_UNIT_BYTES", 3 * 32)  # three 32-byte norm pairs
+    assert [len(u.pairs) for u in build_units(pairs[:6], group_bytes=1 << 30)] == [3, 3]
+    monkeypatch.setattr(plan, "SMALL_GROUPING_MIN_PAIRS", 2048)
+    assert [u.kind for u in build_units(pairs, group_bytes=1 << 30)].count("small") == 0
+    many = [_pair(f"model.layers.{i}.input_layernorm.weight", (8,)) for i in range(20000)]
+    monkeypatch.setattr(plan, "SMALL_UNIT_BYTES", 1 << 24)
+    monkeypatch.setattr(plan, "SMALL_UNIT_PAIRS", 512)
+    grouped = build_units(many, group_bytes=1 << 30)
+    assert [len(u.pairs) for u in grouped] == [512] * 39 + [20000 - 39 * 512]
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_shares_cover_every_unit_once_and_balance_bytes(world):
     sizes = [7, 1, 30, 2, 2, 9, 13, 4, 4, 4, 1, 25]

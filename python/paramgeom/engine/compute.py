@@ -29,7 +29,15 @@ from paramgeom.checkpoints.pairing import PairedTensor
 from paramgeom.engine.loader import Stored, stored_stats_args
 from paramgeom.results import DiffStats
 
-__all__ = ["DiffOptions", "base_row", "block_rows", "expert_rows", "matrix_row", "stats_fields"]
+__all__ = [
+    "DiffOptions",
+    "base_row",
+    "block_rows",
+    "expert_rows",
+    "matrix_row",
+    "small_rows",
+    "stats_fields",
+]
 
 
 RANK_FRACTION = 8
@@ -406,4 +414,34 @@ def expert_rows(
                     d if math.isfinite(d) else None,
                 )
             )
+    return rows, notes
+
+
+def small_rows(pairs: list[PairedTensor], sides: list[tuple[Stored, Stored]], opts: DiffOptions):
+    """Rows of a group of small pairs (engine/plan.py 'small' units), in ``pairs``' order:
+    the 2-D matrices of one shape batched as :func:`expert_rows` batches experts (one
+    statistics call per matrix, one batched float64 SVD for the spectra and rotations of
+    all); everything else (other ranks, empty matrices, ``--masks``, which the batched path
+    does not compute) one at a time by :func:`matrix_row`."""
+    rows: list[dict | None] = [None] * len(pairs)
+    notes: list[str] = []
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (pair, (s0, s1)) in enumerate(zip(pairs, sides, strict=True)):
+        shape = tuple(s0.values.shape)
+        if len(shape) == 2 and min(shape) > 0 and not opts.masks:
+            by_shape.setdefault(shape, []).append(i)
+        else:
+            rows[i], more = matrix_row(pair, s0, s1, opts)
+            notes += more
+    for idx in by_shape.values():
+        got, more = expert_rows(
+            [pairs[i] for i in idx],
+            [None] * len(idx),
+            [sides[i][0] for i in idx],
+            [sides[i][1] for i in idx],
+            opts,
+        )
+        for i, row in zip(idx, got, strict=True):
+            rows[i] = row
+        notes += more
     return rows, notes

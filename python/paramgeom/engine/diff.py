@@ -30,6 +30,7 @@ from paramgeom.engine.compute import (
     block_rows,
     expert_rows,
     matrix_row,
+    small_rows,
 )
 from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
 from paramgeom.engine.loader import (
@@ -88,7 +89,7 @@ class Streamer:
 
     # -- reading -----------------------------------------------------------------------------
     def fits(self, unit: Unit) -> bool:
-        return unit.kind == "experts" or unit.nbytes <= self.opts.chunk_bytes
+        return unit.kind in ("experts", "small") or unit.nbytes <= self.opts.chunk_bytes
 
     def plan_readahead(self, units: list[Unit], budget: int) -> None:
         """Units in the order they will be loaded; each load advises the kernel to start
@@ -169,6 +170,9 @@ def _compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], l
         sides = [streamer.to_device(s0, s1) for s0, s1 in loaded]
         s0, s1 = [a for a, _ in sides], [b for _, b in sides]
         return expert_rows(list(unit.pairs), [None] * len(unit.pairs), s0, s1, opts)
+    if unit.kind == "small":
+        sides = [tuple(streamer.to_device(s0, s1)) for s0, s1 in loaded]
+        return small_rows(list(unit.pairs), sides, opts)
     pair = unit.pairs[0]
     if unit.kind == "stack":
         spans = [None] if loaded is not None else streamer.row_blocks(pair, opts.chunk_bytes // 8)
