@@ -1,12 +1,12 @@
 """Numbers behind benchmarks/projection.md: a 200B-parameter bf16 pair and trajectory.
 
-CPU rows scale the marginal per-byte costs measured by run.py (``/work/data/peers/
-results.json``: slope of a least-squares line through wall time vs pair bytes over every
-size a tool finished, so start-up costs drop out)
+CPU rows scale the marginal per-byte costs measured by run.py (``DATA/results.json``,
+DATA being run.py's ``--data`` folder: slope of a least-squares line through wall time vs
+pair bytes over every size a tool finished, so start-up costs drop out)
 and the cold read rate of this VM's disk. GPU rows are derived from the stated
 assumptions below only: no GPU was lent to the session that wrote them (NOT MEASURED).
 
-Run: ``python benchmarks/peers/projection.py [--results /work/data/peers/results.json]``
+Run: ``python benchmarks/peers/projection.py --results DATA/results.json``
 prints the tables in Markdown (the figures of benchmarks/projection.md).
 """
 
@@ -121,7 +121,9 @@ def gpu_rows() -> list[tuple[str, str, float, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", default="/work/data/peers/results.json")
+    p.add_argument(
+        "--results", required=True, help="run.py's DATA/results.json (required, no default)"
+    )
     args = p.parse_args(argv)
     results = json.loads(Path(args.results).read_text())
     m = measured(results)
