@@ -185,26 +185,21 @@ def gram_update_blocks(
 ) -> None:
     """``G += alpha * (x - x0)^T (x - x0)`` through float64 row blocks and torch's
     ``addmm_`` (the path for CPUs without AVX-512): the upper block triangle of the product
-    is accumulated (one GEMM per column block and row block), then added to both halves of
-    ``G``."""
+    is accumulated (one GEMM per column block and row block), and its upper triangle,
+    mirrored, is added to ``G``: the update is exactly symmetric (a GEMM's two halves of
+    ``d^T d`` may differ in the last bit, e.g. with subnormal products)."""
     r, n = x.shape
     block_r = min(r, max(GRAM_MIN_ROWS, GRAM_TILE_ELEMS // n))
     buf = torch.empty(block_r, n, dtype=torch.float64)
     nb = GRAM_COL_BLOCK
-    if n <= nb:  # one column block: the plain product
-        for r0 in range(0, r, block_r):
-            d = _gram_rows(buf, x, x0, r0, min(r, r0 + block_r))
-            G.addmm_(d.T, d, alpha=alpha)
-        return
     upper = torch.zeros(n, n, dtype=torch.float64)
     for r0 in range(0, r, block_r):
         d = _gram_rows(buf, x, x0, r0, min(r, r0 + block_r))
         for c0 in range(0, n, nb):
             upper[c0 : c0 + nb, c0:].addmm_(d[:, c0 : c0 + nb].T, d[:, c0:])
-    for c0 in range(0, n, nb):
-        c1 = min(n, c0 + nb)
-        G[c0:c1, c0:].add_(upper[c0:c1, c0:], alpha=alpha)  # diagonal block and right of it
-        G[c1:, c0:c1].add_(upper[c0:c1, c1:].T, alpha=alpha)  # mirrored below it
+    upper.triu_()
+    upper += upper.triu(1).T
+    G.add_(upper, alpha=alpha)
 
 
 def _gram_rows(buf: torch.Tensor, x, x0, r0: int, r1: int) -> torch.Tensor:

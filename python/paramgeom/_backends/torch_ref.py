@@ -106,6 +106,10 @@ def gram_update(G: torch.Tensor, x: torch.Tensor, x0: torch.Tensor | None, alpha
         if x0 is not None:
             d = d - x0[r0:r1].to(torch.float64)
         acc.addmm_(d.T, d)
+    # A GEMM's two halves of d^T d may differ in the last bit (subnormal products): the
+    # update added is the upper triangle mirrored, exactly symmetric.
+    acc.triu_()
+    acc += acc.triu(1).T
     if G.dtype == torch.float64:
         G.add_(acc, alpha=alpha)
     else:
