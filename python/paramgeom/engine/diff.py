@@ -28,6 +28,7 @@ from paramgeom.engine.compute import (
     RANK_FRACTION,
     DiffOptions,
     block_rows,
+    defined_sides,
     expert_rows,
     matrix_row,
     small_rows,
@@ -393,7 +394,7 @@ def whole_space_note(rows: list[dict]) -> list[str]:
         if k is None or r.get("stable_rank") is None or "x" not in str(r.get("shape")):
             continue
         m, n = (int(d) for d in r["shape"].split("x"))
-        if k >= m or k >= n:
+        if not all(defined_sides(k, m, n)):
             bad.append(r)
     if not bad:
         return []
