@@ -80,7 +80,7 @@ def _console(args) -> Console:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     from paramgeom.engine.compute import DiffOptions
-    from paramgeom.engine.diff import run_diff
+    from paramgeom.engine.diff import run_diff, run_diffs
 
     opts = DiffOptions(
         rel_tol=args.rel_tol,
@@ -94,7 +94,26 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         device=args.device,
         masks=args.masks,
     )
-    summary = run_diff(args.base, args.tuned, args.out, opts, strict=args.strict, quiet=args.quiet)
+    if len(args.tuned) > 1:
+        say = None if args.quiet else _console(args).print
+        summaries = run_diffs(
+            args.base, args.tuned, args.out, opts, base_cache=args.base_cache,
+            use_cache=not args.no_base_cache, strict=args.strict, quiet=args.quiet, say=say,
+        )  # fmt: skip
+        if summaries and summaries[0] is not None and not args.quiet:
+            _console(args).print(
+                "; ".join(
+                    f"{t}: {s['run']['seconds_streaming']:.1f} s" for t, s in
+                    zip(args.tuned, summaries, strict=True)
+                )
+                + f"; wrote {args.out}/runs.json and one folder per checkpoint"
+            )  # fmt: skip
+        return 0
+    cache = None if args.no_base_cache else args.base_cache
+    summary = run_diff(
+        args.base, args.tuned[0], args.out, opts, strict=args.strict, quiet=args.quiet,
+        base_cache=cache,
+    )  # fmt: skip
     if summary is not None and not args.quiet:
         run = summary.get("run", {})
         secs, nbytes = run.get("seconds_streaming", 0.0), run.get("bytes_computed", 0)
@@ -207,8 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
         "finished tensors. Under torchrun the ranks share the tensors.",
     )
     p.add_argument("base", help="base checkpoint (folder, .safetensors, state dict, DCP folder)")
-    p.add_argument("tuned", help="tuned checkpoint")
+    p.add_argument(
+        "tuned", nargs="+",
+        help="tuned checkpoint; several: each in OUT/<its folder name>/, the base's "
+        "decompositions computed once (see --base-cache)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--base-cache", metavar="DIR", default=None,
+        help="folder of the base's top-K decompositions, keyed by content: read where "
+        "present, written where not, so later diffs against the same base skip them "
+        "(default with several tuned checkpoints: OUT/base-cache; with one: none)",
+    )  # fmt: skip
+    p.add_argument("--no-base-cache", action="store_true",
+                   help="never read or write a base cache")  # fmt: skip
     p.add_argument(
         "--rank", type=bounded_int(1), default=None,
         help="K of the subspaces (default: min(m, n) // 8 per matrix, the paper's 512 of "

@@ -26,12 +26,16 @@ import torch
 import paramgeom
 from paramgeom import linalg, metrics
 from paramgeom.checkpoints.pairing import PairedTensor
+from paramgeom.engine.base_cache import BaseCache
 from paramgeom.engine.loader import Stored, stored_stats_args
+from paramgeom.linalg.batched import batched_top_bases
+from paramgeom.linalg.subspaces import TopSubspaces
 from paramgeom.results import DiffStats
 
 __all__ = [
     "DiffOptions",
     "base_row",
+    "block_cache_wanted",
     "block_rows",
     "expert_rows",
     "matrix_row",
@@ -265,11 +269,35 @@ def _mask_fields(w0: torch.Tensor, w1: torch.Tensor, opts: DiffOptions) -> dict[
     return {"changed_in_principal": clean[0], "changed_in_low_magnitude": clean[1]}
 
 
+def _base_subspaces(cache: BaseCache | None, w0: torch.Tensor, width: int, path: str, compute):
+    """W0's top-``width`` :class:`TopSubspaces` from the base cache, else ``compute()``d
+    (and stored when a cache is given)."""
+    m, n = w0.shape
+    if cache is None or not cache.wanted(m, n):
+        return compute()
+    key = cache.key([w0], "top_subspaces", path, width)
+    shapes = {"U": (m, width), "S": (width,), "V": (n, width), "info": (3,)}
+    got = cache.get(key, shapes)
+    if got is not None:
+        it, conv, delta = got["info"].tolist()
+        u, s, v = (got[x].to(w0.device) for x in ("U", "S", "V"))
+        return TopSubspaces(u, s, v, int(it), bool(conv), delta)
+    r = compute()
+    info = torch.tensor([r.iterations, float(r.converged), r.delta], dtype=torch.float64)
+    cache.put(key, {"U": r.U, "S": r.S, "V": r.V, "info": info})
+    return r
+
+
 def matrix_row(
-    pair: PairedTensor, w0: Stored | torch.Tensor, w1: Stored | torch.Tensor, opts: DiffOptions
+    pair: PairedTensor,
+    w0: Stored | torch.Tensor,
+    w1: Stored | torch.Tensor,
+    opts: DiffOptions,
+    cache: BaseCache | None = None,
 ):
     """Row of a 2-D (or any-D, statistics only) pair held whole in memory: ``w0`` / ``w1``
-    as stored (:class:`~paramgeom.engine.loader.Stored`) or as bf16 tensors."""
+    as stored (:class:`~paramgeom.engine.loader.Stored`) or as bf16 tensors. ``cache``: W0's
+    top-K subspaces are read from (or written to) this base cache."""
     s0, s1 = _as_stored(w0), _as_stored(w1)
     row = base_row(pair)
     st = stored_stats(s0, s1, opts)
@@ -293,10 +321,17 @@ def matrix_row(
     row.update(_rank_fields(s.double() * factor, st.sum_sq_delta, exact))
     if opts.angles:
         if exact:
-            r0 = linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold)
+            r0 = _base_subspaces(
+                cache, w0, k, "exact",
+                lambda: linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold),
+            )  # fmt: skip
             r1 = linalg.top_subspaces(w1, k, exact_threshold=opts.exact_threshold)
         else:
-            r0 = linalg.top_subspaces(w0, min(k + 10, p), exact_threshold=opts.exact_threshold)
+            width = min(k + 10, p)
+            r0 = _base_subspaces(
+                cache, w0, width, "randomized",
+                lambda: linalg.top_subspaces(w0, width, exact_threshold=opts.exact_threshold),
+            )  # fmt: skip
             r1 = linalg.top_subspaces(w1, k, init=r0.V)
             row["subspace_steps"] = r0.iterations + r1.iterations
             row["subspace_residual"] = max(r0.delta, r1.delta)
@@ -308,18 +343,45 @@ def matrix_row(
     return row, []
 
 
-def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.device):
+def block_cache_wanted(pair: PairedTensor, opts: DiffOptions, cache: BaseCache | None) -> bool:
+    """Whether :func:`block_rows` of ``pair`` reads W0's top-K right subspace from ``cache``
+    (its key then hashes W0's row blocks before the blocks are streamed)."""
+    two_d = len(pair.shape) == 2 and min(pair.shape) > 0
+    return (
+        cache is not None
+        and two_d
+        and opts.spectra
+        and opts.angles
+        and pair.shape[-1] <= opts.exact_threshold
+        and cache.wanted(*pair.shape)
+    )
+
+
+def block_rows(
+    pair: PairedTensor,
+    blocks,
+    opts: DiffOptions,
+    device: torch.device,
+    cache: BaseCache | None = None,
+    base_key: str | None = None,
+):
     """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
     blocks as stored (:class:`~paramgeom.engine.loader.Stored`): statistics summed over
     blocks; for a matrix with at most ``exact_threshold`` columns the Grams of dW, W0 and
     W1 accumulated block by block (``gram_update``) give dW's exact spectrum and the
-    right-subspace rotation (left angles are not computed)."""
+    right-subspace rotation (left angles are not computed). ``cache`` and ``base_key``
+    (:meth:`BaseCache.key` of W0's bf16 row blocks): W0's top-K pairs are read from the
+    base cache when there, and W0's Gram is then not accumulated."""
     row = base_row(pair)
     parts: list[DiffStats] = []
     two_d = len(pair.shape) == 2 and min(pair.shape) > 0
     n = pair.shape[-1] if pair.shape else 0
     grams = two_d and opts.spectra and n <= opts.exact_threshold
     acc = torch.float64 if device.type == "cpu" else torch.float32
+    k = opts.subspace_k(min(pair.shape)) if two_d else 0
+    cached = None
+    if grams and opts.angles and cache is not None and base_key is not None:
+        cached = cache.get(base_key, {"evals": (k,), "V": (n, k)})
     g_d = g_0 = g_1 = None
     if grams:
         g_d, g_0, g_1 = (torch.zeros(n, n, dtype=acc, device=device) for _ in range(3))
@@ -329,7 +391,8 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
             w0, w1 = s0.bf16(), s1.bf16()
             paramgeom.gram_update(g_d, w1, w0, backend=opts.backend)
             if opts.angles:
-                paramgeom.gram_update(g_0, w0, backend=opts.backend)
+                if cached is None:
+                    paramgeom.gram_update(g_0, w0, backend=opts.backend)
                 paramgeom.gram_update(g_1, w1, backend=opts.backend)
     st = merge_stats(parts)
     row.update(stats_fields(st))
@@ -345,9 +408,13 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
         ]
     s = torch.linalg.eigvalsh(g_d.double()).clamp_min(0).flip(0).sqrt()
     row.update(_rank_fields(s[: min(pair.shape)], st.sum_sq_delta, True))
-    k = opts.subspace_k(min(pair.shape))
     if opts.angles:
-        e0, v0 = linalg.top_eigenpairs(g_0.double(), k)
+        if cached is not None:
+            e0, v0 = cached["evals"].to(device), cached["V"].to(device)
+        else:
+            e0, v0 = linalg.top_eigenpairs(g_0.double(), k)
+            if cache is not None and base_key is not None:
+                cache.put(base_key, {"evals": e0, "V": v0})
         e1, v1 = linalg.top_eigenpairs(g_1.double(), k)
         right = linalg.principal_angles(v0, v1) if defined_sides(k, *pair.shape)[1] else None
         s0, s1 = e0.clamp_min(0).sqrt(), e1.clamp_min(0).sqrt()
@@ -357,17 +424,42 @@ def block_rows(pair: PairedTensor, blocks, opts: DiffOptions, device: torch.devi
     return row, notes
 
 
+def _batched_base(cache: BaseCache | None, a: torch.Tensor, k: int):
+    """W0's batched top-``k`` bases of the stack ``a`` (B, m, n): from the base cache when
+    every matrix is there, else computed (and each matrix's stored when a cache is given);
+    None without a cache (:func:`linalg.batched_rotation` computes them)."""
+    _, m, n = a.shape
+    if cache is None or not cache.wanted(m, n):
+        return None
+    keys = [cache.key([a[j]], "batched_top_bases", k) for j in range(a.shape[0])]
+    shapes = {"U": (m, k), "S": (k,), "V": (n, k)}
+    got = []
+    for key in keys:
+        hit = cache.get(key, shapes)
+        if hit is None:
+            break
+        got.append(hit)
+    if len(got) == len(keys):
+        return tuple(torch.stack([g[x] for g in got]).to(a.device) for x in ("U", "S", "V"))
+    u, s, v = batched_top_bases(a, k)
+    for j, key in enumerate(keys):
+        cache.put(key, {"U": u[j], "S": s[j], "V": v[j]})
+    return u, s, v
+
+
 def expert_rows(
     pairs: list[PairedTensor],
     experts: list[int | None],
     s0: list[Stored],
     s1: list[Stored],
     opts: DiffOptions,
+    cache: BaseCache | None = None,
 ):
     """Rows of a batch of B expert matrices of one shape ``(m, n)``, each side as stored;
     ``pairs[i]`` and ``experts[i]`` say whose matrix ``i`` is (``experts[i]`` set for
     slices of a 3-D stack). Statistics per matrix (fused kernel, on the stored bytes);
-    spectra and rotations batched over the experts, on bf16 values materialised once."""
+    spectra and rotations batched over the experts, on bf16 values materialised once;
+    W0's bases from (or into) the base ``cache`` when given."""
     rows, notes, sts = [], [], []
     for i, (pair, e) in enumerate(zip(pairs, experts, strict=True)):
         row = base_row(pair, e)
@@ -387,7 +479,7 @@ def expert_rows(
         return rows, notes
     if p > opts.exact_threshold:  # too large to batch exactly: one matrix at a time
         for i in finite:
-            single, more = matrix_row(pairs[i], s0[i], s1[i], opts)
+            single, more = matrix_row(pairs[i], s0[i], s1[i], opts, cache)
             rows[i] = {**rows[i], **{k: v for k, v in single.items() if k not in rows[i]}}
             notes += more
         return rows, notes
@@ -396,7 +488,9 @@ def expert_rows(
     a, b, factor = spectral_inputs(a, b, [sts[i] for i in finite])
     s = linalg.batched_svdvals(b.double() - a.double()).cpu() * factor
     k = opts.subspace_k(p)
-    rot = linalg.batched_rotation(a, b, k) if opts.angles else None
+    rot = None
+    if opts.angles:
+        rot = linalg.batched_rotation(a, b, k, base=_batched_base(cache, a, k))
     left_ok, right_ok = defined_sides(k, m, n)
     if rot is not None:
         lmax, lmean = (t.cpu() for t in rot.degrees("left"))
@@ -417,7 +511,12 @@ def expert_rows(
     return rows, notes
 
 
-def small_rows(pairs: list[PairedTensor], sides: list[tuple[Stored, Stored]], opts: DiffOptions):
+def small_rows(
+    pairs: list[PairedTensor],
+    sides: list[tuple[Stored, Stored]],
+    opts: DiffOptions,
+    cache: BaseCache | None = None,
+):
     """Rows of a group of small pairs (engine/plan.py 'small' units), in ``pairs``' order:
     the 2-D matrices of one shape batched as :func:`expert_rows` batches experts (one
     statistics call per matrix, one batched float64 SVD for the spectra and rotations of
@@ -431,7 +530,7 @@ def small_rows(pairs: list[PairedTensor], sides: list[tuple[Stored, Stored]], op
         if len(shape) == 2 and min(shape) > 0 and not opts.masks:
             by_shape.setdefault(shape, []).append(i)
         else:
-            rows[i], more = matrix_row(pair, s0, s1, opts)
+            rows[i], more = matrix_row(pair, s0, s1, opts, cache)
             notes += more
     for idx in by_shape.values():
         got, more = expert_rows(
@@ -440,6 +539,7 @@ def small_rows(pairs: list[PairedTensor], sides: list[tuple[Stored, Stored]], op
             [sides[i][0] for i in idx],
             [sides[i][1] for i in idx],
             opts,
+            cache,
         )
         for i, row in zip(idx, got, strict=True):
             rows[i] = row

@@ -24,9 +24,11 @@ from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
+from paramgeom.engine.base_cache import BaseCache
 from paramgeom.engine.compute import (
     RANK_FRACTION,
     DiffOptions,
+    block_cache_wanted,
     block_rows,
     defined_sides,
     expert_rows,
@@ -46,7 +48,7 @@ from paramgeom.engine.progress import ByteProgress
 from paramgeom.engine.schema import DIFF_COLUMNS
 from paramgeom.linalg.subspaces import SUBSPACE_TOL
 
-__all__ = ["run_diff", "Streamer"]
+__all__ = ["Streamer", "run_diff", "run_diffs", "tuned_labels"]
 
 # How far ahead of the compute the kernel is asked to read (page cache, not our memory).
 READAHEAD_BYTES = 1 << 30
@@ -57,8 +59,11 @@ class Streamer:
     stored (:class:`~paramgeom.engine.loader.Stored`): the kernels read it as the file
     holds it."""
 
-    def __init__(self, base, tuned, opts: DiffOptions, device: torch.device) -> None:
+    def __init__(
+        self, base, tuned, opts: DiffOptions, device: torch.device, cache: BaseCache | None = None
+    ) -> None:
         self.base, self.tuned, self.opts, self.device = base, tuned, opts, device
+        self.cache = cache
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._ids = FileIdentities()
         self._units: list[Unit] = []
@@ -143,6 +148,12 @@ class Streamer:
         for start in range(0, rows, step):
             yield start, min(rows, start + step)
 
+    def base_blocks(self, pair: PairedTensor, budget: int) -> Iterator[torch.Tensor]:
+        """W0's row blocks as bf16 (what the spectra read), one at a time: the base cache's
+        key of a streamed matrix."""
+        for span in self.row_blocks(pair, budget):
+            yield read_stored(self.base, pair.base, *span).bf16()
+
     def blocks(self, pair: PairedTensor, budget: int) -> Iterator[tuple[Stored, Stored]]:
         """Row blocks of a large pair as stored, each read while the previous one is
         computed."""
@@ -170,10 +181,10 @@ def _compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], l
     if unit.kind == "experts":
         sides = [streamer.to_device(s0, s1) for s0, s1 in loaded]
         s0, s1 = [a for a, _ in sides], [b for _, b in sides]
-        return expert_rows(list(unit.pairs), [None] * len(unit.pairs), s0, s1, opts)
+        return expert_rows(list(unit.pairs), [None] * len(unit.pairs), s0, s1, opts, streamer.cache)
     if unit.kind == "small":
         sides = [tuple(streamer.to_device(s0, s1)) for s0, s1 in loaded]
-        return small_rows(list(unit.pairs), sides, opts)
+        return small_rows(list(unit.pairs), sides, opts, streamer.cache)
     pair = unit.pairs[0]
     if unit.kind == "stack":
         spans = [None] if loaded is not None else streamer.row_blocks(pair, opts.chunk_bytes // 8)
@@ -188,16 +199,22 @@ def _compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], l
             stack0, stack1 = streamer.to_device(stack0, stack1)
             s0, s1 = stack0.split(), stack1.split()
             experts = list(range(start, start + len(s0)))
-            r, n = expert_rows([pair] * len(s0), experts, s0, s1, opts)
+            r, n = expert_rows([pair] * len(s0), experts, s0, s1, opts, streamer.cache)
             rows += r
             notes += n
         return rows, notes
     if loaded is not None:
         w0, w1 = streamer.to_device(*loaded[0])
-        row, notes = matrix_row(pair, w0, w1, opts)
+        row, notes = matrix_row(pair, w0, w1, opts, streamer.cache)
         return [row], notes
+    budget = opts.chunk_bytes // 4
+    base_key = None
+    if block_cache_wanted(pair, opts, streamer.cache):
+        # The key hashes W0's values: one more read of the base, cheap against its Gram.
+        k = opts.subspace_k(min(pair.shape))
+        base_key = streamer.cache.key(streamer.base_blocks(pair, budget), "gram_top", k)
     row, notes = block_rows(
-        pair, streamer.blocks(pair, opts.chunk_bytes // 4), opts, streamer.device
+        pair, streamer.blocks(pair, budget), opts, streamer.device, streamer.cache, base_key
     )
     return [row], notes
 
@@ -247,8 +264,11 @@ def run_diff(
     strict: bool = False,
     quiet: bool = False,
     say: Callable[[str], None] | None = None,
+    base_cache: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Diff two checkpoints into ``out_dir``; returns the summary on rank 0 (None elsewhere).
+    ``base_cache``: a folder of W0's decompositions (:mod:`paramgeom.engine.base_cache`)
+    read where they are and written where not, for later diffs against the same base.
 
     Raises :class:`~paramgeom.checkpoints.errors.CheckpointError` for bad input (the command
     line's exit 2); whatever was finished before the error stays in the journal.
@@ -259,6 +279,10 @@ def run_diff(
     try:
         device = _device(opts.device)
         make_output_dir(out)
+        cache = None
+        if base_cache is not None and opts.spectra and opts.angles:
+            make_output_dir(Path(base_cache))
+            cache = BaseCache(base_cache, f"{opts.backend}|{device.type}")
         with open_checkpoint(base_path) as base, open_checkpoint(tuned_path) as tuned:
             pairing = pair_checkpoints(base, tuned)
             _check_nonempty(pairing, base, tuned)
@@ -269,7 +293,7 @@ def run_diff(
                     tuned.path, first, f"--strict: {n} tensor(s) missing on one side"
                 )
             units = build_units(pairing.pairs, group_bytes=max(1, opts.chunk_bytes // 8))
-            streamer = Streamer(base, tuned, opts, device)
+            streamer = Streamer(base, tuned, opts, device, cache)
             fingerprint = opts.fingerprint()
             keys = {u: entry_key(u.digest(), streamer.identities(u), fingerprint) for u in units}
             mine = share_for_rank(units, ctx.rank, ctx.world)
@@ -308,7 +332,7 @@ def run_diff(
             if say:
                 say("writing tables, plots and report")
             rows, unit_notes = journal.collect([(keys[u], u.name) for u in units])
-            notes = list(pairing.notes) + unit_notes
+            notes = list(pairing.notes) + unit_notes + (cache.counts.notes if cache else [])
             summary = _write_outputs(out, rows, notes, pairing, opts, _inputs(base), _inputs(tuned))
             # Not in the tables (they hold figures only); rank 0's own share when distributed.
             summary["run"] = {
@@ -318,9 +342,90 @@ def run_diff(
                 "bytes_computed": sum(u.nbytes for u in todo),
                 "seconds_streaming": streamed,
             }
+            if cache is not None:
+                counts = cache.counts
+                summary["run"]["base_cache"] = {
+                    "folder": str(cache.folder),
+                    "hits": counts.hits,
+                    "misses": counts.misses,
+                    "written": counts.written,
+                    "rejected": counts.rejected,
+                    "write_error": counts.write_error,
+                }
             return summary
     finally:
         ctx.close()
+
+
+def tuned_labels(paths: list[str | Path]) -> list[str]:
+    """Output sub-folder names of several tuned checkpoints: each path's last component
+    (``org/name`` of a hub id gives ``name``), made unique by ``-2``, ``-3``, ... in order."""
+    labels: list[str] = []
+    seen: set[str] = set()
+    for p in paths:
+        name = Path(str(p).rstrip("/")).name
+        base = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name).lstrip(".")
+        label, i = base or "tuned", 1
+        while label in seen:
+            i += 1
+            label = f"{base}-{i}"
+        seen.add(label)
+        labels.append(label)
+    return labels
+
+
+def run_diffs(
+    base_path: str | Path,
+    tuned_paths: list[str | Path],
+    out_dir: str | Path,
+    opts: DiffOptions | None = None,
+    base_cache: str | Path | None = None,
+    use_cache: bool = True,
+    strict: bool = False,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> list[dict[str, Any] | None]:
+    """Diff every tuned checkpoint against one base, in order: ``out_dir/<label>/`` each
+    (:func:`tuned_labels`), with W0's decompositions computed for the first and read back
+    for the others from ``base_cache`` (default ``out_dir/base-cache``; kept for later
+    runs against the same base; ``use_cache=False``: none). Writes ``out_dir/runs.json``:
+    each checkpoint's folder, time and base-cache use. Returns the summaries (None on
+    ranks other than 0).
+
+    Fails on the first bad input, as :func:`run_diff` does; rerunning skips what is done.
+    """
+    opts = opts or DiffOptions()
+    out = Path(out_dir)
+    make_output_dir(out)
+    cache = None
+    if use_cache:
+        cache = Path(base_cache) if base_cache is not None else out / "base-cache"
+    labels = tuned_labels(list(tuned_paths))
+    summaries: list[dict[str, Any] | None] = []
+    index = []
+    for i, (tuned, label) in enumerate(zip(tuned_paths, labels, strict=True)):
+        if say:
+            say(f"[{i + 1}/{len(labels)}] {tuned} -> {out / label}")
+        started = time.perf_counter()
+        summary = run_diff(
+            base_path, tuned, out / label, opts, strict=strict, quiet=quiet, base_cache=cache
+        )
+        summaries.append(summary)
+        if summary is not None:
+            index.append(
+                {
+                    "tuned": str(tuned),
+                    "folder": label,
+                    "seconds": time.perf_counter() - started,
+                    "seconds_streaming": summary["run"]["seconds_streaming"],
+                    "base_cache": summary["run"].get("base_cache"),
+                }
+            )
+    if summaries and summaries[0] is not None:
+        from paramgeom.report import tables
+
+        tables.write_json({"base": str(base_path), "runs": index}, out / "runs.json")
+    return summaries
 
 
 def _rules(opts: DiffOptions) -> dict[str, Any]:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BatchedRotation", "batched_principal_angles", "batched_rotation", "batched_svdvals"]
+__all__ = [
+    "BatchedRotation",
+    "batched_principal_angles",
+    "batched_rotation",
+    "batched_svdvals",
+    "batched_top_bases",
+]
 
 
 def _check_stack(x: torch.Tensor, name: str) -> None:
@@ -43,8 +49,11 @@ def batched_svdvals(x: torch.Tensor) -> torch.Tensor:
     return ev.flip(-1).sqrt()
 
 
-def _top_bases(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k left bases (B, m, k), singular values (B, k), right bases (B, n, k), float64."""
+def batched_top_bases(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` left bases ``(B, m, k)``, singular values ``(B, k)`` and right bases
+    ``(B, n, k)`` of a ``(B, m, n)`` stack, float64 (float64 Gram of the smaller side)."""
+    _check_stack(w, "w")
+    w = w.to(torch.float64)
     g, right = _gram(w)
     ev, vec = torch.linalg.eigh(g)  # ascending
     top = vec.flip(-1)[..., :k]
@@ -52,6 +61,9 @@ def _top_bases(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tor
     # The other side's basis by one product and a QR: the span of W V_k is the top-k left
     # subspace whenever s_k > 0, and QR keeps it orthonormal when some s_i are tiny.
     other = torch.linalg.qr(w @ top if right else w.mT @ top).Q
+    # Contiguous: one memory layout however the bases were made (computed here or read
+    # back from a cache), so the products that use them sum in one order.
+    other, s, top = other.contiguous(), s.contiguous(), top.contiguous()
     return (other, s, top) if right else (top, s, other)
 
 
@@ -98,10 +110,17 @@ class BatchedRotation:
         return torch.where(den > 0, num / den, torch.full_like(num, float("nan")))
 
 
-def batched_rotation(w0: torch.Tensor, w1: torch.Tensor, k: int) -> BatchedRotation:
+def batched_rotation(
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    k: int,
+    base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> BatchedRotation:
     """DESIGN.md "Subspace rotation" for every matrix of a ``(B, m, n)`` pair of stacks:
     exact top-``k`` subspaces of W0 and W1 (float64 Gram of the smaller side, batched eigh)
-    and their principal angles. Paper: k = 512; rotation OPD ~1 deg, SFT > 10, RLVR < 0.5."""
+    and their principal angles. Paper: k = 512; rotation OPD ~1 deg, SFT > 10, RLVR < 0.5.
+    ``base``: W0's :func:`batched_top_bases` computed before (one base, many tuned
+    checkpoints), used instead of computing them again."""
     _check_stack(w0, "w0")
     _check_stack(w1, "w1")
     if w0.shape != w1.shape:
@@ -109,8 +128,8 @@ def batched_rotation(w0: torch.Tensor, w1: torch.Tensor, k: int) -> BatchedRotat
     p = min(w0.shape[1], w0.shape[2])
     if not 1 <= k <= p:
         raise ValueError(f"k must be in [1, {p}], got {k}")
-    u0, s0, v0 = _top_bases(w0.to(torch.float64), k)
-    u1, s1, v1 = _top_bases(w1.to(torch.float64), k)
+    u0, s0, v0 = batched_top_bases(w0, k) if base is None else base
+    u1, s1, v1 = batched_top_bases(w1, k)
     left = batched_principal_angles(u0, u1)
     right = batched_principal_angles(v0, v1)
     return BatchedRotation(k, left, right, s0, s1)
