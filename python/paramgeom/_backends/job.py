@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from paramgeom import _contract
+
 
 @dataclass(frozen=True)
 class DiffStatsJob:
@@ -47,8 +49,6 @@ class DiffStatsJob:
     @property
     def changed_index(self) -> int:
         """Which count defines "unchanged" for the per-row outputs (see ``paramgeom._contract``)."""
-        from paramgeom import _contract
-
         return _contract.REL0 if self.rel_tols else _contract.EQUAL
 
 

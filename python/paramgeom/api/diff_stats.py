@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -20,6 +21,20 @@ CASTS = (None, "bf16")
 
 
 def _check_tols(tols: Sequence[float], name: str) -> tuple[float, ...]:
+    if type(tols) is tuple:  # the common case, checked once per distinct value
+        try:
+            return _checked_tuple(tols, name)
+        except TypeError:  # unhashable items: checked below, uncached
+            pass
+    return _check_tols_now(tols, name)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_tuple(tols: tuple, name: str) -> tuple[float, ...]:
+    return _check_tols_now(tols, name)
+
+
+def _check_tols_now(tols: Sequence[float], name: str) -> tuple[float, ...]:
     try:
         out = tuple(float(t) for t in tols)
     except TypeError:

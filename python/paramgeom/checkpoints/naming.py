@@ -7,6 +7,7 @@ weights are stored per expert (``...experts.7.down_proj.weight``) or fused as 3-
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -51,6 +52,9 @@ _MODULE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("router", r"(^|\.)(mlp|block_sparse_moe|moe)\.(gate|router)(\.weight)?$"),
     )
 )
+MODULE_PATTERN: dict[str, re.Pattern[str]] = dict(_MODULE_PATTERNS)
+"""Module type -> the pattern a name must match to be of that type (necessary, not
+sufficient: an earlier pattern, or the expert rules, may claim the name first)."""
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
 _FUSED_EXPERTS = re.compile(r"\.experts\.")
@@ -70,6 +74,8 @@ class NameInfo:
 
 def pairing_key(name: str) -> str:
     """``name`` without its leading wrapper prefixes (see :data:`PREFIX_RULE`)."""
+    if not name.startswith(WRAPPER_PREFIXES):  # most names: nothing to strip
+        return name
     changed = True
     while changed:
         changed = False
@@ -91,9 +97,22 @@ def parse_name(name: str, ndim: int = 2) -> NameInfo:
         return NameInfo("expert", layer, int(expert_m.group(1)), stack)
     if ndim == 3 and _FUSED_EXPERTS.search(name):
         return NameInfo("expert", layer, None, name)
+    return NameInfo(_module_of(_NUMBER.sub("0", name), ndim), layer, None, None)
+
+
+# A dot-separated component of digits only (a layer or block index). No module pattern
+# tells one such component from another (they name components with letters; ``\w`` and
+# ``[a-z_0-9]`` stay inside a component), so names that differ only there have the same
+# module type: the patterns run once per distinct spelling, not once per layer.
+_NUMBER = re.compile(r"(?<![^.])[0-9]+(?![^.])")
+
+
+@functools.lru_cache(maxsize=4096)
+def _module_of(name: str, ndim: int) -> str:
+    """Module type of a name that is not an expert's: the first pattern that matches."""
     for module, pattern in _MODULE_PATTERNS:
         if pattern.search(name):
             if module == "router" and ndim != 2:
                 continue
-            return NameInfo(module, layer, None, None)
-    return NameInfo("other", layer, None, None)
+            return module
+    return "other"
