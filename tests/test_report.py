@@ -414,15 +414,17 @@ def test_atomic_write_no_temp_files_and_no_half_table(tmp_path, monkeypatch):
 
     # a crash half way through the CSV leaves the previous table and no temp file
     calls = {"n": 0}
-    real_cell = tables_mod._cell
 
-    def flaky(value, kind):
-        calls["n"] += 1
-        if calls["n"] > 40:
-            raise RuntimeError("killed")
-        return real_cell(value, kind)
+    def flaky(fmt):
+        def cell(value):
+            calls["n"] += 1
+            if calls["n"] > 40:
+                raise RuntimeError("killed")
+            return fmt(value)
 
-    monkeypatch.setattr(tables_mod, "_cell", flaky)
+        return cell
+
+    monkeypatch.setattr(tables_mod, "_FORMAT", {k: flaky(f) for k, f in tables_mod._FORMAT.items()})
     with pytest.raises(RuntimeError, match="killed"):
         write_table(rows, DIFF_COLUMNS, tmp_path, "diff")
     monkeypatch.undo()

@@ -77,6 +77,8 @@ def _layer_sort_key(key: str) -> tuple[int, int, str]:
 
 def _num(value: Any) -> float | None:
     """``value`` as a finite float, or None when missing or non-finite."""
+    if type(value) is float:  # the common case, as the generic path below gives it
+        return value if math.isfinite(value) else None
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -137,6 +139,104 @@ def _relative_change(rows: Sequence[Mapping[str, Any]]) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
+# Columns of the diff rows that group figures read, in the order of :func:`_prepare`'s tuples.
+_SPECTRAL = ("stable_rank", "effective_rank", "spectral_drift", "angle_left_max", "angle_right_max")
+_WEIGHTED = (
+    "unchanged_fraction",
+    "unchanged_fraction_atol",
+    "equal_fraction",
+    "angle_left_mean",
+    "angle_right_mean",
+)
+
+
+def _prepare(r: Mapping[str, Any]) -> tuple:
+    """What :func:`_figures` reads from one row, each cell read once: (numel as int or None,
+    n_nonfinite as int or None, has a stable rank, finite numel, finite frobenius_delta,
+    finite frobenius_base, finite max_abs_delta, the :data:`_SPECTRAL` values, the
+    :data:`_WEIGHTED` values), None where missing or non-finite."""
+    get = r.get
+    numel = get("numel")
+    nonfinite = get("n_nonfinite")
+    return (
+        None if numel is None else int(numel),
+        None if nonfinite is None else int(nonfinite),
+        get("stable_rank") is not None,
+        _num(numel),
+        _num(get("frobenius_delta")),
+        _num(get("frobenius_base")),
+        _num(get("max_abs_delta")),
+        tuple(_num(get(c)) for c in _SPECTRAL),
+        tuple(_num(get(c)) for c in _WEIGHTED),
+    )
+
+
+def _figures(prepared: Sequence[tuple]) -> dict[str, Any]:
+    """:func:`group_figures` of rows given as :func:`_prepare` tuples, in one pass. Every
+    sum is ``math.fsum`` (exact, so independent of order) and every list keeps row order:
+    the figures are those of the column-by-column definitions."""
+    numel = nonfinite = n_matrices = 0
+    spectral: list[list[float]] = [[] for _ in _SPECTRAL]
+    wnum: list[list[float]] = [[] for _ in _WEIGHTED]
+    wden: list[list[float]] = [[] for _ in _WEIGHTED]
+    deltas, bases, maxes, dd, bb = [], [], [], [], []
+    for n_int, nf_int, has_sr, w, d, b, mx, spec, weighted in prepared:
+        if n_int is not None:
+            numel += n_int
+        if nf_int is not None:
+            nonfinite += nf_int
+        n_matrices += has_sr
+        if d is not None:
+            deltas.append(d)
+        if b is not None:
+            bases.append(b)
+        if d is not None and b is not None:
+            dd.append(d * d)
+            bb.append(b * b)
+        if mx is not None:
+            maxes.append(mx)
+        for out, v in zip(spectral, spec, strict=True):
+            if v is not None:
+                out.append(v)
+        if w is not None:
+            for num, den, v in zip(wnum, wden, weighted, strict=True):
+                if v is not None:
+                    num.append(w * v)
+                    den.append(w)
+    weighted_figs = []
+    for num, den in zip(wnum, wden, strict=True):
+        total = math.fsum(den)
+        weighted_figs.append(math.fsum(num) / total if den and total > 0 else None)
+    base = math.fsum(bb)
+    sr, er, drift, alm, arm = spectral
+    uf, uf_atol, eq, alw, arw = weighted_figs
+    return {
+        "n_tensors": len(prepared),
+        "numel": numel,
+        "n_matrices": n_matrices,
+        "n_nonfinite": nonfinite,
+        "unchanged_fraction": uf,
+        "unchanged_fraction_atol": uf_atol,
+        "equal_fraction": eq,
+        "frobenius_delta": _root_sum_sq(deltas),
+        "frobenius_base": _root_sum_sq(bases),
+        "relative_change": math.sqrt(math.fsum(dd)) / math.sqrt(base) if bb and base > 0 else None,
+        "max_abs_delta": _max(maxes),
+        "stable_rank_mean": _mean(sr),
+        "stable_rank_median": _median(sr),
+        "effective_rank_mean": _mean(er),
+        "effective_rank_median": _median(er),
+        "spectral_drift_mean": _mean(drift),
+        "spectral_drift_median": _median(drift),
+        "angle_left_max_mean": _mean(alm),
+        "angle_left_max_max": _max(alm),
+        "angle_right_max_mean": _mean(arm),
+        "angle_right_max_max": _max(arm),
+        "angle_left_mean": alw,
+        "angle_right_mean": arw,
+    }
+
+
 def group_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Figures of one group of per-tensor diff rows (the model, a module type, a layer, ...).
 
@@ -150,47 +250,23 @@ def group_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     the same for ``right``; ``angle_left_mean``, ``angle_right_mean`` (numel-weighted mean of
     the per-matrix mean angle).
     """
-    sr = _values(rows, "stable_rank")
-    er = _values(rows, "effective_rank")
-    drift = _values(rows, "spectral_drift")
-    alm = _values(rows, "angle_left_max")
-    arm = _values(rows, "angle_right_max")
-    numel = [int(r["numel"]) for r in rows if r.get("numel") is not None]
-    nonfinite = [int(r["n_nonfinite"]) for r in rows if r.get("n_nonfinite") is not None]
-    return {
-        "n_tensors": len(rows),
-        "numel": sum(numel),
-        "n_matrices": sum(1 for r in rows if r.get("stable_rank") is not None),
-        "n_nonfinite": sum(nonfinite),
-        "unchanged_fraction": _weighted(rows, "unchanged_fraction"),
-        "unchanged_fraction_atol": _weighted(rows, "unchanged_fraction_atol"),
-        "equal_fraction": _weighted(rows, "equal_fraction"),
-        "frobenius_delta": _root_sum_sq(_values(rows, "frobenius_delta")),
-        "frobenius_base": _root_sum_sq(_values(rows, "frobenius_base")),
-        "relative_change": _relative_change(rows),
-        "max_abs_delta": _max(_values(rows, "max_abs_delta")),
-        "stable_rank_mean": _mean(sr),
-        "stable_rank_median": _median(sr),
-        "effective_rank_mean": _mean(er),
-        "effective_rank_median": _median(er),
-        "spectral_drift_mean": _mean(drift),
-        "spectral_drift_median": _median(drift),
-        "angle_left_max_mean": _mean(alm),
-        "angle_left_max_max": _max(alm),
-        "angle_right_max_mean": _mean(arm),
-        "angle_right_max_max": _max(arm),
-        "angle_left_mean": _weighted(rows, "angle_left_mean"),
-        "angle_right_mean": _weighted(rows, "angle_right_mean"),
-    }
+    return _figures([_prepare(r) for r in rows])
 
 
 def _group_by(
-    rows: Iterable[Mapping[str, Any]], col: str, none_key: str = "none"
-) -> dict[str, list[Mapping[str, Any]]]:
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in rows:
+    rows: Iterable[Mapping[str, Any]],
+    col: str,
+    none_key: str = "none",
+    items: Sequence | None = None,
+) -> dict[str, list]:
+    """Rows by ``str(row[col])`` (``none_key`` for None), in row order; with ``items`` (one
+    per row), those items grouped by their row's value instead of the rows."""
+    groups: dict[str, list] = {}
+    for i, r in enumerate(rows):
         v = r.get(col)
-        groups.setdefault(none_key if v is None else str(v), []).append(r)
+        groups.setdefault(none_key if v is None else str(v), []).append(
+            r if items is None else items[i]
+        )
     return groups
 
 
@@ -205,22 +281,25 @@ def summarize_diff(rows: list[dict]) -> dict:
     Dict keys are in display order (module order, numeric layers, then ``"none"``).
     """
     rows = list(rows)
-    by_module = _group_by(rows, "module")
-    by_layer = _group_by(rows, "layer")
-    by_stack = _group_by((r for r in rows if r.get("stack") is not None), "stack")
+    prepared = [_prepare(r) for r in rows]
+    by_module = _group_by(rows, "module", items=prepared)
+    by_layer = _group_by(rows, "layer", items=prepared)
+    in_stacks = [i for i, r in enumerate(rows) if r.get("stack") is not None]
+    by_stack = _group_by((rows[i] for i in in_stacks), "stack")
+    stack_items = _group_by(
+        (rows[i] for i in in_stacks), "stack", items=[prepared[i] for i in in_stacks]
+    )
     stacks = {}
     for stack in sorted(by_stack):
-        figs = group_figures(by_stack[stack])
+        figs = _figures(stack_items[stack])
         figs["n_experts"] = len(
             {r["expert"] for r in by_stack[stack] if r.get("expert") is not None}
         )
         stacks[stack] = figs
     return {
-        "model": group_figures(rows),
-        "by_module": {
-            m: group_figures(by_module[m]) for m in sorted(by_module, key=module_sort_key)
-        },
-        "by_layer": {k: group_figures(by_layer[k]) for k in sorted(by_layer, key=_layer_sort_key)},
+        "model": _figures(prepared),
+        "by_module": {m: _figures(by_module[m]) for m in sorted(by_module, key=module_sort_key)},
+        "by_layer": {k: _figures(by_layer[k]) for k in sorted(by_layer, key=_layer_sort_key)},
         "by_stack": stacks,
     }
 

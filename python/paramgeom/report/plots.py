@@ -37,6 +37,8 @@ _RC = {
 
 
 def _finite(value: Any) -> float | None:
+    if type(value) is float:  # the common case, as the generic path below gives it
+        return value if math.isfinite(value) else None
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -95,15 +97,24 @@ def _style() -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _layer_module_grid(
-    rows: Sequence[Mapping[str, Any]], cell: Any
-) -> tuple[list[int], list[str], list[list[float]]] | None:
-    """Layers x modules grid of ``cell(rows_of_that_cell)`` (NaN where None); None if empty."""
+def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[int, str], list[Mapping[str, Any]]]:
+    """The rows of each (layer, module) cell of the heat maps."""
     groups: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
     for r in rows:
-        if r.get("layer") is None or r.get("module") is None:
+        layer, module = r.get("layer"), r.get("module")
+        if layer is None or module is None:
             continue
-        groups.setdefault((int(r["layer"]), str(r["module"])), []).append(r)
+        groups.setdefault((int(layer), str(module)), []).append(r)
+    return groups
+
+
+def _layer_module_grid(
+    rows: Sequence[Mapping[str, Any]] | dict[tuple[int, str], list[Mapping[str, Any]]],
+    cell: Any,
+) -> tuple[list[int], list[str], list[list[float]]] | None:
+    """Layers x modules grid of ``cell(rows_of_that_cell)`` (NaN where None); None if empty.
+    ``rows``: the rows, or :func:`_cells` of them (grouped once for both heat maps)."""
+    groups = rows if isinstance(rows, dict) else _cells(rows)
     if not groups:
         return None
     layers = sorted({lay for lay, _ in groups})
@@ -200,8 +211,9 @@ def plot_diff(rows: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     written: list[Path] = []
     rows = list(rows)
+    cells = _cells(rows)
     with _style():
-        grid = _layer_module_grid(rows, _weighted_uf)
+        grid = _layer_module_grid(cells, _weighted_uf)
         if grid is not None:
             fig = _heatmap(
                 grid,
@@ -214,7 +226,7 @@ def plot_diff(rows: list[dict], out_dir: Path) -> list[Path]:
             )
             _save(fig, out_dir / "heatmap_unchanged.png", written)
 
-        grid = _layer_module_grid(rows, _mean_max_angle)
+        grid = _layer_module_grid(cells, _mean_max_angle)
         if grid is not None:
             vmax = max(v for line in grid[2] for v in line if math.isfinite(v))
             fig = _heatmap(
@@ -265,11 +277,15 @@ def plot_diff(rows: list[dict], out_dir: Path) -> list[Path]:
             xs.append(x)
             ys.append(y)
         if points:
+            import numpy as np
+
             fig = _new_figure(6.5, 4.5)
             ax = fig.add_subplot()
             colors = _palette(len(points))
             for i, module in enumerate(sorted(points, key=module_sort_key)):
-                xs, ys = points[module]
+                # As arrays: a list of 50,000 floats went through numpy.ma element by
+                # element (3 s); the same values as an array draw the same points.
+                xs, ys = (np.asarray(v, dtype=float) for v in points[module])
                 ax.scatter(xs, ys, s=12, alpha=0.75, color=colors(i), label=module)
             ax.set_xscale("log")
             # Minor ticks of a log axis spanning less than a decade get labels of their own

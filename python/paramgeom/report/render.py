@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,13 @@ class _Img:
 
 
 _MD_SPECIAL = set("\\`*_{}[]<>|&~#")
+_MD_ESCAPE = re.compile("([" + re.escape("".join(sorted(_MD_SPECIAL))) + "])")
 
 
 def _md(text: str) -> str:
     """Text safe in Markdown (and in a Markdown table cell): markup characters escaped."""
     text = " ".join(str(text).splitlines())
-    return "".join("\\" + c if c in _MD_SPECIAL else c for c in text)
+    return _MD_ESCAPE.sub(r"\\\1", text)
 
 
 def _to_markdown(title: str, blocks: Sequence[Any]) -> str:
