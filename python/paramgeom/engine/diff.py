@@ -8,9 +8,7 @@ starts; rank 0 writes the tables, the summary, the plots and the report from the
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -35,16 +33,15 @@ from paramgeom.engine.compute import (
     matrix_row,
     small_rows,
 )
-from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
-from paramgeom.engine.loader import (
-    InputWatch,
-    Prefetcher,
-    Stored,
-    read_stored,
-    to_device,
+from paramgeom.engine.journal import FileIdentities, entry_key
+from paramgeom.engine.loader import Prefetcher, Stored, read_stored, to_device
+from paramgeom.engine.pipeline import (
+    compute_device,
+    describe_inputs,
+    make_output_dir,
+    stream_units,
 )
-from paramgeom.engine.plan import Unit, build_units, share_for_rank
-from paramgeom.engine.progress import ByteProgress
+from paramgeom.engine.plan import Unit, build_units
 from paramgeom.engine.schema import DIFF_COLUMNS
 from paramgeom.linalg.subspaces import SUBSPACE_TOL
 
@@ -219,36 +216,6 @@ def _compute_unit(streamer: Streamer, unit: Unit, loaded) -> tuple[list[dict], l
     return [row], notes
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if name != "cpu":
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
-    return torch.device("cpu")
-
-
-def make_output_dir(out: Path) -> None:
-    """Create the output folder, or fail as bad input (exit 2) with one line."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(
-            out, None, f"cannot create the output folder ({exc.strerror or exc})"
-        ) from None
-
-
-def _inputs(ckpt) -> dict[str, Any]:
-    files = []
-    for f in ckpt.files:
-        ident = ckpt.identity(f)
-        files.append(
-            {"name": Path(f).name, "size": ident.size, "header_sha256": ident.header_sha256}
-        )
-    return {"path": str(ckpt.path), "files": files, "n_tensors": len(ckpt.tensors)}
-
-
 def _check_nonempty(pairing, base, tuned) -> None:
     if not pairing.pairs:
         raise CheckpointError(
@@ -277,7 +244,7 @@ def run_diff(
     out = Path(out_dir)
     ctx = distributed.context(opts.device)
     try:
-        device = _device(opts.device)
+        device = compute_device(opts.device)
         make_output_dir(out)
         cache = None
         if base_cache is not None and opts.spectra and opts.angles:
@@ -296,51 +263,32 @@ def run_diff(
             streamer = Streamer(base, tuned, opts, device, cache)
             fingerprint = opts.fingerprint()
             keys = {u: entry_key(u.digest(), streamer.identities(u), fingerprint) for u in units}
-            mine = share_for_rank(units, ctx.rank, ctx.world)
-            journal = Journal(out, "diff", ctx.rank)
-            done = journal.start()
-            todo = [u for u in mine if keys[u] not in done]
-            ok = False
-            watch = InputWatch()
-            started = time.perf_counter()
-            try:
-                with ByteProgress(
-                    "diff", sum(u.nbytes for u in mine), quiet or not ctx.is_main
-                ) as bar:
-                    bar.advance(sum(u.nbytes for u in mine if keys[u] in done))
-                    streamer.plan_readahead(todo, READAHEAD_BYTES)
-                    with Prefetcher(todo, streamer.load, depth=1) as queue:
-                        for unit, loaded in queue:
-                            bar.describe(unit.name)
-                            rows, notes = watch.compute(
-                                streamer.reads(unit), unit.name,
-                                functools.partial(compute_unit, streamer, unit, loaded),
-                            )  # fmt: skip
-                            journal.append(keys[unit], unit.name, rows, notes)
-                            fault_point("diff")
-                            del loaded
-                            bar.advance(unit.nbytes)
-                ok = True
-            finally:
-                journal.close()
-                streamed = time.perf_counter() - started
-                all_ok = ctx.all_ok(ok)
-            if not all_ok:
-                raise CheckpointError(None, None, "another rank failed; its error is above")
-            if not ctx.is_main:
+
+            def feed(todo: list[Unit]):
+                streamer.plan_readahead(todo, READAHEAD_BYTES)
+                with Prefetcher(todo, streamer.load, depth=1) as queue:
+                    yield from queue
+
+            done = stream_units(
+                "diff", out, ctx, units, keys, feed,
+                compute=lambda unit, loaded: compute_unit(streamer, unit, loaded),
+                reads=streamer.reads, nbytes=lambda u: u.nbytes, quiet=quiet,
+            )  # fmt: skip
+            if done is None:
                 return None
             if say:
                 say("writing tables, plots and report")
-            rows, unit_notes = journal.collect([(keys[u], u.name) for u in units])
-            notes = list(pairing.notes) + unit_notes + (cache.counts.notes if cache else [])
-            summary = _write_outputs(out, rows, notes, pairing, opts, _inputs(base), _inputs(tuned))
+            notes = list(pairing.notes) + done.notes + (cache.counts.notes if cache else [])
+            summary = _write_outputs(
+                out, done.rows, notes, pairing, opts, describe_inputs(base), describe_inputs(tuned)
+            )
             # Not in the tables (they hold figures only); rank 0's own share when distributed.
             summary["run"] = {
                 "ranks": ctx.world,
-                "units_computed": len(todo),
-                "units_from_journal": len(mine) - len(todo),
-                "bytes_computed": sum(u.nbytes for u in todo),
-                "seconds_streaming": streamed,
+                "units_computed": len(done.computed),
+                "units_from_journal": len(done.mine) - len(done.computed),
+                "bytes_computed": sum(u.nbytes for u in done.computed),
+                "seconds_streaming": done.seconds,
             }
             if cache is not None:
                 counts = cache.counts

@@ -20,7 +20,6 @@ rounding noise gave Sim_2 0.85 with R = 4 and 0.98 with R = 16 where the exact v
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -38,11 +37,14 @@ from paramgeom.checkpoints.pairing import RULES, PairedTensor, pair_checkpoints
 from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
 from paramgeom.engine.compute import spectral_inputs
-from paramgeom.engine.diff import _device, _inputs, make_output_dir
-from paramgeom.engine.journal import FileIdentities, Journal, entry_key, fault_point
-from paramgeom.engine.loader import InputWatch, Prefetcher, Stored, read_stored, stored_stats_args
-from paramgeom.engine.plan import share_for_rank
-from paramgeom.engine.progress import ByteProgress
+from paramgeom.engine.journal import FileIdentities, entry_key
+from paramgeom.engine.loader import Prefetcher, Stored, read_stored, stored_stats_args
+from paramgeom.engine.pipeline import (
+    compute_device,
+    describe_inputs,
+    make_output_dir,
+    stream_units,
+)
 from paramgeom.engine.schema import TRAJECTORY_COLUMNS
 
 __all__ = ["TrajectoryOptions", "run_trajectory", "step_of"]
@@ -290,7 +292,7 @@ def run_trajectory(
     ctx = distributed.context(opts.device)
     opened = []
     try:
-        device = _device(opts.device)
+        device = compute_device(opts.device)
         make_output_dir(out)
         base = open_checkpoint(base_path)
         opened.append(base)
@@ -316,10 +318,6 @@ def run_trajectory(
             ids = [ident(base, mat.pairs[0].base.info.file)]
             ids += [ident(c, p.tuned.info.file) for c, p in zip(ckpts, mat.pairs, strict=True)]
             keys[mat] = entry_key(mat.digest(), ids, fp)
-        mine = share_for_rank(matrices, ctx.rank, ctx.world)
-        journal = Journal(out, "trajectory", ctx.rank)
-        done = journal.start()
-        todo = [m for m in mine if keys[m] not in done]
 
         def read(item):
             mat, t = item
@@ -329,44 +327,37 @@ def run_trajectory(
                 return read_stored(ckpt, ref)
             return read_stored(ckpt, ref, mat.expert, mat.expert + 1).split()[0]
 
-        items = [(m, t) for m in todo for t in range(-1, len(ckpts))]
-        ok = False
-        watch = InputWatch()
-        try:
-            total = sum(m.nbytes for m in mine)
-            with ByteProgress("trajectory", total, quiet or not ctx.is_main) as bar:
-                bar.advance(sum(m.nbytes for m in mine if keys[m] in done))
-                with Prefetcher(items, read, depth=1) as queue:
-                    it = iter(queue)
-                    for mat in todo:
-                        bar.describe(mat.name)
-                        reads = ((t, w) for (_, t), w in (next(it) for _ in range(len(ckpts) + 1)))
-                        inputs_read = [(base, [mat.pairs[0].base.name])] + [
-                            (c, [p.tuned.name]) for c, p in zip(ckpts, mat.pairs, strict=True)
-                        ]
-                        rows, unit_notes = watch.compute(
-                            inputs_read, mat.name,
-                            functools.partial(_follow, mat, reads, steps, names, opts, device),
-                        )  # fmt: skip
-                        journal.append(keys[mat], mat.name, rows, unit_notes)
-                        fault_point("trajectory")
-                        bar.advance(mat.nbytes)
-            ok = True
-        finally:
-            journal.close()
-            all_ok = ctx.all_ok(ok)
-        if not all_ok:
-            raise CheckpointError(None, None, "another rank failed; its error is above")
-        if not ctx.is_main:
+        def feed(todo: list[_Matrix]):
+            # One side at a time (the base, then each checkpoint): a matrix's sides are
+            # consumed by its compute as they arrive, so memory holds about two of them.
+            items = [(m, t) for m in todo for t in range(-1, len(ckpts))]
+            with Prefetcher(items, read, depth=1) as queue:
+                it = iter(queue)
+                for mat in todo:
+                    yield mat, ((t, w) for (_, t), w in (next(it) for _ in range(len(ckpts) + 1)))
+
+        def reads(mat: _Matrix) -> list:
+            return [(base, [mat.pairs[0].base.name])] + [
+                (c, [p.tuned.name]) for c, p in zip(ckpts, mat.pairs, strict=True)
+            ]
+
+        done = stream_units(
+            "trajectory", out, ctx, matrices, keys, feed,
+            compute=lambda mat, sides: _follow(mat, sides, steps, names, opts, device),
+            reads=reads, nbytes=lambda m: m.nbytes, quiet=quiet,
+        )  # fmt: skip
+        if done is None:
             return None
         if say:
             say("writing tables, plots and report")
-        rows, unit_notes = journal.collect([(keys[m], m.name) for m in matrices])
         for p in pairings:
             notes += p.notes
-        notes += unit_notes
-        inputs = {"base": _inputs(base), "checkpoints": [_inputs(c) for c in ckpts]}
-        return _write_outputs(out, rows, notes, opts, inputs, steps)
+        notes += done.notes
+        inputs = {
+            "base": describe_inputs(base),
+            "checkpoints": [describe_inputs(c) for c in ckpts],
+        }
+        return _write_outputs(out, done.rows, notes, opts, inputs, steps)
     finally:
         for c in opened:
             c.close()

@@ -227,13 +227,19 @@ def build_plan(
             rank = rotation_k(width, profile.diff_rank)
             k_lock = lock_k(width)
 
-            def diff_argv(run_dir=run_dir, ana=ana, rank=rank) -> list[str]:
+            # Every run of a size starts from the same student: its decompositions are
+            # computed by the first diff and read back by the others (keyed by content).
+            cache = out / "analysis" / size / "base-cache"
+
+            def diff_argv(run_dir=run_dir, ana=ana, rank=rank, cache=cache) -> list[str]:
                 return [
                     "diff",
                     str(run_dir / "checkpoint-0"),
                     str(final_checkpoint(run_dir)),
                     "--out",
                     str(ana / "diff"),
+                    "--base-cache",
+                    str(cache),
                     "--rank",
                     str(rank),
                     "--device",
