@@ -10,14 +10,18 @@ import json
 import os
 import sys
 from dataclasses import asdict
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from paramgeom._argtypes import bounded_float, bounded_int
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 
 def _cmd_backends(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from paramgeom import backends
 
     infos = backends()
@@ -43,6 +47,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from paramgeom import bench
@@ -75,6 +80,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _console(args) -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, quiet=getattr(args, "quiet", False))
 
 
