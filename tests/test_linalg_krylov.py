@@ -199,7 +199,10 @@ def test_thick_restart_keeps_converging():
     k = 10
     _, s, v = oracle(w)
     free = block_krylov_svd(None, w, k, start_block(300, 12), max_steps=60, tol=1e-8)
-    capped = block_krylov_svd(None, w, k, start_block(300, 12), max_steps=200, tol=1e-8, max_dim=60)
+    capped = block_krylov_svd(
+        None, w, k, start_block(300, 12), max_steps=200, tol=1e-8, max_dim=60,
+        exact_fraction=1.0,
+    )  # fmt: skip
     assert free.converged and capped.converged and capped.dim <= 60
     assert capped.steps > free.steps
     torch.testing.assert_close(capped.S, s[:k], rtol=1e-12, atol=0)

@@ -67,9 +67,6 @@ RESIDUAL_TOL = 1e-6
 # largest column is rounding, not information: it is replaced by a random direction (the
 # Krylov space is invariant there), which keeps the block width and the basis orthonormal.
 _DEAD = 1e-10
-# A Ritz residual above this multiple of tol skips the next step's Ritz problem.
-_SKIP_ABOVE = 100.0
-
 # Columns that shrank below this fraction in reorthogonalisation get a third pass ("twice
 # is enough" holds when a column keeps a fair part of its norm).
 _SHRUNK = 1e-3
@@ -206,9 +203,11 @@ def block_krylov_svd(
         ``b`` after one step); ``residual`` still describes the two-sided ones.
     exact_fraction : float
         The exact Gram path answers instead once the basis would pass this fraction of
-        ``min(m, n)`` (or from the start when two blocks would): a basis of half the space
-        costs about what the Gram of the smaller side does (``p^2 max(m, n)`` flops) and its
-        Ritz problems more. ``1.0``: Krylov until a block no longer fits.
+        ``min(m, n)`` (or from the start when two blocks would), or as soon as the residual's
+        rate since the previous step predicts that it would before the test passes: a basis
+        of half the space costs about what the Gram of the smaller side does (``p^2 max(m,
+        n)`` flops) and its Ritz problems more. ``1.0``: Krylov until a block no longer fits,
+        with no prediction.
     """
     m, n = int(w1.shape[0]), int(w1.shape[1])
     p = min(m, n)
@@ -237,7 +236,7 @@ def block_krylov_svd(
     zscale = None
     steps = 0
     res = math.inf
-    check = True
+    history = None  # (step, residual) of the last check on the convergence curve
     while True:
         steps += 1
         d = 0 if V is None else V.shape[1]
@@ -257,8 +256,7 @@ def block_krylov_svd(
         _check_finite(z)
         zscale = float(torch.linalg.vector_norm(z, dim=0).max())
         f, c = _project_out(V, z)
-        last_step = steps >= max(max_steps, 1) or V.shape[1] + b > room
-        if V.shape[1] >= k and (check or last_step):
+        if V.shape[1] >= k:
             ritz = _ritz(B, min(k, V.shape[1]), gen)
             res = _residual(ritz, B, f, c, b)
             if res <= tol or steps >= max(max_steps, 1):
@@ -266,12 +264,12 @@ def block_krylov_svd(
                 if one_sided and res > tol:
                     s, pm, qm, V = _one_sided(B, f, V, k, gen)
                 return KrylovSVD(U @ pm, s, V @ qm, steps, res <= tol, res, V.shape[1])
-            # Far from the tolerance (a step cuts the residual by 10x at most on the
-            # spectra measured), the next step's Ritz problem is skipped: it costs
-            # (4/3) d^3 flops, the largest item of a step.
-            check = res <= _SKIP_ABOVE * tol
-        else:
-            check = True
+            if exact_fraction < 1 and _predicted_dim(history, steps, res, tol, b) > room:
+                # At the rate of the last step the basis would pass exact_fraction of the
+                # space before the test passes: the exact path is the cheaper from here.
+                return _exact(w0, w1, k, steps, seed)
+            if steps >= 2:  # the first block's residual is not yet on the convergence curve
+                history = (steps, res)
         if V.shape[1] + b > room:
             # The next step would pass exact_fraction of the space (or leave no room).
             return _exact(w0, w1, k, steps, seed)
@@ -280,7 +278,21 @@ def block_krylov_svd(
             s, pm, qm = _ritz(B, keep, gen)
             V, U, B = V @ qm, U @ pm, torch.diag(s)
             # F still spans the part of A^T U (old U, so also the kept U) outside span(V).
-            check = True
+            history = None
+
+
+def _predicted_dim(history, steps, res, tol, b) -> float:
+    """Basis width at which the residual would reach ``tol`` if it kept falling at the rate
+    measured since ``history = (step, residual)`` (inf if it did not fall; the rate only
+    improves later on, as Krylov convergence is superlinear, so this errs towards the exact
+    path, which costs about as much as a basis at the switch point)."""
+    if history is None or res <= tol or tol <= 0:
+        return 0.0
+    step0, res0 = history
+    if not 0 < res < res0:
+        return math.inf
+    rate = (res / res0) ** (1.0 / (steps - step0))
+    return (steps + math.log(tol / res) / math.log(rate)) * b
 
 
 def _residual(ritz, B, f, c, b) -> float:

@@ -18,6 +18,7 @@ only the last::
 ``q`` power iterations, on a space that contains its. ``power_iters=None`` (the default):
 blocks are added until every top-k Ritz triplet has a relative residual
 ``||dW^T u_i - s_i v_i|| / s_1 <= 1e-6``, which bounds the error whatever the gap at ``k``.
+A basis that would pass half of ``min(m, n)`` hands over to the exact Gram path below.
 """
 
 from __future__ import annotations
