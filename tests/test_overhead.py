@@ -35,6 +35,27 @@ def test_import_paramgeom_and_the_cli_do_not_import_torch():
         assert heavy not in mods, heavy
 
 
+def test_every_parser_and_help_is_built_without_torch():
+    # what `paramgeom --help` and `paramgeom diff --help` do before printing
+    mods = _modules_after(
+        "import paramgeom.cli as c\np = c.build_parser()\n"
+        "p.parse_args(['diff', 'a', 'b', 'c', '--out', 'o', '--chunk-bytes', '2MiB'])"
+    )
+    for heavy in ("torch", "numpy", "rich", "matplotlib", "scipy"):
+        assert heavy not in mods, heavy
+
+
+def test_checkpoint_names_resolve_on_first_use():
+    import paramgeom.checkpoints as ck
+    from paramgeom.checkpoints.reader import open_checkpoint
+    from paramgeom.checkpoints.synth import DTYPES, parse_size
+
+    assert ck.open_checkpoint is open_checkpoint and set(ck.__all__) <= set(dir(ck))
+    assert list(DTYPES) == ["bf16", "fp16", "fp32", "fp8"] and parse_size("2MiB") == 2**21
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ck.nope  # noqa: B018
+
+
 def test_public_names_still_resolve():
     assert paramgeom.diff_stats is paramgeom.api.diff_stats.diff_stats
     from paramgeom import DiffStats, GeometryMonitor, backends, linalg, metrics

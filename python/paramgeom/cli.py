@@ -202,7 +202,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from paramgeom.checkpoints import synth
+    from paramgeom.checkpoints import synth_cli as synth
 
     parser = _Parser(
         prog="paramgeom",
