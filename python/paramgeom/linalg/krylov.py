@@ -34,12 +34,18 @@ polynomials converge like ``exp(-2 t sqrt(gap))`` instead of ``exp(-2 t gap)`` o
 gap ``gap`` (Saad, "Numerical methods for large eigenvalue problems", 2011, Sec. 6.6), the
 difference between hundreds of steps and tens on the gapless spectra of weight matrices.
 
-When the basis would come within a block of the whole space (``(j + 2) b > min(m, n)``), or
-from the start when ``4 b >= min(m, n)``, the exact Gram path gives the triplets instead
-(``exact_svd``: ``p^2 max(m, n)`` flops, no more than the products that would cover the
-space). When it
-would outgrow ``max_dim`` the iteration restarts thickly: the top ``max_dim - 2 b`` Ritz pairs
+The exact Gram path (``exact_svd``: ``p^2 max(m, n)`` flops and one subset eigensolve,
+``p = min(m, n)``) gives the triplets instead when the basis would pass ``exact_fraction``
+(default 1/2) of ``p``, when the residual's rate over the last step predicts that it would
+before the test passes, or from the start when two blocks would: a basis of half the space
+costs about what the Gram does, and its Ritz problems more. Gaussian (Marchenko-Pastur)
+spectra at k = p / 16 need 75-85% of the space and so end there. When the basis would
+outgrow ``max_dim`` the iteration restarts thickly: the top ``max_dim - 2 b`` Ritz pairs
 become the new basis (``B`` diagonal) and ``F`` carries on, so no product is lost.
+
+The small problem is solved as the top-k eigenpairs of ``B^T B`` (LAPACK's subset solver),
+``s_i = ||B q_i||`` and ``p_i = B q_i / s_i``; its own residual ``||B^T p_i - s_i q_i||`` is
+part of ``r_i``.
 
 Accuracy: products run in fp32 (the kernels' contract), so residuals below about
 ``1e-7 s_1`` are rounding; the residual here adds the measured disagreement of the ``A`` and
