@@ -422,19 +422,21 @@ def _clean(value):
 
 
 def unconverged_note(rows: list[dict]) -> list[str]:
-    """One note for the matrices whose top-K subspace iteration stopped at its step cap
-    (``subspace_residual`` above the 1e-6 stop test): their angles are not converged."""
+    """One note for the matrices whose block Krylov iteration stopped at its block cap
+    (``subspace_residual``, the largest relative Ritz residual, above the 1e-6 stop test):
+    their angles are not converged."""
     bad = [r for r in rows if (r.get("subspace_residual") or 0.0) > SUBSPACE_TOL]
     if not bad:
         return []
     worst = max(bad, key=lambda r: r["subspace_residual"])
     return [
         f"{len(bad)} of {sum(r.get('subspace_steps') is not None for r in rows)} matrices: "
-        f"top-K subspace iteration stopped at its step cap before converging (last step "
-        f"still moved the subspace by sin up to {worst['subspace_residual']:.1e}, in "
+        f"the top-K block Krylov iteration stopped at its block cap before converging "
+        f"(relative Ritz residual up to {worst['subspace_residual']:.1e}, in "
         f"{worst['name']}; the stop test is {SUBSPACE_TOL:g}): their angles are not "
-        "converged (column subspace_residual). A spectrum with no gap at K does this; "
-        "--exact-threshold at or above min(m, n) gives exact subspaces"
+        "converged (column subspace_residual; sin(angle error) <= residual * s_1 / "
+        "(s_K - s_K+1)). A spectrum with no gap at K does this; --exact-threshold at or "
+        "above min(m, n) gives exact subspaces"
     ]
 
 

@@ -41,14 +41,15 @@ DIFF_COLUMNS: dict[str, tuple[str, str]] = {
     "spectrum": ("string", "how dW's spectrum was found: 'exact' or 'randomized' (2-D only)"),
     "subspace_steps": (
         "int64",
-        "subspace-iteration steps for W0's and W1's top-K subspaces together (randomized "
-        "path; None where they come from an exact eigendecomposition)",
+        "block Krylov blocks (two products each) for W0's and W1's top-K subspaces together "
+        "(randomized path; None where they come from an exact eigendecomposition)",
     ),
     "subspace_residual": (
         "float64",
-        "sine of the last step's move of the top-K right subspace, the larger of W0's and "
-        "W1's (randomized path; the iteration stops below 1e-6, else at its step cap: the "
-        "angles are then not converged)",
+        "largest relative Ritz residual max_i ||W^T u_i - s_i v_i|| / s_1 over W0's and W1's "
+        "top-K triplets (randomized path; 0 where the exact Gram path answered; it bounds "
+        "the subspace error: sin(theta) <= residual * s_1 / (s_K - s_K+1); above 1e-6 the "
+        "method stopped at its block cap and the angles are not converged)",
     ),
     "changed_in_principal": (
         "float64",
