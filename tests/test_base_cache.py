@@ -197,6 +197,25 @@ def test_get_returns_exactly_what_put_stored(tmp_path):
     assert (cache.counts.hits, cache.counts.rejected) == (1, 2)
 
 
+def test_huge_fifo_and_folder_entries_are_misses_without_blocking(tmp_path):
+    import os
+
+    cache = BaseCache(tmp_path, "auto|cpu")
+    shapes = {"S": (2,)}
+    cache.put("ab" * 32, {"S": torch.tensor([2.0, 1.0], dtype=torch.float64)})
+    path = tmp_path / "ab" / f"{'ab' * 32}.safetensors"
+    with open(path, "ab") as fh:  # the right entry, grown past what two values need
+        fh.truncate(1 << 20)
+    fifo = tmp_path / "cd" / f"{'cd' * 32}.safetensors"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    folder = tmp_path / "ef" / f"{'ef' * 32}.safetensors"
+    folder.mkdir(parents=True)
+    for key in ("ab", "cd", "ef"):
+        assert cache.get(key * 32, shapes) is None
+    assert (cache.counts.rejected, cache.counts.hits) == (3, 0)
+
+
 def test_tuned_labels_are_unique_folder_names():
     labels = tuned_labels(["runs/a/checkpoint-100", "runs/b/checkpoint-100/", "org/model@v2", "."])
     assert labels == ["checkpoint-100", "checkpoint-100-2", "model@v2", "tuned"]

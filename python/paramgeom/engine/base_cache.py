@@ -21,6 +21,7 @@ wrong figure. A failed write (a full disk) stops writing and says so once; the d
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,9 +29,15 @@ from pathlib import Path
 
 import torch
 
+from paramgeom.checkpoints.errors import CheckpointError
+from paramgeom.checkpoints.files import read_regular_bytes
+
 __all__ = ["BaseCache", "CacheCounts", "MIN_DIM", "code_digest"]
 
 CACHE_VERSION = "1"
+
+HEADER_LIMIT = 1 << 16
+"""Largest safetensors header of an entry (a few tensor names and the metadata)."""
 
 MIN_DIM = 128
 """Matrices with ``min(m, n)`` below this are not cached: reading a file costs about what
@@ -123,12 +130,15 @@ class BaseCache:
         from safetensors.torch import load
 
         path = self._path(key)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        if not os.path.lexists(path):
             self.counts.misses += 1
             return None
-        except OSError:
+        # Never more than the tensors need (plus a header): a huge, FIFO or device entry
+        # is refused without blocking or filling memory.
+        limit = sum(8 * math.prod(shape) for shape in shapes.values()) + HEADER_LIMIT
+        try:
+            raw = read_regular_bytes(path, limit, "base cache entry")
+        except CheckpointError:
             self.counts.misses += 1
             self.counts.rejected += 1
             return None
