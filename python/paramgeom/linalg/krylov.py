@@ -61,7 +61,7 @@ import torch
 
 from paramgeom.linalg import _ops
 from paramgeom.linalg.eigen import top_eigenpairs
-from paramgeom.linalg.randomized_svd import exact_svd, normalise_columns
+from paramgeom.linalg.randomized_svd import exact_svd, gaussian, normalise_columns, orth
 
 __all__ = ["RESIDUAL_TOL", "KrylovSVD", "block_krylov_svd"]
 
@@ -116,13 +116,13 @@ def _project_out(basis: torch.Tensor | None, y: torch.Tensor):
 
 def _random_fill(basis, live, count, n, gen, device):
     """``count`` random orthonormal columns orthogonal to ``basis`` and ``live``."""
-    g = torch.randn(n, count, generator=gen, dtype=torch.float64).to(device)
+    g = gaussian(n, count, gen, device)
     for b in (basis, live):
         g, _ = _project_out(b, g)
-    q = torch.linalg.qr(g).Q
+    q = orth(g)
     for b in (basis, live):  # the random block lost length in the projections: clean it
         q, _ = _project_out(b, q)
-    return torch.linalg.qr(q).Q
+    return orth(q)
 
 
 def extend_basis(
@@ -158,7 +158,7 @@ def extend_basis(
     q = q[:, :live]
     if live and float(sv[live - 1]) < _SHRUNK * scale:
         q, _ = _project_out(basis, q)
-        q = torch.linalg.qr(q).Q
+        q = orth(q)
     if live < b:
         q = torch.cat([q, _random_fill(basis, q, b - live, n, gen, y.device)], dim=1)
     return q, coef
