@@ -323,3 +323,11 @@ def test_markdown_escape_is_the_per_character_rule():
         flat = " ".join(text.splitlines())
         want = "".join("\\" + c if c in render._MD_SPECIAL else c for c in flat)
         assert render._md(text) == want
+
+
+def test_checked_tolerances_echo_each_zero_as_given():
+    a = torch.zeros(4, dtype=torch.bfloat16)
+    for first, second in (((0.0,), (-0.0,)), ((-0.0,), (0.0,))):
+        paramgeom.diff_stats(a, a, rel_tols=first)  # cached first
+        got = paramgeom.diff_stats(a, a, rel_tols=second).rel_tols
+        assert got == second and math.copysign(1.0, got[0]) == math.copysign(1.0, second[0])

@@ -23,14 +23,15 @@ CASTS = (None, "bf16")
 def _check_tols(tols: Sequence[float], name: str) -> tuple[float, ...]:
     if type(tols) is tuple:  # the common case, checked once per distinct value
         try:
-            return _checked_tuple(tols, name)
+            # repr in the key: -0.0 == 0.0 (one hash), but each is echoed as given
+            return _checked_tuple(tols, name, repr(tols))
         except TypeError:  # unhashable items: checked below, uncached
             pass
     return _check_tols_now(tols, name)
 
 
 @functools.lru_cache(maxsize=64)
-def _checked_tuple(tols: tuple, name: str) -> tuple[float, ...]:
+def _checked_tuple(tols: tuple, name: str, spelled: str) -> tuple[float, ...]:
     return _check_tols_now(tols, name)
 
 
