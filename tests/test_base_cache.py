@@ -158,6 +158,7 @@ def test_a_base_cache_that_cannot_be_a_folder_is_bad_input(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "file" in err[0] and "Traceback" not in err[0]
+    assert "cannot create the base cache folder" in err[0]
 
 
 def test_no_base_cache_and_statistics_only_write_none(tmp_path):

@@ -248,7 +248,7 @@ def run_diff(
         make_output_dir(out)
         cache = None
         if base_cache is not None and opts.spectra and opts.angles:
-            make_output_dir(Path(base_cache))
+            make_output_dir(Path(base_cache), "base cache folder")
             cache = BaseCache(base_cache, f"{opts.backend}|{device.type}")
         with open_checkpoint(base_path) as base, open_checkpoint(tuned_path) as tuned:
             pairing = pair_checkpoints(base, tuned)

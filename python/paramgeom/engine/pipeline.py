@@ -43,13 +43,14 @@ def compute_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def make_output_dir(out: Path) -> None:
-    """Create the output folder, or fail as bad input (exit 2) with one line."""
+def make_output_dir(out: Path, what: str = "output folder") -> None:
+    """Create the folder ``out`` (the ``what`` of the message), or fail as bad input
+    (exit 2) with one line."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(
-            out, None, f"cannot create the output folder ({exc.strerror or exc})"
+            out, None, f"cannot create the {what} ({exc.strerror or exc})"
         ) from None
 
 
