@@ -161,6 +161,13 @@ def test_log_ticks_and_labels():
     assert narrow.labels([2e-3, 5e-3]) == ["2×10⁻³", "5×10⁻³"]
     tight = svg.Scale(2.1e-3, 4.9e-3, log=True)  # not even those: 1..9 multiples
     assert tight.ticks(6) == [3e-3, 4e-3]
+    # narrower than a 1..9 step (a uniform fine-tune's update sizes): linear ticks, log places
+    sliver = svg.Scale(0.009916, 0.010302, log=True)
+    assert sliver.ticks(7) == [0.0100, 0.0101, 0.0102, 0.0103]
+    assert sliver.labels(sliver.ticks(7)) == ["0.0100", "0.0101", "0.0102", "0.0103"]
+    assert sliver.frac(0.0101) == pytest.approx(
+        math.log10(0.0101 / 0.009916) / math.log10(0.010302 / 0.009916)
+    )
     with pytest.raises(ValueError):
         svg.Scale(0.0, 1.0, log=True)
 

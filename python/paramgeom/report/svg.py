@@ -290,14 +290,14 @@ class Scale:
     def ticks(self, target: int = 6) -> list[float]:
         """Nice tick values inside the interval: multiples of 1, 2 or 5 times a power of ten
         (linear); powers of ten, else 1-2-5 or 1..9 multiples of them when the interval holds
-        fewer than two powers (log)."""
+        fewer than two powers, else (an interval narrower than a step between those, such as
+        the update sizes of a uniform fine-tune) the linear ticks, placed on the log axis."""
         if self.log:
             e0 = math.ceil(math.log10(self.lo) - 1e-9)
             e1 = math.floor(math.log10(self.hi) + 1e-9)
             if e1 - e0 + 1 >= 2:
                 stride = max(1, math.ceil((e1 - e0 + 1) / max(target, 1)))
                 return [float(f"1e{e}") for e in range(e0, e1 + 1) if e % stride == 0]
-            ticks: list[float] = []
             for mults in ((1, 2, 5), range(1, 10)):
                 ticks = [
                     t
@@ -306,8 +306,7 @@ class Scale:
                     if self.lo * (1 - 1e-9) <= (t := float(f"{m}e{e}")) <= self.hi * (1 + 1e-9)
                 ]
                 if len(ticks) >= 2:
-                    break
-            return ticks
+                    return ticks
         step = nice_step(self.hi - self.lo, target, self.integer)
         k0 = math.ceil(self.lo / step - 1e-9)
         k1 = math.floor(self.hi / step + 1e-9)
@@ -315,12 +314,13 @@ class Scale:
         return [float(f"{k * step:.12g}") for k in range(k0, k1 + 1)]
 
     def labels(self, ticks: Sequence[float]) -> list[str]:
-        """Labels of ``ticks``: one number of decimals for all (linear), ``10ⁿ`` or
-        ``m×10ⁿ`` (log)."""
-        if self.log:
+        """Labels of ``ticks``: ``10ⁿ`` or ``m×10ⁿ`` for the log ticks of one digit times a
+        power of ten, else plain numbers with one number of decimals for all."""
+        if self.log and all(float(f"{t:.0e}") == t for t in ticks):
             return [_log_label(t) for t in ticks]
         if len(ticks) >= 2:
-            step = min(b - a for a, b in itertools.pairwise(ticks))
+            # the spacing as a nice number again: 0.0101 - 0.0100 is 9.99...e-05
+            step = float(f"{min(b - a for a, b in itertools.pairwise(ticks)):.6g}")
         else:
             step = nice_step(self.hi - self.lo, 6, self.integer)
         return [_linear_label(t, step) for t in ticks]
