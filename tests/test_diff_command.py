@@ -130,7 +130,7 @@ def test_diff_matches_float64_oracle(tmp_path, tuned_prefix):
     )
     report = (out / "report.md").read_text()
     assert "51.6%" in report and "77.2%" in report
-    for f in ("tensors.csv", "report.html", "heatmap_unchanged.png"):
+    for f in ("tensors.csv", "report.html", "heatmap_unchanged.svg"):
         assert (out / f).stat().st_size > 0
 
 

@@ -45,6 +45,21 @@ def test_every_parser_and_help_is_built_without_torch():
         assert heavy not in mods, heavy
 
 
+def test_the_report_plots_import_neither_matplotlib_nor_numpy(tmp_path):
+    # a diff's plots are SVG written by report/svg.py: importing matplotlib alone took 0.7 s
+    mods = _modules_after(
+        "from paramgeom.report.plots import plot_diff, plot_trajectory\n"
+        "rows = [dict(module='q', layer=0, numel=4, unchanged_fraction=0.5,\n"
+        "             relative_change=1e-3, stable_rank=2.0, angle_left_max=1.0)]\n"
+        f"assert len(plot_diff(rows, {str(tmp_path / 'd')!r})) == 5\n"
+        "s = {'steps': [{'step': 1, 'sim_k_mean': 0.5, 'frobenius_delta': 1.0}],\n"
+        "     'steps_by_module': {}}\n"
+        f"assert len(plot_trajectory([], s, {str(tmp_path / 't')!r})) == 2"
+    )
+    for heavy in ("matplotlib", "numpy", "torch", "PIL"):
+        assert heavy not in mods, heavy
+
+
 def test_checkpoint_names_resolve_on_first_use():
     import paramgeom.checkpoints as ck
     from paramgeom.checkpoints.reader import open_checkpoint

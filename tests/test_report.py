@@ -467,18 +467,18 @@ def test_write_json(tmp_path):
 # plots and reports
 # --------------------------------------------------------------------------------------------
 
-PNG = b"\x89PNG\r\n\x1a\n"
 
+def _svgs(paths):
+    """Each file is an SVG document that parses (values: tests/test_report_svg.py)."""
+    import xml.etree.ElementTree as ET
 
-def _pngs(paths):
     for p in paths:
         assert p.exists() and p.stat().st_size > 1000
-        assert p.read_bytes()[:8] == PNG
+        assert ET.parse(p).getroot().tag == "{http://www.w3.org/2000/svg}svg"
 
 
 @pytest.fixture(scope="module")
 def diff_plots(tmp_path_factory):
-    pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("diff")
     return out, plot_diff(diff_rows(), out)
 
@@ -486,34 +486,33 @@ def diff_plots(tmp_path_factory):
 def test_plot_diff(diff_plots, tmp_path):
     out, paths = diff_plots
     assert [p.name for p in paths] == [
-        "heatmap_unchanged.png",
-        "heatmap_angle.png",
-        "stable_rank_hist.png",
-        "angle_hist.png",
-        "unchanged_vs_update.png",
+        "heatmap_unchanged.svg",
+        "heatmap_angle.svg",
+        "stable_rank_hist.svg",
+        "angle_hist.svg",
+        "unchanged_vs_update.svg",
     ]
-    _pngs(paths)
+    _svgs(paths)
     assert all(p.parent == out for p in paths)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     # only 1-D tensors outside the layers: no heat maps, no spectra; no crash
     only_norms = [_vector("model.norm.weight", "norm", None, 8, 0.5, 1e-3)]
     got = plot_diff(only_norms, tmp_path)
-    assert [p.name for p in got] == ["unchanged_vs_update.png"]
+    assert [p.name for p in got] == ["unchanged_vs_update.svg"]
     assert plot_diff([], tmp_path / "empty") == []
 
 
 def test_plot_trajectory(tmp_path):
-    pytest.importorskip("matplotlib")
     rows = traj_rows()
     summary = summarize_trajectory(rows, k=16)
     paths = plot_trajectory(rows, summary, tmp_path)
     assert [p.name for p in paths] == [
-        "sim_k.png",
-        "stable_rank.png",
-        "update_norm.png",
-        "hill_alpha.png",
+        "sim_k.svg",
+        "stable_rank.svg",
+        "update_norm.svg",
+        "hill_alpha.svg",
     ]
-    _pngs(paths)
+    _svgs(paths)
     assert plot_trajectory([], {}, tmp_path / "empty") == []
 
 
@@ -549,7 +548,7 @@ def test_diff_report(diff_plots):
         for fig in ("51.6%", "8.1%", "77.2%", "~1e-3", "~1e-4", "~1e-5", "Qwen3-8B"):
             assert fig in text
         assert ours in text and angle in text and drift in text and q_uf in text
-        assert "heatmap_unchanged.png" in text and "unchanged_vs_update.png" in text
+        assert "heatmap_unchanged.svg" in text and "unchanged_vs_update.svg" in text
         assert "matched relative update" in text
         assert "<script>" not in text and "<b>bold</b>" not in text
         assert "fp32 base cast to bf16" in text and "extra.weight" in text
@@ -557,8 +556,8 @@ def test_diff_report(diff_plots):
     assert "\\~1°" in md and "\\> 10°" in md and "\\< 0.5°" in md
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;|*_[0]" in page
     assert "\\<script\\>alert" in md and "\\&\\|\\*\\_\\[0\\]" in md
-    assert '<img src="heatmap_unchanged.png"' in page
-    assert "](heatmap_unchanged.png)" in md
+    assert '<img src="heatmap_unchanged.svg" alt="Unchanged fraction (bf16 rule)' in page
+    assert "](heatmap_unchanged.svg)" in md
     assert "/ckpt/&lt;tuned&gt;" in page
     # every table row of the Markdown has the same number of cells as its header
     for line in md.splitlines():
@@ -578,12 +577,12 @@ def test_trajectory_report(tmp_path):
     s = summarize_trajectory(rows, k=32)
     s.update(rules={"sketch_rank": 64}, inputs={"base": {"path": "/b"}, "checkpoints": ["/c1"]})
     s["notes"] = ["q & v only"]
-    plots = [tmp_path / "sim_k.png"]
+    plots = [tmp_path / "sim_k.svg"]
     paths = write_trajectory_report(s, tmp_path, plots)
     md, page = (p.read_text(encoding="utf-8") for p in paths)
     for text in (md, page):
         assert "step 400 (80.0% of training)" in text
         assert "~10%" in text and "16" in text
-        assert "sim_k.png" in text
+        assert "sim_k.svg" in text
     assert "sketch_rank: 64" in page and "sketch\\_rank: 64" in md
     assert "q &amp; v only" in page

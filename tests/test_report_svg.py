@@ -326,3 +326,223 @@ def test_heatmap_rejects_ragged_grids():
         svg.heatmap("t", ["0"], ["q", "k"], [[0.1]], svg.FRACTION, 0, 1, "f")
     with pytest.raises(ValueError):
         svg.heatmap("t", [], ["q"], [], svg.FRACTION, 0, 1, "f")
+
+
+# --------------------------------------------------------------------------------------------
+# the report plots (report/plots.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _row(module, layer, uf, rc=1e-3, numel=4, sr=None, left=None, right=None):
+    return {
+        "name": f"model.layers.{layer}.{module}.weight",
+        "module": module,
+        "layer": layer,
+        "numel": numel,
+        "unchanged_fraction": uf,
+        "relative_change": rc,
+        "stable_rank": sr,
+        "angle_left_max": left,
+        "angle_right_max": right,
+    }
+
+
+def _files(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_plot_diff_heat_maps_follow_the_rows(tmp_path):
+    from paramgeom.report.plots import plot_diff
+
+    rows = [
+        _row("q", 0, 0.5, numel=2, left=2.0, right=4.0),
+        _row("q", 0, 1.0, numel=2, left=4.0, right=6.0),  # q, layer 0: 0.75 and 4 degrees
+        _row("k", 0, 0.0, left=0.0, right=0.0),
+        _row("q", 1, 1.0, left=8.0, right=8.0),
+        _row("norm", 0, 0.25),  # no angles: no norm column in the angle map
+        _row("norm", 1, math.nan),
+        _row("k", None, 0.3),  # outside the layers: not in the maps
+    ]
+    paths = plot_diff(rows, tmp_path)
+    assert [p.name for p in paths][:2] == ["heatmap_unchanged.svg", "heatmap_angle.svg"]
+    root = ET.parse(paths[0]).getroot()
+    fr = svg.FRACTION.anchors
+    cells = [r.get("fill") for r in group(root, "cells").iter(NS + "rect")]
+    # layers 0, 1 x modules q, k, norm; (1, k) has no row, (1, norm) is NaN
+    assert cells == [fr[3], fr[0], fr[1], fr[4], svg.GREY, svg.GREY]
+    assert texts(group(root, "cell-labels")) == ["0.75", "0.00", "0.25", "1.00"]
+    assert texts(group(root, "xticks")) == ["q", "k", "norm"]
+    assert texts(group(root, "yticks")) == ["0", "1"]
+    assert group(root, "title").text == "Unchanged fraction (bf16 rule) by layer and module"
+    assert group(root, "xlabel").text == "module" and group(root, "ylabel").text == "layer"
+    assert texts(group(root, "colorbar"))[-1] == "unchanged fraction"
+
+    root = ET.parse(paths[1]).getroot()
+    an = svg.ANGLE.anchors
+    cells = [r.get("fill") for r in group(root, "cells").iter(NS + "rect")]
+    assert cells == [an[2], an[0], an[4], svg.GREY]  # 4 of 8 degrees, 0, 8, none
+    assert texts(group(root, "cell-labels")) == ["4", "0", "8"]
+    assert texts(group(root, "xticks")) == ["q", "k"]
+    assert texts(group(root, "colorbar"))[-1] == "degrees"
+
+
+def test_plot_diff_histograms_count_like_numpy(tmp_path):
+    np = pytest.importorskip("numpy")
+    from paramgeom.report.plots import plot_diff
+
+    rng = np.random.default_rng(7)
+    sr = rng.gamma(2.0, 5.0, size=300).tolist()
+    rows = [_row("q", i % 4, 0.5, sr=v) for i, v in enumerate(sr)]
+    rows += [_row("q", 0, 0.5, sr=math.nan), _row("q", 0, 0.5, sr=math.inf)]  # left out
+    (path,) = [p for p in plot_diff(rows, tmp_path) if p.name == "stable_rank_hist.svg"]
+    root = ET.parse(path).getroot()
+    assert group(root, "title").text == "Stable rank of the update (300 matrices)"
+    frame = group(root, "frame")
+    top, height = float(frame.get("y")), float(frame.get("height"))
+    bars = list(group(root, "data").iter(NS + "rect"))
+    want, edges = np.histogram(sr, bins=18)  # ceil(sqrt(300)) bins
+    tallest = max(float(b.get("height")) for b in bars)
+    per_count = tallest / want.max()
+    assert per_count == pytest.approx(height / (want.max() * 1.05), rel=1e-3)
+    got = [round(float(b.get("height")) / per_count) for b in bars]
+    assert got == [int(c) for c in want if c]
+    # bars stand on the zero line, and the first starts at the smallest value
+    assert all(
+        float(b.get("y")) + float(b.get("height")) == pytest.approx(top + height, abs=0.02)
+        for b in bars
+    )
+    xs = [float(b.get("x")) for b in bars]
+    assert xs == sorted(xs)
+
+
+def test_unchanged_vs_update_has_a_log_x_axis(tmp_path):
+    from paramgeom.report.plots import plot_diff
+
+    rows = [
+        _row("q", 0, 0.0, rc=1e-3),
+        _row(HOSTILE, 1, 1.0, rc=1e-1),
+        _row("k", 1, 0.5, rc=0.0),  # no update: no place on a log axis
+        _row("k", 1, None, rc=1e-2),  # unknown fraction
+    ]
+    paths = plot_diff(rows, tmp_path)
+    assert [p.name for p in paths] == ["heatmap_unchanged.svg", "unchanged_vs_update.svg"]
+    root = ET.parse(paths[1]).getroot()
+    frame = group(root, "frame")
+    left, width = float(frame.get("x")), float(frame.get("width"))
+    top, height = float(frame.get("y")), float(frame.get("height"))
+    # x: log10 of [1e-3, 1e-1] padded by 5% of its 2 decades on each side
+    x_of = {v: left + (math.log10(v) + 3.1) / 2.2 * width for v in (1e-3, 1e-2, 1e-1)}
+    at = {t.text: float(t.get("x")) for t in group(root, "xticks").iter(NS + "text")}
+    assert at == pytest.approx(
+        {"10⁻³": x_of[1e-3], "10⁻²": x_of[1e-2], "10⁻¹": x_of[1e-1]}, abs=0.01
+    )
+    y_of = {v: top + (1 - (v + 0.02) / 1.04) * height for v in (0.0, 1.0)}
+    paths_ = list(group(root, "data").iter(NS + "path"))
+    assert len(paths_) == 2  # one per module with points: q, then the hostile one
+    want = [[x_of[1e-3], y_of[0.0]], [x_of[1e-1], y_of[1.0]]]
+    for p, w in zip(paths_, want, strict=True):
+        assert _dots(p) == pytest.approx(w, abs=0.06)
+    legend = group(root, "legend")
+    assert texts(legend) == ["q", HOSTILE]
+    assert "<script>" not in paths[1].read_text(encoding="utf-8")
+
+
+def _summary():
+    steps = [100, 200, 300, 400]
+    mean = {
+        "sim_k_mean": [0.2, 0.6, 0.95, 1.0],
+        "stable_rank_mean": [30.0, 20.0, 12.0, 8.0],
+        "frobenius_delta": [0.01, 0.1, 1.0, 10.0],
+        "hill_alpha_mean": [2.0, 2.5, 3.0, 3.5],
+    }
+
+    def table(scale):
+        return [{"step": t, **{k: v[i] * scale for k, v in mean.items()}} for i, t in
+                enumerate(steps)]  # fmt: skip
+
+    return {
+        "steps": table(1.0),
+        "steps_by_module": {"q": table(0.9), HOSTILE: table(1.0)},
+        "lock": {"lock_step": 300},
+        "k": 16,
+        "lock_threshold": 0.9,
+    }
+
+
+def test_plot_trajectory_lines_and_reference_lines(tmp_path):
+    from paramgeom.report.plots import plot_trajectory
+
+    paths = plot_trajectory([], _summary(), tmp_path)
+    names = ["sim_k.svg", "stable_rank.svg", "update_norm.svg", "hill_alpha.svg"]
+    assert [p.name for p in paths] == names
+    root = ET.parse(paths[0]).getroot()
+    assert group(root, "title").text == "Sim_K, K = 16"
+    assert texts(group(root, "legend")) == [
+        "q", HOSTILE, "mean, all matrices", "threshold 0.9", "lock step 300",
+    ]  # fmt: skip
+    frame = group(root, "frame")
+    left, width = float(frame.get("x")), float(frame.get("width"))
+    top, height = float(frame.get("y")), float(frame.get("height"))
+    y_of = lambda v: top + (1 - (v + 0.02) / 1.07) * height  # noqa: E731  ylim -0.02..1.05
+    x_of = lambda t: left + (t - 85.0) / 330.0 * width  # noqa: E731  steps 100..400 padded 5%
+    data = group(root, "data")
+    threshold, lock = list(data.iter(NS + "line"))
+    assert threshold.get("stroke-dasharray") == "6 4"
+    assert float(threshold.get("y1")) == pytest.approx(y_of(0.9), abs=0.01)
+    assert float(lock.get("x1")) == pytest.approx(x_of(300), abs=0.01)
+    mean_line = list(data.iter(NS + "polyline"))[-1]
+    pts = [float(v) for p in mean_line.get("points").split() for v in p.split(",")]
+    want = [c for t, v in zip([100, 200, 300, 400], [0.2, 0.6, 0.95, 1.0], strict=True)
+            for c in (x_of(t), y_of(v))]  # fmt: skip
+    assert pts == pytest.approx(want, abs=0.01)
+    # the K line is inside the stable rank plot's y range
+    root = ET.parse(paths[1]).getroot()
+    assert "K = 16" in texts(group(root, "legend"))
+    # ||dW_t||_F over four decades: a log y axis, no legend
+    root = ET.parse(paths[2]).getroot()
+    assert texts(group(root, "yticks")) == ["10⁻²", "10⁻¹", "10⁰", "10¹"]
+    assert not [el for el in root.iter() if el.get("class") == "legend"]
+
+
+def test_plots_are_byte_identical_across_calls(tmp_path):
+    from paramgeom.report.plots import plot_diff, plot_trajectory
+
+    rows = [
+        _row(m, i, (i * 7 % 10) / 10, rc=10 ** -(1 + i % 3), sr=1.0 + i, left=i / 3, right=i / 2)
+        for i in range(12)
+        for m in ("q", "v")
+    ]
+    for out in ("a", "b"):
+        plot_diff(rows, tmp_path / out)
+        plot_trajectory([], _summary(), tmp_path / out)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert len(a) == 9 and a == b
+    assert all(name.endswith(".svg") for name in a)  # nothing else left behind
+
+
+def test_plots_of_absent_data_write_nothing(tmp_path):
+    from paramgeom.report.plots import plot_diff, plot_trajectory
+
+    assert plot_diff([], tmp_path / "a") == []
+    nothing = [{"name": "x", "module": "q", "layer": 0}, _row("q", 1, math.nan, rc=math.nan)]
+    assert plot_diff(nothing, tmp_path / "a") == []
+    assert plot_trajectory([], {}, tmp_path / "b") == []
+    only_norm = {"steps": [{"step": 1, "frobenius_delta": 2.0}], "steps_by_module": {}}
+    assert [p.name for p in plot_trajectory([], only_norm, tmp_path / "c")] == ["update_norm.svg"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_plot_diff_of_many_layers_embeds_one_png(tmp_path):
+    from paramgeom.report.plots import plot_diff
+
+    rows = [_row(m, layer, (layer % 11) / 10, left=1.0, right=1.0)
+            for layer in range(1200) for m in ("q", "k", "v", "o")]  # fmt: skip
+    path = plot_diff(rows, tmp_path)[0]
+    root = ET.parse(path).getroot()
+    (image,) = root.iter(NS + "image")
+    pixels = decode_png(base64.b64decode(image.get(XLINK).split(",", 1)[1]))
+    assert len(pixels) == 1200 and len(pixels[0]) == 4
+    for layer in (0, 5, 10, 1199):
+        want = svg.FRACTION.rgb((layer % 11) / 10)
+        assert pixels[layer] == [want] * 4
+    assert path.stat().st_size < 60_000

@@ -1,4 +1,4 @@
-"""PNG plots of a diff table and of a trajectory (DESIGN.md "Checkpoints", Outputs).
+"""SVG plots of a diff table and of a trajectory (DESIGN.md "Checkpoints", Outputs).
 
 Diff: per-layer by module heat maps of the unchanged fraction and of the principal angles,
 histograms of the stable rank and of the max angles, and the unchanged fraction against the
@@ -6,11 +6,12 @@ relative update size per tensor (the unchanged fraction falls with update size w
 method: DESIGN "Comparing methods"). Trajectory: ``Sim_K(t, t_end)`` with the lock threshold and
 lock step, the mean stable rank with the ``K`` line, ``||dW_t||_F`` and the Hill index.
 
-Plots are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly: no
-pyplot, so no window ever opens, no global backend is switched in the caller's process (a
-notebook keeps its own), and no figure leaks between calls. Styles are reset to matplotlib's
-defaults for a deterministic look. A plot whose data are absent (no 2-D matrices, no layers,
-no angles, ...) is skipped, not an error. Each file is written atomically.
+Plots are SVG written by :mod:`paramgeom.report.svg` (standard library only): importing
+matplotlib and drawing with it took a third of a statistics-only diff of a 50 MB pair; these
+take milliseconds, and no window, backend or global style of the caller's process is touched.
+The same rows give byte-identical files. Names from the checkpoints are XML-escaped. A plot
+whose data are absent (no 2-D matrices, no layers, no angles, ...) is skipped, not an error.
+Each file is written atomically.
 """
 
 from __future__ import annotations
@@ -20,20 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from paramgeom.report import svg
 from paramgeom.report.aggregate import module_sort_key, summarize_trajectory
 from paramgeom.report.tables import atomic_write
 
 __all__ = ["plot_diff", "plot_trajectory"]
 
-DPI = 120
-_RC = {
-    "figure.dpi": DPI,
-    "savefig.dpi": DPI,
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.grid": False,
-    "svg.hashsalt": "paramgeom",
-}
+BLUE, ORANGE = "#4c72b0", "#dd8452"  # histogram series
+RED, GREEN = "#c44e52", "#55a868"  # threshold / K line, lock step
 
 
 def _finite(value: Any) -> float | None:
@@ -46,50 +41,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-# Margins in inches (left, right, bottom, top): fixed, not solved by a layout engine, which
-# measured every tick label twice and took most of a diff's plotting time (2.3 s of 2.4 s on
-# a 50 MB pair's five plots before; 1.3 s in all after).
-MARGINS = (0.8, 0.3, 0.6, 0.4)
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    left, right, bottom, top = MARGINS
-    fig.subplots_adjust(
-        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
-    )
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path, written: list[Path]) -> None:
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=DPI, metadata={"Software": "paramgeom"})
-    written.append(path)
-
-
-def _style() -> Any:
-    import matplotlib
-    import matplotlib.style
-
-    ctx = matplotlib.style.context("default")
-    rc = matplotlib.rc_context(_RC)
-
-    class _Both:
-        def __enter__(self) -> None:
-            ctx.__enter__()
-            rc.__enter__()
-
-        def __exit__(self, *exc: Any) -> None:
-            rc.__exit__(*exc)
-            ctx.__exit__(*exc)
-
-    return _Both()
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,165 +104,182 @@ def _mean_max_angle(rows: Sequence[Mapping[str, Any]]) -> float | None:
     return math.fsum(vals) / len(vals) if vals else None
 
 
+def _save(text: str, path: Path, written: list[Path]) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(text.encode("utf-8"))
+    written.append(path)
+
+
 def _heatmap(
     grid: tuple[list[int], list[str], list[list[float]]],
     title: str,
     label: str,
-    cmap_name: str,
+    ramp: svg.Ramp,
     vmin: float,
     vmax: float,
     fmt: str,
-) -> Any:
-    import matplotlib
-    import numpy as np
-
+) -> str:
     layers, modules, values = grid
-    data = np.ma.masked_invalid(np.array(values, dtype=float))
-    fig = _new_figure(min(2.5 + 0.7 * len(modules), 24.0), min(1.8 + 0.22 * len(layers), 40.0))
-    ax = fig.add_subplot()
-    cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="#d9d9d9")
-    if vmax <= vmin:
-        vmax = vmin + 1.0
-    im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    ax.set_xticks(range(len(modules)), labels=modules)
-    step = max(1, math.ceil(len(layers) / 60))
-    ax.set_yticks(range(0, len(layers), step), labels=[str(x) for x in layers[::step]])
-    ax.set_xlabel("module")
-    ax.set_ylabel("layer")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label=label)
-    if len(layers) * len(modules) <= 240:
-        mid = vmin + 0.5 * (vmax - vmin)
-        for i, line in enumerate(values):
-            for j, v in enumerate(line):
-                if math.isfinite(v):
-                    ax.text(
-                        j,
-                        i,
-                        format(v, fmt),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="black" if v > mid else "white",
-                    )
-    return fig
+    return svg.heatmap(
+        title,
+        [str(x) for x in layers],
+        modules,
+        values,
+        ramp,
+        vmin,
+        vmax,
+        label,
+        fmt=fmt,
+        xlabel="module",
+        ylabel="layer",
+    )
+
+
+def _bins(n: int) -> int:
+    return int(min(50, max(5, math.ceil(math.sqrt(n)))))
+
+
+def _edges(values: Sequence[float], bins: int) -> list[float]:
+    """``bins`` equal bins over the values' range (half a unit each side when they are all
+    equal), as numpy.histogram_bin_edges gives them."""
+    lo, hi = min(values), max(values)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return [lo + (hi - lo) * i / bins for i in range(bins)] + [hi]
+
+
+def _counts(values: Sequence[float], edges: Sequence[float]) -> list[int]:
+    """Values per bin; the last bin includes its right edge."""
+    bins = len(edges) - 1
+    lo, hi = edges[0], edges[-1]
+    counts = [0] * bins
+    for v in values:
+        if lo <= v <= hi:
+            counts[min(int((v - lo) / (hi - lo) * bins), bins - 1)] += 1
+    return counts
+
+
+def _histogram(
+    series: Sequence[tuple[str, list[float], str]],
+    title: str,
+    xlabel: str,
+    legend: bool,
+) -> str:
+    """Bars of each ``(label, values, colour)`` on shared bins, overlaid (translucent when
+    several)."""
+    every = [v for _, vals, _ in series for v in vals]
+    edges = _edges(every, _bins(len(every)))
+    counts = [_counts(vals, edges) for _, vals, _ in series]
+    top = max(max(c) for c in counts)
+    opacity = 0.6 if len(series) > 1 else 1.0
+    keys = [svg.Key(lab, col, kind="patch", opacity=opacity) for lab, _, col in series]
+    chart = svg.Chart(
+        title,
+        xlabel,
+        "matrices",
+        svg.Scale.fit([edges[0], edges[-1]]),
+        svg.Scale(0.0, top * 1.05, integer=True),
+        legend=keys if legend else (),
+    )
+    for (_, _, col), c in zip(series, counts, strict=True):
+        chart.bars(edges, c, col, opacity)
+    return chart.to_svg()
 
 
 def plot_diff(rows: list[dict], out_dir: Path) -> list[Path]:
     """Plots of a diff table (DESIGN "Outputs": per-layer by module heat maps, angles, ranks).
 
-    Writes, when their data exist: ``heatmap_unchanged.png`` (layer x module, numel-weighted
-    bf16 unchanged fraction, DESIGN "Unchanged fraction"), ``heatmap_angle.png`` (layer x
-    module, mean over matrices of the max principal angles of the top-K left and right
-    subspaces, degrees, DESIGN "Subspace rotation"), ``stable_rank_hist.png`` (srank(dW) of
-    the 2-D matrices), ``angle_hist.png`` (per-matrix max angles, left and right), and
-    ``unchanged_vs_update.png`` (unchanged fraction against ||dW||_F / ||W0||_F per tensor,
-    log x axis: DESIGN "Comparing methods"). Returns the paths written.
+    Writes SVG files, when their data exist: ``heatmap_unchanged.svg`` (layer x module,
+    numel-weighted bf16 unchanged fraction, DESIGN "Unchanged fraction"), ``heatmap_angle.svg``
+    (layer x module, mean over matrices of the max principal angles of the top-K left and
+    right subspaces, degrees, DESIGN "Subspace rotation"), ``stable_rank_hist.svg``
+    (srank(dW) of the 2-D matrices), ``angle_hist.svg`` (per-matrix max angles, left and
+    right), and ``unchanged_vs_update.svg`` (unchanged fraction against ||dW||_F / ||W0||_F
+    per tensor, log x axis: DESIGN "Comparing methods"). Returns the paths written.
     """
     out_dir = Path(out_dir)
     written: list[Path] = []
     rows = list(rows)
     cells = _cells(rows)
-    with _style():
-        grid = _layer_module_grid(cells, _weighted_uf)
-        if grid is not None:
-            fig = _heatmap(
-                grid,
-                "Unchanged fraction (bf16 rule) by layer and module",
-                "unchanged fraction",
-                "viridis",
-                0.0,
-                1.0,
-                ".2f",
-            )
-            _save(fig, out_dir / "heatmap_unchanged.png", written)
+    grid = _layer_module_grid(cells, _weighted_uf)
+    if grid is not None:
+        text = _heatmap(
+            grid,
+            "Unchanged fraction (bf16 rule) by layer and module",
+            "unchanged fraction",
+            svg.FRACTION,
+            0.0,
+            1.0,
+            ".2f",
+        )
+        _save(text, out_dir / "heatmap_unchanged.svg", written)
 
-        grid = _layer_module_grid(cells, _mean_max_angle)
-        if grid is not None:
-            vmax = max(v for line in grid[2] for v in line if math.isfinite(v))
-            fig = _heatmap(
-                grid,
-                "Max principal angle (mean of left and right), degrees",
-                "degrees",
-                "magma",
-                0.0,
-                vmax,
-                ".2g",
-            )
-            _save(fig, out_dir / "heatmap_angle.png", written)
+    grid = _layer_module_grid(cells, _mean_max_angle)
+    if grid is not None:
+        vmax = max(v for line in grid[2] for v in line if math.isfinite(v))
+        text = _heatmap(
+            grid,
+            "Max principal angle (mean of left and right), degrees",
+            "degrees",
+            svg.ANGLE,
+            0.0,
+            vmax,
+            ".2g",
+        )
+        _save(text, out_dir / "heatmap_angle.svg", written)
 
-        sr = [v for v in (_finite(r.get("stable_rank")) for r in rows) if v is not None]
-        if sr:
-            fig = _new_figure(6.0, 4.0)
-            ax = fig.add_subplot()
-            ax.hist(sr, bins=_bins(len(sr)), color="#4c72b0", edgecolor="white")
-            ax.set_xlabel("stable rank of dW = ||dW||_F^2 / ||dW||_2^2")
-            ax.set_ylabel("matrices")
-            ax.set_title(f"Stable rank of the update ({len(sr)} matrices)")
-            _save(fig, out_dir / "stable_rank_hist.png", written)
+    sr = [v for v in (_finite(r.get("stable_rank")) for r in rows) if v is not None]
+    if sr:
+        text = _histogram(
+            [("stable rank", sr, BLUE)],
+            f"Stable rank of the update ({len(sr)} matrices)",
+            "stable rank of dW = ||dW||_F^2 / ||dW||_2^2",
+            legend=False,
+        )
+        _save(text, out_dir / "stable_rank_hist.svg", written)
 
-        left = [v for v in (_finite(r.get("angle_left_max")) for r in rows) if v is not None]
-        right = [v for v in (_finite(r.get("angle_right_max")) for r in rows) if v is not None]
-        if left or right:
-            import numpy as np
+    left = [v for v in (_finite(r.get("angle_left_max")) for r in rows) if v is not None]
+    right = [v for v in (_finite(r.get("angle_right_max")) for r in rows) if v is not None]
+    if left or right:
+        series = [(lab, vals, col) for lab, vals, col in
+                  (("left (U)", left, BLUE), ("right (V)", right, ORANGE)) if vals]  # fmt: skip
+        text = _histogram(
+            series,
+            "Subspace rotation per matrix",
+            "max principal angle of the top-K subspaces, degrees",
+            legend=True,
+        )
+        _save(text, out_dir / "angle_hist.svg", written)
 
-            fig = _new_figure(6.0, 4.0)
-            ax = fig.add_subplot()
-            edges = np.histogram_bin_edges(left + right, bins=_bins(len(left) + len(right)))
-            if left:
-                ax.hist(left, bins=edges, alpha=0.6, label="left (U)", color="#4c72b0")
-            if right:
-                ax.hist(right, bins=edges, alpha=0.6, label="right (V)", color="#dd8452")
-            ax.set_xlabel("max principal angle of the top-K subspaces, degrees")
-            ax.set_ylabel("matrices")
-            ax.set_title("Subspace rotation per matrix")
-            ax.legend()
-            _save(fig, out_dir / "angle_hist.png", written)
-
-        points: dict[str, tuple[list[float], list[float]]] = {}
-        for r in rows:
-            x, y = _finite(r.get("relative_change")), _finite(r.get("unchanged_fraction"))
-            if x is None or y is None or x <= 0:
-                continue
-            xs, ys = points.setdefault(str(r.get("module")), ([], []))
-            xs.append(x)
-            ys.append(y)
-        if points:
-            import numpy as np
-
-            fig = _new_figure(6.5, 4.5)
-            ax = fig.add_subplot()
-            colors = _palette(len(points))
-            for i, module in enumerate(sorted(points, key=module_sort_key)):
-                # As arrays: a list of 50,000 floats went through numpy.ma element by
-                # element (3 s); the same values as an array draw the same points.
-                xs, ys = (np.asarray(v, dtype=float) for v in points[module])
-                ax.scatter(xs, ys, s=12, alpha=0.75, color=colors(i), label=module)
-            ax.set_xscale("log")
-            # Minor ticks of a log axis spanning less than a decade get labels of their own
-            # that run into each other; the major ticks (with numbers) are enough.
-            from matplotlib.ticker import NullFormatter
-
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("relative update ||dW||_F / ||W0||_F")
-            ax.set_ylabel("unchanged fraction (bf16 rule)")
-            ax.set_title("Unchanged fraction vs relative update size, per tensor")
-            ax.legend(fontsize=7, ncols=2 if len(points) > 6 else 1)
-            _save(fig, out_dir / "unchanged_vs_update.png", written)
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        x, y = _finite(r.get("relative_change")), _finite(r.get("unchanged_fraction"))
+        if x is None or y is None or x <= 0:
+            continue
+        xs, ys = points.setdefault(str(r.get("module")), ([], []))
+        xs.append(x)
+        ys.append(y)
+    if points:
+        modules = sorted(points, key=module_sort_key)
+        colors = svg.palette(len(modules))
+        keys = [
+            svg.Key(m, colors[i % len(colors)], kind="dots", opacity=0.75)
+            for i, m in enumerate(modules)
+        ]
+        chart = svg.Chart(
+            "Unchanged fraction vs relative update size, per tensor",
+            "relative update ||dW||_F / ||W0||_F",
+            "unchanged fraction (bf16 rule)",
+            svg.Scale.fit((x for xs, _ in points.values() for x in xs), log=True),
+            svg.Scale(-0.02, 1.02),
+            plot_w=540,
+            plot_h=340,
+            legend=keys,
+        )
+        for key, m in zip(keys, modules, strict=True):
+            chart.dots(*points[m], key.color, r=2.5, opacity=0.75)
+        _save(chart.to_svg(), out_dir / "unchanged_vs_update.svg", written)
     return written
-
-
-def _palette(n: int) -> Any:
-    """Colour of the i-th series: tab10 when it suffices (higher contrast), else tab20."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return lambda i: cmap(i % cmap.N)
-
-
-def _bins(n: int) -> int:
-    return int(min(50, max(5, math.ceil(math.sqrt(n)))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,34 +303,66 @@ def _line_plot(
     key: str,
     ylabel: str,
     title: str,
-) -> Any | None:
+    hline: tuple[float, str] | None = None,
+    lock_at: float | None = None,
+    ylim: tuple[float, float] | None = None,
+    legend: bool = True,
+) -> str | None:
+    """Mean ``key`` over steps (thick, with dots) and, when there are several module types,
+    one thin line per type; ``hline``: (value, label) of a dashed reference line; ``lock_at``:
+    the lock step, dotted. The y axis is log10 when ``ylim`` is None, no legend is asked for
+    and every value is positive (``||dW_t||_F``). None when there is no value."""
     xs, ys = _series(steps, key)
     if not xs:
         return None
-
-    fig = _new_figure(6.5, 4.2)
-    ax = fig.add_subplot()
-    colors = _palette(len(by_module))
-    for i, module in enumerate(sorted(by_module, key=module_sort_key)):
-        mx, my = _series(by_module[module], key)
-        if mx and len(by_module) > 1:
-            ax.plot(mx, my, lw=1.0, alpha=0.8, color=colors(i), label=module)
-    ax.plot(xs, ys, lw=2.4, color="black", marker="o", ms=3, label="mean, all matrices")
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return fig
+    lines: list[tuple[str, list[float], list[float]]] = []
+    if len(by_module) > 1:
+        for module in sorted(by_module, key=module_sort_key):
+            mx, my = _series(by_module[module], key)
+            if mx:
+                lines.append((module, mx, my))
+    colors = svg.palette(len(by_module))
+    keys = [svg.Key(m, colors[i % len(colors)], width=1.3, opacity=0.8)
+            for i, (m, _, _) in enumerate(lines)]  # fmt: skip
+    keys.append(svg.Key("mean, all matrices", "black", width=3.0, dot=2.5))
+    every_x = xs + [x for _, mx, _ in lines for x in mx]
+    every_y = ys + [y for _, _, my in lines for y in my]
+    if hline is not None:
+        every_y.append(hline[0])
+        keys.append(svg.Key(hline[1], RED, dash="dashed"))
+    if lock_at is not None:
+        every_x.append(lock_at)
+        keys.append(svg.Key(f"lock step {lock_at}", GREEN, width=2.0, dash="dotted"))
+    log = ylim is None and not legend and all(y > 0 for y in every_y)
+    chart = svg.Chart(
+        title,
+        "step",
+        ylabel,
+        svg.Scale.fit(every_x, integer=True),
+        svg.Scale(*ylim) if ylim else svg.Scale.fit(every_y, log=log),
+        plot_w=540,
+        plot_h=340,
+        legend=keys if legend else (),
+    )
+    for (_, mx, my), k in zip(lines, keys[: len(lines)], strict=True):
+        chart.line(mx, my, k.color, width=1.3, opacity=0.8)
+    if hline is not None:
+        chart.hline(hline[0], RED, width=1.5, dash="dashed")
+    if lock_at is not None:
+        chart.vline(lock_at, GREEN, width=2.0, dash="dotted")
+    chart.line(xs, ys, "black", width=3.0, dot=2.5)
+    return chart.to_svg()
 
 
 def plot_trajectory(rows: list[dict], summary: dict, out_dir: Path) -> list[Path]:
     """Plots of a trajectory (DESIGN "Trajectory" and "Subspace locking").
 
-    Writes, when their data exist: ``sim_k.png`` (mean ``Sim_K(t, t_end)`` over matrices and
-    per module type, the lock threshold and the lock step), ``stable_rank.png`` (mean
-    srank(dW_t) with the ``K`` line), ``update_norm.png`` (model-wide ``||dW_t||_F``) and
-    ``hill_alpha.png`` (mean Hill tail index). ``summary`` is :func:`summarize_trajectory`'s
-    output (or a dict containing its keys); missing keys are recomputed from ``rows``.
-    Returns the paths written.
+    Writes SVG files, when their data exist: ``sim_k.svg`` (mean ``Sim_K(t, t_end)`` over
+    matrices and per module type, the lock threshold and the lock step), ``stable_rank.svg``
+    (mean srank(dW_t) with the ``K`` line), ``update_norm.svg`` (model-wide ``||dW_t||_F``,
+    log y axis when all positive) and ``hill_alpha.svg`` (mean Hill tail index).
+    ``summary`` is :func:`summarize_trajectory`'s output (or a dict containing its keys);
+    missing keys are recomputed from ``rows``. Returns the paths written.
     """
     out_dir = Path(out_dir)
     rows = list(rows)
@@ -380,39 +380,29 @@ def plot_trajectory(rows: list[dict], summary: dict, out_dir: Path) -> list[Path
     thr = summary.get("lock_threshold", lock.get("threshold", 0.9))
     lock_at = lock.get("lock_step")
     written: list[Path] = []
-    with _style():
-        fig = _line_plot(steps, by_module, "sim_k_mean", "Sim_K(t, t_end)", f"Sim_K, K = {k}")
-        if fig is not None:
-            ax = fig.axes[0]
-            ax.axhline(thr, ls="--", color="#c44e52", lw=1.2, label=f"threshold {thr:g}")
-            if lock_at is not None:
-                ax.axvline(lock_at, ls=":", color="#55a868", lw=1.6, label=f"lock step {lock_at}")
-            ax.set_ylim(-0.02, 1.05)
-            ax.legend(fontsize=7)
-            _save(fig, out_dir / "sim_k.png", written)
+    text = _line_plot(
+        steps, by_module, "sim_k_mean", "Sim_K(t, t_end)", f"Sim_K, K = {k}",
+        hline=(thr, f"threshold {thr:g}"), lock_at=lock_at, ylim=(-0.02, 1.05),
+    )  # fmt: skip
+    if text is not None:
+        _save(text, out_dir / "sim_k.svg", written)
 
-        fig = _line_plot(
-            steps, by_module, "stable_rank_mean", "mean stable rank of dW_t", "Stable rank"
-        )
-        if fig is not None:
-            ax = fig.axes[0]
-            ax.axhline(k, ls="--", color="#c44e52", lw=1.2, label=f"K = {k}")
-            if lock_at is not None:
-                ax.axvline(lock_at, ls=":", color="#55a868", lw=1.6, label=f"lock step {lock_at}")
-            ax.legend(fontsize=7)
-            _save(fig, out_dir / "stable_rank.png", written)
+    text = _line_plot(
+        steps, by_module, "stable_rank_mean", "mean stable rank of dW_t", "Stable rank",
+        hline=(k, f"K = {k}"), lock_at=lock_at,
+    )  # fmt: skip
+    if text is not None:
+        _save(text, out_dir / "stable_rank.svg", written)
 
-        fig = _line_plot(steps, {}, "frobenius_delta", "||dW_t||_F (all matrices)", "Update norm")
-        if fig is not None:
-            _, ys = _series(steps, "frobenius_delta")
-            if all(y > 0 for y in ys):
-                fig.axes[0].set_yscale("log")
-            _save(fig, out_dir / "update_norm.png", written)
+    text = _line_plot(
+        steps, {}, "frobenius_delta", "||dW_t||_F (all matrices)", "Update norm", legend=False
+    )
+    if text is not None:
+        _save(text, out_dir / "update_norm.svg", written)
 
-        fig = _line_plot(
-            steps, by_module, "hill_alpha_mean", "Hill tail index alpha", "Hill alpha of dW_t"
-        )
-        if fig is not None:
-            fig.axes[0].legend(fontsize=7)
-            _save(fig, out_dir / "hill_alpha.png", written)
+    text = _line_plot(
+        steps, by_module, "hill_alpha_mean", "Hill tail index alpha", "Hill alpha of dW_t"
+    )
+    if text is not None:
+        _save(text, out_dir / "hill_alpha.svg", written)
     return written

@@ -249,15 +249,15 @@ def _rel_src(plot: Path | str, out_dir: Path) -> str:
 
 
 _CAPTIONS = {
-    "heatmap_unchanged.png": "Unchanged fraction (bf16 rule) by layer and module",
-    "heatmap_angle.png": "Max principal angle (mean of left and right) by layer and module",
-    "stable_rank_hist.png": "Stable rank of dW per matrix",
-    "angle_hist.png": "Max principal angles per matrix",
-    "unchanged_vs_update.png": "Unchanged fraction against relative update size, per tensor",
-    "sim_k.png": "Sim_K(t, t_end) with the lock threshold and lock step",
-    "stable_rank.png": "Mean stable rank of dW_t with the K line",
-    "update_norm.png": "||dW_t||_F over steps",
-    "hill_alpha.png": "Hill tail index of dW_t over steps",
+    "heatmap_unchanged.svg": "Unchanged fraction (bf16 rule) by layer and module",
+    "heatmap_angle.svg": "Max principal angle (mean of left and right) by layer and module",
+    "stable_rank_hist.svg": "Stable rank of dW per matrix",
+    "angle_hist.svg": "Max principal angles per matrix",
+    "unchanged_vs_update.svg": "Unchanged fraction against relative update size, per tensor",
+    "sim_k.svg": "Sim_K(t, t_end) with the lock threshold and lock step",
+    "stable_rank.svg": "Mean stable rank of dW_t with the K line",
+    "update_norm.svg": "||dW_t||_F over steps",
+    "hill_alpha.svg": "Hill tail index of dW_t over steps",
 }
 
 
