@@ -4,10 +4,11 @@
   summary; atomic, sorted, byte-reproducible.
 - :mod:`~paramgeom.report.aggregate`: model, module, layer and expert-stack figures of a diff;
   per-step figures and the subspace-locking step of a trajectory (DESIGN "Metrics").
-- :mod:`~paramgeom.report.plots`: PNG heat maps, histograms and curves (matplotlib, Agg canvas).
+- :mod:`~paramgeom.report.plots`: SVG heat maps, histograms and curves.
+- :mod:`~paramgeom.report.svg`: the SVG drawing they use (standard library only).
 - :mod:`~paramgeom.report.render`: ``report.md`` and a self-contained ``report.html``.
 
-pyarrow and matplotlib (the ``train`` extra) are imported only by the functions that need them.
+pyarrow is imported only by the functions that need it; the plots need no third-party package.
 """
 
 from paramgeom.report.aggregate import lock_step, summarize_diff, summarize_trajectory
