@@ -4,7 +4,7 @@ For each sampled matrix (default: layer 0 k_proj, the middle layer's q_proj and 
 layer's down_proj, as in the peer comparison) the oracle (``benchmarks/peers/oracle.py``:
 full float64 LAPACK SVDs, ``scipy.linalg.subspace_angles``) is computed at the K the table
 reports for that matrix, and the largest differences are printed as JSON: angles in degrees
-(absolute), stable and effective rank (relative).
+(absolute), stable and effective rank and spectral drift over the top K (relative).
 
 Run: ``python benchmarks/geometry_accuracy.py BASE TUNED DIFF_OUT [--names N ...]``.
 """
@@ -51,13 +51,21 @@ def compare(base: str, tuned: str, diff_out: str, names: list[str] | None = None
     rows = {r["name"]: r for r in read_table(Path(diff_out) / "tensors.parquet")}
     names = names or default_names(list(rows.values()))
     rb, rt = Reader(base), Reader(tuned)
-    worst = {"angle_deg": 0.0, "stable_rank_rel": 0.0, "effective_rank_rel": 0.0}
+    worst = {
+        "angle_deg": 0.0,
+        "stable_rank_rel": 0.0,
+        "effective_rank_rel": 0.0,
+        "spectral_drift_rel": 0.0,
+    }
     per = {}
     for name in names:
         row = rows[name]
         w0, w1 = rb.f64(row["base_name"]), rt.f64(name)
         fig = matrix_figures(w0, w1, int(row["rank_k"]))
         s = np.linalg.svd(w1 - w0, compute_uv=False)
+        k = int(row["rank_k"])
+        s0, s1 = (np.linalg.svd(w, compute_uv=False)[:k] for w in (w0, w1))
+        drift = np.linalg.norm(s1 - s0) / np.linalg.norm(s0)
         err = {
             "rank_k": row["rank_k"],
             "gap_w0": fig["gap_w0"],
@@ -65,6 +73,7 @@ def compare(base: str, tuned: str, diff_out: str, names: list[str] | None = None
             "stable_rank_rel": abs(row["stable_rank"] - fig["stable_rank"]) / fig["stable_rank"],
             "effective_rank_rel": abs(row["effective_rank"] - effective_rank(s))
             / effective_rank(s),
+            "spectral_drift_rel": abs(row["spectral_drift"] - drift) / drift,
         }
         per[name] = err
         for key in worst:

@@ -14,6 +14,14 @@ from typing import TYPE_CHECKING
 
 from paramgeom._argtypes import bounded_float, bounded_int
 
+# SciPy's LAPACK (the subset eigensolvers of the exact spectra) runs on OpenBLAS, torch's
+# products on MKL/OpenMP: two thread pools whose idle workers spin on the same cores. With
+# both at the core count a 200 MB diff took 50.0 s on the 2-core VM, with OpenBLAS on one
+# thread 42.3 s; under load (another process busy) 862 s against 42 s, as spinning workers
+# starved the descheduled ones. Set before NumPy or SciPy loads (it is read once, then);
+# a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 if TYPE_CHECKING:
     from rich.console import Console
 

@@ -1,9 +1,13 @@
-"""The only two ways :mod:`paramgeom.linalg` touches weights: ``diff_matmul`` and ``gram_update``.
+"""The only ways :mod:`paramgeom.linalg` touches weights: ``diff_matmul`` and ``gram_update``,
+and two products outside the kernels' contract.
 
-Both forward to the public kernels of DESIGN.md "Kernels (the contract)" items 2 and 3
-(:func:`paramgeom.api.diff_matmul.diff_matmul` and
+``diff_matmul`` and ``gram`` forward to the public kernels of DESIGN.md "Kernels (the
+contract)" items 2 and 3 (:func:`paramgeom.api.diff_matmul.diff_matmul` and
 :func:`paramgeom.api.gram_update.gram_update`). Results come back in float64 on the
-weights' device, whatever the kernel's output dtype.
+weights' device, whatever the kernel's output dtype. The two others serve the exact path's
+float32-then-Rayleigh-Ritz solve: ``gram32`` (a float32 Gram; on CPU plain float32 GEMMs,
+as the CPU kernel accumulates in float64 only) and ``exact_matmul`` (every product in
+float64, which the kernels' fp32 products are not).
 
 Which backend runs the kernels is :func:`kernel_backend`'s to say (a context, so that
 ``paramgeom diff --backend X`` reaches every product of every linear-algebra routine
@@ -25,7 +29,7 @@ import torch
 from paramgeom.api.diff_matmul import diff_matmul as _kernel_diff_matmul
 from paramgeom.api.gram_update import gram_update as _kernel_gram_update
 
-__all__ = ["diff_matmul", "gram", "kernel_backend", "matmul"]
+__all__ = ["diff_matmul", "exact_matmul", "gram", "gram32", "kernel_backend", "matmul"]
 
 _BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar(
     "paramgeom_linalg_backend", default="auto"
@@ -122,6 +126,40 @@ def diff_matmul(
 def matmul(w: torch.Tensor, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``w @ x`` (or ``w^T @ x``) of a single matrix, as ``diff_matmul(None, w, x)``."""
     return diff_matmul(None, w, x, transpose)
+
+
+def exact_matmul(
+    w0: torch.Tensor | None, w1: torch.Tensor, x: torch.Tensor, transpose: bool = False
+) -> torch.Tensor:
+    """``(w1 - w0) @ x`` (or its transpose's product) with every product and sum in float64,
+    one row block of the difference at a time: what a float64 Rayleigh-Ritz step needs (the
+    kernel's fp32 products would put 1e-7 relative errors into singular values). bf16, fp16
+    and fp32 values are exact in float64; the cost is a float64 GEMM of ``m n x.shape[1]``."""
+    return _float64_diff_matmul(w0, w1, x, transpose)
+
+
+def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
+    """Gram matrix of ``d = w1 - w0`` (``w0=None``: zero) accumulated in float32, for a
+    float32 reduction that a float64 Rayleigh-Ritz step finishes (``randomized_svd``'s exact
+    path). On CUDA it is :func:`gram` (whose kernel accumulates in float32 there); on CPU,
+    where the kernel accumulates in float64 only, float32 GEMMs of row blocks of ``d`` (half
+    the time of the float64 kernel). Float64 weights (the tests' oracles) keep :func:`gram`."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if _use_float64_path(w1) or w1.device.type != "cpu":
+        return gram(w0, w1, side).to(torch.float32)
+    if side == "left":
+        w1 = w1.T
+        w0 = None if w0 is None else w0.T
+    rows, n = w1.shape
+    g = torch.zeros(n, n, dtype=torch.float32)
+    step = _block_rows(n)
+    for r in range(0, rows, step):
+        d = w1[r : r + step].to(torch.float32)
+        if w0 is not None:
+            d = d - w0[r : r + step].to(torch.float32)
+        g.addmm_(d.T, d)
+    return g
 
 
 def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:

@@ -23,10 +23,19 @@ A basis that would pass half of ``min(m, n)`` hands over to the exact Gram path 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from paramgeom.linalg import _ops
-from paramgeom.linalg.eigen import eigenvalues_desc, top_eigenpairs
+from paramgeom.linalg.eigen import (
+    FLOAT32_BOUND_DEG,
+    FLOAT32_MARGIN,
+    eigenvalues_desc,
+    float32_bound_deg,
+    top_eigenpairs,
+    top_window,
+)
 
 __all__ = ["randomized_svd"]
 
@@ -90,11 +99,6 @@ def orth(y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(y, mode="reduced").Q
 
 
-def check_finite(x: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"non-finite values (NaN/Inf) in {what}; spectra are undefined")
-
-
 def normalise_columns(
     c: torch.Tensor, s: torch.Tensor, gen: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -117,17 +121,67 @@ def normalise_columns(
     return q * sign
 
 
+# Smallest min(m, n) of the float32-then-Rayleigh-Ritz exact path (CPU): below it the
+# float64 solve is as fast (measured on the 2-core VM: 256 x 256 16 vs 15 ms, 512 x 512 73
+# vs 43 ms, 1024 x 1024 261 vs 198 ms, 2752 x 1024 373 vs 320 ms, K = p / 8).
+RITZ_MIN = 512
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    # One sum first: finite for every finite matrix the spectra see (Grams of bf16, fp16 or
+    # fp32 weights stay far below float64's range), and a third of the time of isfinite().
+    if math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all()):
+        return
+    raise ValueError(f"non-finite values (NaN/Inf) in {what}; spectra are undefined")
+
+
 def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | None = 0):
-    """Top-k SVD of ``w1 - w0`` from the float64 Gram of its smaller side.
+    """Top-k SVD of ``w1 - w0`` from the Gram of its smaller side.
 
     ``G = dW^T dW`` (or ``dW dW^T``) = ``V S^2 V^T``; the other side's vectors are
-    ``dW v_i / s_i`` (one fused product), orthonormalised.
+    ``dW v_i / s_i``, orthonormalised. Two ways, one accuracy class:
+
+    - float64 (GPU, small matrices): the float64 Gram and LAPACK's subset solver for the k
+      wanted pairs; the other side from one fused product.
+    - float32 then Rayleigh-Ritz (CPU, ``min(m, n) >= RITZ_MIN``): a float32 Gram and a
+      float32 subset solve for ``k + FLOAT32_MARGIN`` pairs give a basis ``Q``; then
+      ``Z = dW Q`` with every product in float64 and the eigenpairs of ``Z^T Z`` give the
+      singular values, ``V = Q y`` and ``U = Z y / s``. Singular values are as accurate as
+      float64's to second order in the basis error (measured <= 3e-13 relative on Gaussian
+      matrices up to 2048 wide, float64 path 1e-15); the top-k subspaces are within about
+      ``eps32 ||G|| / (s_k^2 - s_{k+17}^2)`` (measured <= 1.3e-4 degree, float64 path
+      1e-11), far inside the 0.05 degree stated for the angles. It is kept only while its
+      a priori bound (:func:`~paramgeom.linalg.eigen.float32_bound_deg`) is at most
+      ``FLOAT32_BOUND_DEG``; steeper spectra take the float64 way.
     """
     m, n = w1.shape
     side = "right" if n <= m else "left"
+    p, width = min(m, n), min(min(m, n), k + FLOAT32_MARGIN)
+    if w1.device.type == "cpu" and p >= RITZ_MIN and width < p:
+        g32 = _ops.gram32(w0, w1, side)
+        # A float32 Gram can overflow where the weights and float64 do not: then float64.
+        if math.isfinite(float(g32.sum())):
+            q = top_window(g32, width, symmetric=True)
+            z = _ops.exact_matmul(w0, w1, q, transpose=(side == "left"))
+            vals, y = torch.linalg.eigh(z.T @ z)
+            vals, y = vals.flip(0), y.flip(1)
+            if float32_bound_deg(vals, k) > FLOAT32_BOUND_DEG:
+                return _exact_svd_float64(w0, w1, k, side, seed)
+            vals, y = vals[:k], y[:, :k]
+            s = vals.clamp_min(0.0).sqrt()
+            vecs = (q @ y).contiguous()
+            other = normalise_columns(z @ y, s, generator(seed))
+            if side == "right":
+                return other, s.contiguous(), vecs.T.contiguous()
+            return vecs, s.contiguous(), other.T.contiguous()
+    return _exact_svd_float64(w0, w1, k, side, seed)
+
+
+def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None):
     g = _ops.gram(w0, w1, side)
     check_finite(g, "the Gram matrix of w1 - w0")
-    evals, vecs = top_eigenpairs(g, k)  # only the k wanted pairs (LAPACK's subset solver)
+    # only the k wanted pairs (LAPACK's subset solver); the kernel's Gram is exactly symmetric
+    evals, vecs = top_eigenpairs(g, k, symmetric=True)
     s = evals.clamp_min(0.0).sqrt()
     other = _ops.diff_matmul(w0, w1, vecs, transpose=(side == "left"))
     other = normalise_columns(other, s, generator(seed))
@@ -152,7 +206,7 @@ def diff_svdvals(w0: torch.Tensor | None, w1: torch.Tensor) -> torch.Tensor:
     m, n = w1.shape
     g = _ops.gram(w0, w1, "right" if n <= m else "left")
     check_finite(g, "the Gram matrix of w1 - w0")
-    return eigenvalues_desc(g).clamp_min(0.0).sqrt()
+    return eigenvalues_desc(g, symmetric=True).clamp_min(0.0).sqrt()
 
 
 # ---------------------------------------------------------------------------------------

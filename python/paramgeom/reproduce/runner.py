@@ -71,8 +71,11 @@ def _finished(job: Job) -> dict | None:
 
 def _env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    # SciPy's OpenBLAS on one thread whatever --threads: see paramgeom.cli (its idle
+    # workers spin against torch's and starve them).
+    env["OPENBLAS_NUM_THREADS"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
