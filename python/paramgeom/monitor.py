@@ -100,6 +100,7 @@ from typing import Any
 
 import torch
 
+from paramgeom._chunk import chunk_range
 from paramgeom.api.diff_stats import diff_stats
 from paramgeom.linalg import randomized_svd
 from paramgeom.linalg.distributed import row_sharded_svd
@@ -310,10 +311,7 @@ def _local_rows(ref: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
     if _is_dtensor(ref):
         return ref.to_local()
     local = p.to_local()
-    world = p.device_mesh.size()
-    rank = p.device_mesh.get_local_rank()
-    step = -(-p.shape[0] // world)
-    start = min(rank * step, p.shape[0])
+    start, _ = chunk_range(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
     rows = ref[start : start + local.shape[0]]
     if rows.shape != local.shape:
         raise ValueError(f"reference {name}: rows [{start}, {start + local.shape[0]}) of "

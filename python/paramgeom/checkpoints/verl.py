@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 import torch
 
+from paramgeom._chunk import chunk_range
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.checkpoints.files import open_regular
 from paramgeom.checkpoints.records import Record, record_class, state_fields
@@ -216,10 +217,7 @@ def _piece_box(
     kind, dim = placement
     if kind == "replicate":
         return ((0,) * len(shape), shape) if rank == 0 else None
-    n = shape[dim]
-    step = -(-n // world) if n else 0
-    lo = min(n, rank * step)
-    hi = min(n, lo + step)
+    lo, hi = chunk_range(shape[dim], world, rank)
     offsets = tuple(lo if d == dim else 0 for d in range(len(shape)))
     sizes = tuple(hi - lo if d == dim else s for d, s in enumerate(shape))
     return offsets, sizes
