@@ -31,9 +31,15 @@ A = {
     "nvme1_Bps": 7e9,  # one PCIe Gen4 NVMe drive, sequential read
     "nvme8_Bps": 25e9,  # 8 NVMe drives in RAID0 (DGX-class node), aggregate
 }
-# Passes over each matrix (one diff_matmul pass = 2 * l flops per parameter):
+# Passes over each matrix (one diff_matmul pass = 2 * l flops per parameter), as the
+# randomized path ran when benchmarks/projection.md was generated (2026-12-03):
 # randomized_svd(dW): 2 + 2 * power_iters = 6; top_subspaces(W0) cold and W1 warm: 2 per
 # iteration, 1..30 iterations each. Synth (Gaussian, no spectral gap) hits the cap: 126.
+# NOT the current path: since 2026-12-07 both are block Krylov (2 passes per block, blocks
+# until every top-k Ritz residual is <= 1e-6 or 30 blocks), and a basis that would pass
+# half of min(m, n) hands over to the exact Gram path (p^2 max(m, n) flops and one
+# reduction), which every gapless synth matrix does; and K is min(m, n) // 8, not 512.
+# A regenerated projection needs this model rewritten and measured at 200B widths.
 PASSES = {"best": 6 + 2 * 3 + 2 * 2, "synth_worst": 6 + 2 * 30 + 2 * 30}
 L_K64, L_K512 = 64 + 10, 512 + 10
 TRAJ_L, TRAJ_PASSES = 16 + 10, 6  # trajectory: warm-started range finder per step
