@@ -228,3 +228,19 @@ def test_float32_bound_deg():
     vals = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
     assert float32_bound_deg(vals, 2) == pytest.approx(np.rad2deg(2.0**-24 * 4.0 / 1.5))
     assert float32_bound_deg(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), 2) == np.inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_subset_solvers_leave_the_callers_matrix_alone(monkeypatch, dtype):
+    """LAPACK overwrites its input: a Gram passed with ``symmetric=True`` (no symmetric part
+    formed, so no copy of it) must come back unchanged from every solver."""
+    from paramgeom.linalg import eigen
+
+    g = _gram(300, 310, seed=13).to(dtype)
+    before = g.clone()
+    eigen.top_window(g, 40, symmetric=True)
+    top_eigenpairs(g, 20, symmetric=True)
+    eigenvalues_desc(g, symmetric=True)
+    monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
+    top_eigenpairs(g, 20, symmetric=True)
+    assert torch.equal(g, before)

@@ -107,12 +107,23 @@ def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch
     if eigh is None:
         vecs = torch.linalg.eigh(a).eigenvectors[:, n - width :]
     else:
-        _, v = eigh(
-            a.contiguous().numpy(), subset_by_index=[n - width, n - 1], driver="evr",
-            check_finite=False, overwrite_a=True,
-        )  # fmt: skip
-        vecs = torch.from_numpy(v)
+        vecs = _syevr_top(a, width, g)[1]
     return torch.linalg.qr(vecs.to(torch.float64)).Q
+
+
+def _syevr_top(a: torch.Tensor, width: int, given: torch.Tensor):
+    """LAPACK's ``syevr`` (SciPy) for the ``width`` largest pairs of the symmetric CPU
+    matrix ``a``, ascending as LAPACK returns them, as tensors. A matrix of our own (not the
+    caller's ``given``) goes as its Fortran-ordered transpose, the same symmetric matrix, so
+    LAPACK works in it without a copy; the caller's goes row-major, which SciPy copies."""
+    n = int(a.shape[0])
+    x = a.detach().contiguous()
+    arr = x.numpy() if x.data_ptr() == given.data_ptr() else x.numpy().T
+    vals, vecs = _scipy_eigh()(
+        arr, subset_by_index=[n - width, n - 1], driver="evr", check_finite=False,
+        overwrite_a=True,
+    )  # fmt: skip
+    return torch.from_numpy(vals), torch.from_numpy(vecs)
 
 
 def top_eigenpairs(
@@ -128,24 +139,16 @@ def top_eigenpairs(
     n = int(g.shape[-1])
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    g = _symmetric(g, symmetric)
-    if g.device.type == "cpu" and k < n:
-        eigh = _scipy_eigh()
-        if eigh is not None and g.dtype == torch.float64 and n >= FLOAT32_REDUCTION_MIN:
+    given, g = g, _symmetric(g, symmetric)
+    if g.device.type == "cpu" and k < n and _scipy_eigh() is not None:
+        if g.dtype == torch.float64 and n >= FLOAT32_REDUCTION_MIN:
             vals, vecs = ritz(g, top_window(g, min(n, k + FLOAT32_MARGIN), symmetric=True))
             if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
                 return vals[:k].contiguous(), vecs[:, :k].contiguous()
-        if eigh is not None:
-            # NumPy needs a dtype it has; bf16/fp16 Grams do not occur (the kernels return
-            # float32 or float64). A copy: LAPACK overwrites it, and ``g`` may be the caller's.
-            a = g.detach().numpy().copy() if symmetric else g.detach().contiguous().numpy()
-            vals, vecs = eigh(
-                a, subset_by_index=[n - k, n - 1], driver="evr", check_finite=False,
-                overwrite_a=True,
-            )  # fmt: skip
-            vals = torch.from_numpy(vals.copy()).flip(0)
-            vecs = torch.from_numpy(vecs.copy()).flip(1).contiguous()
-            return vals, vecs
+        # NumPy needs a dtype it has; bf16/fp16 Grams do not occur (the kernels return
+        # float32 or float64).
+        vals, vecs = _syevr_top(g, k, given)
+        return vals.flip(0), vecs.flip(1).contiguous()
     vals, vecs = torch.linalg.eigh(g)
     return vals.flip(0)[:k].contiguous(), vecs.flip(1)[:, :k].contiguous()
 
