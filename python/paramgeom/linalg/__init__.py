@@ -1,7 +1,9 @@
 """Linear algebra on implicit weight differences: randomized SVD, subspaces, sketches.
 
 DESIGN.md "Kernels (the contract)" items 4 and 5 and the "Subspace rotation" metric. Weights
-are read only through ``diff_matmul`` and ``gram_update``.
+are read only through :mod:`paramgeom.linalg._ops`: the ``diff_matmul`` and ``gram_update``
+kernels, and for the exact path's float64 Rayleigh-Ritz step a float32 Gram and float64
+products of row blocks.
 """
 
 from paramgeom.linalg._ops import kernel_backend

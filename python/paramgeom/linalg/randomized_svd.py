@@ -3,8 +3,10 @@
 DESIGN.md "Kernels (the contract)" item 4: the randomized range finder of Halko, Martinsson
 and Tropp ("Finding structure with randomness", SIAM Review 53(2), 2011; Alg. 4.4 with the
 small SVD of Sec. 5.1) on the implicit difference, and an exact path through the Gram matrix
-when ``min(m, n)`` is small. ``dW`` is never materialised: every product goes through
-``diff_matmul`` and every Gram through ``gram_update`` (:mod:`paramgeom.linalg._ops`).
+when ``min(m, n)`` is small. ``dW`` is never materialised whole: every product goes through
+``diff_matmul`` and every Gram through ``gram_update``, except the exact path's float32 Gram
+and float64 Rayleigh-Ritz products on CPU, which form ``dW`` one row block at a time
+(:mod:`paramgeom.linalg._ops`).
 
 Range finder, with ``l = k + p`` columns: the block Krylov space of Musco and Musco
 (:mod:`paramgeom.linalg.krylov`), which keeps every block of the power iteration instead of

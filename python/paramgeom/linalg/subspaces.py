@@ -7,8 +7,8 @@ computed in float64 with the sine form ``sigma_i((I - U0 U0^T) U1)`` for small a
 and mean angle in degrees. W1 is a small perturbation of W0, so W1's subspace is found by a
 block Krylov iteration (:mod:`paramgeom.linalg.krylov`) seeded with W0's.
 
-Weights are read only through ``diff_matmul`` / ``gram_update`` (a single matrix is the
-difference with a zero base; :mod:`paramgeom.linalg._ops`).
+Weights are read only through :mod:`paramgeom.linalg._ops` (a single matrix is the
+difference with a zero base).
 """
 
 from __future__ import annotations
