@@ -244,3 +244,23 @@ def test_subset_solvers_leave_the_callers_matrix_alone(monkeypatch, dtype):
     monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
     top_eigenpairs(g, 20, symmetric=True)
     assert torch.equal(g, before)
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (257, 600), (1, 5)])
+@pytest.mark.parametrize("with_base", [False, True])
+def test_gram32_is_the_exactly_symmetric_float32_gram(shape, with_base):
+    """``_ops.gram32`` (upper block triangle, mirrored) against the float64 Gram of the
+    smaller side: float32 accuracy, and bitwise symmetric."""
+    from paramgeom.linalg import _ops
+
+    m, n = shape
+    w1 = _weights(m, n, seed=m, decay=0.3)
+    w0 = _weights(m, n, seed=n, decay=0.3) if with_base else None
+    d = w1.double() - (0.0 if w0 is None else w0.double())
+    side = "right" if n <= m else "left"
+    want = d.T @ d if side == "right" else d @ d.T
+    got = _ops.gram32(w0, w1, side)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.equal(got, got.T)
+    scale = float(want.abs().max())
+    assert float((got.double() - want).abs().max()) <= 1e-5 * scale

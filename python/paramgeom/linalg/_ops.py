@@ -138,12 +138,16 @@ def exact_matmul(
     return _float64_diff_matmul(w0, w1, x, transpose)
 
 
+_GRAM32_COL_BLOCK = 256  # column block of gram32's upper block triangle (256 beat 512)
+
+
 def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
     """Gram matrix of ``d = w1 - w0`` (``w0=None``: zero) accumulated in float32, for a
     float32 reduction that a float64 Rayleigh-Ritz step finishes (``randomized_svd``'s exact
     path). On CUDA it is :func:`gram` (whose kernel accumulates in float32 there); on CPU,
-    where the kernel accumulates in float64 only, float32 GEMMs of row blocks of ``d`` (half
-    the time of the float64 kernel). Float64 weights (the tests' oracles) keep :func:`gram`."""
+    where the kernel accumulates in float64 only, float32 GEMMs of row blocks of ``d`` over
+    the upper block triangle (half the time of the float64 kernel), mirrored: exactly
+    symmetric. Float64 weights (the tests' oracles) keep :func:`gram`."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     if _use_float64_path(w1) or w1.device.type != "cpu":
@@ -158,8 +162,12 @@ def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor
         d = w1[r : r + step].to(torch.float32)
         if w0 is not None:
             d = d - w0[r : r + step].to(torch.float32)
-        g.addmm_(d.T, d)
-    return g
+        # The upper block triangle only, mirrored below: 24-32% less time than the full
+        # GEMM (2752 x 1024: 66 vs 88 ms; 5504 x 2048: 467 vs 691 ms), and exactly symmetric.
+        for c in range(0, n, _GRAM32_COL_BLOCK):
+            g[c : c + _GRAM32_COL_BLOCK, c:].addmm_(d[:, c : c + _GRAM32_COL_BLOCK].T, d[:, c:])
+    g.triu_()
+    return g.add_(g.triu(1).T)
 
 
 def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
