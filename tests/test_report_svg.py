@@ -546,3 +546,31 @@ def test_plot_diff_of_many_layers_embeds_one_png(tmp_path):
         want = svg.FRACTION.rgb((layer % 11) / 10)
         assert pixels[layer] == [want] * 4
     assert path.stat().st_size < 60_000
+
+
+EXTREMES = [0.0, 5e-324, 1e-300, 1e300, 1.7e308, -1.7e308, math.inf, -math.inf, math.nan]
+
+
+def test_plots_of_extreme_values_are_written_not_raised(tmp_path):
+    """Values at float's range (a hostile or degenerate checkpoint: a zero base matrix, an
+    overflowing norm) in every plotted column: every plot is still written and parses;
+    values beyond 1e300 are left out like NaNs (a span of 1.7e308 overflowed the axis)."""
+    from paramgeom.report.plots import plot_diff, plot_trajectory
+
+    rows = [_row("up", i, v, rc=v, sr=v, left=v, right=1.0) for i, v in enumerate(EXTREMES)]
+    rows += [_row("q", i, 0.5, rc=1e-3, sr=3.0, left=2.0, right=1.0) for i in range(3)]
+    paths = plot_diff(rows, tmp_path / "diff")
+    assert {p.name for p in paths} == {
+        "heatmap_unchanged.svg", "heatmap_angle.svg", "stable_rank_hist.svg",
+        "angle_hist.svg", "unchanged_vs_update.svg",
+    }  # fmt: skip
+    for p in paths:
+        parse(p.read_text(encoding="utf-8"))
+    summary = _summary()
+    for i, v in enumerate(EXTREMES[:4]):
+        for key in ("sim_k_mean", "stable_rank_mean", "frobenius_delta", "hill_alpha_mean"):
+            summary["steps"][i % 4][key] = v if i else 1.7e308
+    paths = plot_trajectory([], summary, tmp_path / "traj")
+    assert len(paths) == 4
+    for p in paths:
+        parse(p.read_text(encoding="utf-8"))

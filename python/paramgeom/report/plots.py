@@ -31,16 +31,22 @@ BLUE, ORANGE = "#4c72b0", "#dd8452"  # histogram series
 RED, GREEN = "#c44e52", "#55a868"  # threshold / K line, lock step
 
 
+# Largest magnitude a plot takes: beyond it a value is left out like a NaN. Spans near
+# float's range would overflow an axis' span, its bins and its tick step (a row of 1.7e308
+# crashed the histogram); no figure of a diff or trajectory is meaningful there.
+PLOT_MAX = 1e300
+
+
 def _finite(value: Any) -> float | None:
     if type(value) is float:  # the common case, as the generic path below gives it
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) and abs(value) <= PLOT_MAX else None
     if value is None or isinstance(value, bool):
         return None
     try:
         v = float(value)
     except (TypeError, ValueError):
         return None
-    return v if math.isfinite(v) else None
+    return v if math.isfinite(v) and abs(v) <= PLOT_MAX else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -248,6 +248,9 @@ def _log_label(v: float) -> str:
     return power if mantissa == "1" else f"{mantissa}\u00d7{power}"
 
 
+_LOG_LIMIT = 307  # largest |exponent| of a fitted scale's bounds
+
+
 class Scale:
     """The data interval ``[lo, hi]`` of one axis, mapped onto ``[0, 1]``; linear or log10.
 
@@ -275,7 +278,12 @@ class Scale:
         if log:
             lo, hi = math.log10(lo), math.log10(hi)
         pad = (hi - lo) * margin if hi > lo else 0.5
-        lo, hi = lo - pad, hi + pad
+        # Padded bounds stay inside float's normal range (its span and 10**bound finite):
+        # data out there lie beyond the box's edge instead of overflowing the axis.
+        limit = _LOG_LIMIT if log else 10.0**_LOG_LIMIT
+        lo, hi = max(lo - pad, -limit), min(hi + pad, limit)
+        if not hi > lo:
+            lo, hi = (hi - 1.0, hi) if log else (hi - abs(hi) * 0.1 - 1.0, hi)
         if log:
             return cls(10.0**lo, 10.0**hi, log=True)
         return cls(lo, hi, integer=integer)
