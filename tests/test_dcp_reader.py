@@ -79,6 +79,7 @@ WRITER = textwrap.dedent(
                   "train_state": {"step": 1}}, checkpoint_id=out + "/ck")
         if rank == 0:
             torch.save(full, out + "/full.pt")
+        dist.barrier()  # both ranks done before gloo tears down
         dist.destroy_process_group()
 
     if __name__ == "__main__":
@@ -91,7 +92,7 @@ WRITER = textwrap.dedent(
 def written(tmp_path_factory) -> Path:
     """A DCP folder written by two gloo ranks (``ck/``) and the full tensors (``full.pt``)."""
     root = tmp_path_factory.mktemp("dcp")
-    run_ranks(WRITER, root, str(root))
+    run_ranks(WRITER, root, str(root), writer=True)
     return root
 
 

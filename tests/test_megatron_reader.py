@@ -63,7 +63,7 @@ WRITER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("megatron")
-    run_ranks(WRITER, root, str(root))
+    run_ranks(WRITER, root, str(root), writer=True)
     return root
 
 

@@ -66,7 +66,7 @@ WRITER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("verl")
-    run_ranks(WRITER, root, str(root))
+    run_ranks(WRITER, root, str(root), writer=True)
     return root
 
 
