@@ -114,6 +114,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         summaries = run_diffs(
             args.base, args.tuned, args.out, opts, base_cache=args.base_cache,
             use_cache=not args.no_base_cache, strict=args.strict, quiet=args.quiet, say=say,
+            workers=args.workers,
         )  # fmt: skip
         if summaries and summaries[0] is not None and not args.quiet:
             _console(args).print(
@@ -127,7 +128,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     cache = None if args.no_base_cache else args.base_cache
     summary = run_diff(
         args.base, args.tuned[0], args.out, opts, strict=args.strict, quiet=args.quiet,
-        base_cache=cache,
+        base_cache=cache, workers=args.workers,
     )  # fmt: skip
     if summary is not None and not args.quiet:
         run = summary.get("run", {})
@@ -281,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="missing/extra tensors are an error")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
+    p.add_argument(
+        "--workers", type=bounded_int(1), default=None,
+        help="CPU: tensors computed at once, each on one thread (default: one per thread "
+        "torch has, OMP_NUM_THREADS or the cores); the figures do not depend on it",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.add_argument(
         "--offline", action="store_true",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,12 @@ class BaseCache:
         self.folder = Path(folder)
         self.options = options
         self.counts = CacheCounts()
+        self._lock = threading.Lock()  # diff's workers read and write side by side
+
+    def _count(self, *names: str) -> None:
+        with self._lock:
+            for name in names:
+                setattr(self.counts, name, getattr(self.counts, name) + 1)
 
     @staticmethod
     def wanted(m: int, n: int) -> bool:
@@ -131,7 +138,7 @@ class BaseCache:
 
         path = self._path(key)
         if not os.path.lexists(path):
-            self.counts.misses += 1
+            self._count("misses")
             return None
         # Never more than the tensors need (plus a header): a huge, FIFO or device entry
         # is refused without blocking or filling memory.
@@ -139,8 +146,7 @@ class BaseCache:
         try:
             raw = read_regular_bytes(path, limit, "base cache entry")
         except CheckpointError:
-            self.counts.misses += 1
-            self.counts.rejected += 1
+            self._count("misses", "rejected")
             return None
         try:
             tensors = load(raw)
@@ -148,10 +154,9 @@ class BaseCache:
         except (SafetensorError, ValueError, OSError, RuntimeError):
             tensors, meta = None, None
         if tensors is None or not _valid(tensors, meta, key, shapes):
-            self.counts.misses += 1
-            self.counts.rejected += 1
+            self._count("misses", "rejected")
             return None
-        self.counts.hits += 1
+        self._count("hits")
         # The layout put was given, in fresh memory: BLAS takes other paths (another
         # summation order, a last bit of a figure) for transposed or unaligned operands.
         columns = _column_major(meta)
@@ -179,18 +184,21 @@ class BaseCache:
         try:
             _write_whole(self._path(key), save(data, metadata=meta))
         except OSError as exc:
-            self.counts.write_error = f"{self.folder}: {exc.strerror or exc}"
-            self.counts.notes.append(
-                f"base cache {self.folder}: cannot write ({exc.strerror or exc}); the "
-                "figures are complete, later checkpoints recompute the base side"
-            )
+            with self._lock:
+                if self.counts.write_error is None:
+                    self.counts.write_error = f"{self.folder}: {exc.strerror or exc}"
+                    self.counts.notes.append(
+                        f"base cache {self.folder}: cannot write ({exc.strerror or exc}); the "
+                        "figures are complete, later checkpoints recompute the base side"
+                    )
             return
-        self.counts.written += 1
+        self._count("written")
 
 
 def _write_whole(path: Path, raw: bytes) -> None:
     """Write ``raw`` to ``path`` so that readers see the old file or all of the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Process and thread in the name: two workers may store the same key (tied weights).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(raw)

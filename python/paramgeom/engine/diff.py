@@ -2,8 +2,10 @@
 
 DESIGN.md "Checkpoints" and "Command line". Tensors are read in the tuned checkpoint's shard
 order on a background thread, at most one unit ahead of the compute; a pair larger than the
-chunk budget is read in row blocks; finished units go to the journal before the next one
-starts; rank 0 writes the tables, the summary, the plots and the report from the journal.
+chunk budget is read in row blocks; on CPU ``--workers`` units compute side by side, one
+thread each (engine/pipeline.py); finished units go to the journal in order, each as soon
+as it and every unit before it are done; rank 0 writes the tables, the summary, the plots
+and the report from the journal.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from paramgeom.engine.journal import FileIdentities, entry_key
 from paramgeom.engine.loader import Prefetcher, Stored, read_stored, to_device
 from paramgeom.engine.pipeline import (
     compute_device,
+    default_workers,
     describe_inputs,
     make_output_dir,
     stream_units,
@@ -232,10 +235,14 @@ def run_diff(
     quiet: bool = False,
     say: Callable[[str], None] | None = None,
     base_cache: str | Path | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any] | None:
     """Diff two checkpoints into ``out_dir``; returns the summary on rank 0 (None elsewhere).
     ``base_cache``: a folder of W0's decompositions (:mod:`paramgeom.engine.base_cache`)
     read where they are and written where not, for later diffs against the same base.
+    ``workers``: units computed at once on CPU, each on one thread (None:
+    :func:`~paramgeom.engine.pipeline.default_workers`, one per torch thread; on CUDA one
+    at a time whatever is given); the figures do not depend on it.
 
     Raises :class:`~paramgeom.checkpoints.errors.CheckpointError` for bad input (the command
     line's exit 2); whatever was finished before the error stays in the journal.
@@ -245,6 +252,9 @@ def run_diff(
     ctx = distributed.context(opts.device)
     try:
         device = compute_device(opts.device)
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers (--workers) must be >= 1, got {workers}")
+        n_workers = default_workers(device) if workers is None or device.type != "cpu" else workers
         make_output_dir(out)
         cache = None
         if base_cache is not None and opts.spectra and opts.angles:
@@ -272,7 +282,7 @@ def run_diff(
             done = stream_units(
                 "diff", out, ctx, units, keys, feed,
                 compute=lambda unit, loaded: compute_unit(streamer, unit, loaded),
-                reads=streamer.reads, nbytes=lambda u: u.nbytes, quiet=quiet,
+                reads=streamer.reads, nbytes=lambda u: u.nbytes, quiet=quiet, workers=n_workers,
             )  # fmt: skip
             if done is None:
                 return None
@@ -285,6 +295,7 @@ def run_diff(
             # Not in the tables (they hold figures only); rank 0's own share when distributed.
             summary["run"] = {
                 "ranks": ctx.world,
+                "workers": n_workers,
                 "units_computed": len(done.computed),
                 "units_from_journal": len(done.mine) - len(done.computed),
                 "bytes_computed": sum(u.nbytes for u in done.computed),
@@ -332,13 +343,14 @@ def run_diffs(
     strict: bool = False,
     quiet: bool = False,
     say: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> list[dict[str, Any] | None]:
     """Diff every tuned checkpoint against one base, in order: ``out_dir/<label>/`` each
-    (:func:`tuned_labels`), with W0's decompositions computed for the first and read back
-    for the others from ``base_cache`` (default ``out_dir/base-cache``; kept for later
-    runs against the same base; ``use_cache=False``: none). Writes ``out_dir/runs.json``:
-    each checkpoint's folder, time and base-cache use. Returns the summaries (None on
-    ranks other than 0).
+    (:func:`tuned_labels`; ``workers`` as there), with W0's decompositions computed for the
+    first and read back for the others from ``base_cache`` (default ``out_dir/base-cache``;
+    kept for later runs against the same base; ``use_cache=False``: none). Writes
+    ``out_dir/runs.json``: each checkpoint's folder, time and base-cache use. Returns the
+    summaries (None on ranks other than 0).
 
     Fails on the first bad input, as :func:`run_diff` does; rerunning skips what is done.
     """
@@ -356,8 +368,9 @@ def run_diffs(
             say(f"[{i + 1}/{len(labels)}] {tuned} -> {out / label}")
         started = time.perf_counter()
         summary = run_diff(
-            base_path, tuned, out / label, opts, strict=strict, quiet=quiet, base_cache=cache
-        )
+            base_path, tuned, out / label, opts, strict=strict, quiet=quiet, base_cache=cache,
+            workers=workers,
+        )  # fmt: skip
         summaries.append(summary)
         if summary is not None:
             index.append(

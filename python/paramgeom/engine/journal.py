@@ -2,7 +2,7 @@
 
 DESIGN.md "Reliability contract": killing a run at any point and rerunning gives the same
 final result. Each finished unit appends one JSON line (its rows) to
-``DIR/journal/<command>.rank<r>.jsonl``, flushed and fsynced before the next unit starts.
+``DIR/journal/<command>.rank<r>.jsonl``, flushed and fsynced before the next is appended.
 An entry's key hashes the unit (names, shapes), the identity of every source file it read
 (path, size, mtime, header hash) and the options that change figures, so a changed input
 file or option invalidates exactly the entries it touches. A line cut short by a kill is

@@ -133,12 +133,15 @@ class InputWatch:
     def __init__(self) -> None:
         self._faults = mapped_fault_count()
 
-    def check(self, reads: list[tuple[Any, list[str]]]) -> None:
-        """``reads``: (checkpoint, names of the tensors read from it) of one unit."""
+    def check(self, reads: list[tuple[Any, list[str]]], since: int | None = None) -> None:
+        """``reads``: (checkpoint, names of the tensors read from it) of one unit;
+        ``since``: the fault count its compute started from (else the last check's). The
+        count is the process's: a fault while units compute side by side fails each of
+        them, never only the one that happened to look first."""
         for ckpt, names in reads:
             ckpt.verify(names)
         now = mapped_fault_count()
-        if now != self._faults:
+        if now != (self._faults if since is None else since):
             self._faults = now
             where = " or ".join(str(ckpt.path) for ckpt, _ in reads)
             raise CheckpointError(
@@ -148,19 +151,21 @@ class InputWatch:
 
     def compute(self, reads: list[tuple[Any, list[str]]], unit: str, work: Callable[[], Any]):
         """``work()``, then :meth:`check`; an exception from ``work`` becomes a
-        :class:`CheckpointError` naming the changed file, else ``unit`` and its file."""
+        :class:`CheckpointError` naming the changed file, else ``unit`` and its file. Safe
+        to call from several threads at once."""
+        since = self._faults  # not the count now: a fault before this unit's start counts too
         try:
             out = work()
         except CheckpointError:
             raise
         except Exception as exc:
-            self.check(reads)
+            self.check(reads, since)
             file = reads[-1][0].tensors[reads[-1][1][0]].file if reads and reads[-1][1] else None
             msg = " ".join(str(exc).split())[:300]
             raise CheckpointError(
                 file, unit, f"computing its figures failed ({type(exc).__name__}: {msg})"
             ) from exc
-        self.check(reads)
+        self.check(reads, since)
         return out
 
 

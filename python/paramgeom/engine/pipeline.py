@@ -7,15 +7,23 @@ on a background thread while the previous one computes, its figures checked agai
 input files (:class:`~paramgeom.engine.loader.InputWatch`), appended to the journal before
 the next starts, and rank 0 collects every rank's journal. What differs, how a unit is read
 and what is computed from it, comes in as functions (:func:`stream_units`).
+
+On CPU the units can be computed ``workers`` at a time, each on one thread: the spectra's
+LAPACK solves are single-threaded (multi-threaded ones scale poorly at these sizes, and
+OpenBLAS's idle threads spin against torch's), so one unit at a time leaves cores idle for
+half of its time; independent units side by side fill them. Every unit then computes on
+one thread whatever the worker, rank or core count, so its figures do not depend on them.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,14 @@ from paramgeom.engine.loader import InputWatch
 from paramgeom.engine.plan import share_for_rank
 from paramgeom.engine.progress import ByteProgress
 
-__all__ = ["Streamed", "compute_device", "describe_inputs", "make_output_dir", "stream_units"]
+__all__ = [
+    "Streamed",
+    "compute_device",
+    "default_workers",
+    "describe_inputs",
+    "make_output_dir",
+    "stream_units",
+]
 
 
 def compute_device(name: str) -> torch.device:
@@ -41,6 +56,13 @@ def compute_device(name: str) -> torch.device:
     if name != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
     return torch.device("cpu")
+
+
+def default_workers(device: torch.device) -> int:
+    """Units computed at once by default: on CPU one per thread torch was given (its
+    ``OMP_NUM_THREADS``, else the usable cores), each unit on one thread; on a GPU 0, one
+    unit at a time on the calling thread (the device serialises the work anyway)."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 0
 
 
 def make_output_dir(out: Path, what: str = "output folder") -> None:
@@ -89,6 +111,7 @@ def stream_units(
     reads: Callable[[Any], list[tuple[Any, list[str]]]],
     nbytes: Callable[[Any], int],
     quiet: bool = False,
+    workers: int = 0,
 ) -> Streamed | None:
     """Compute this rank's share of ``units`` (each with a ``name``) that the journal
     ``out/journal/<command>.rank<r>.jsonl`` does not hold under ``keys[unit]``, and journal
@@ -98,9 +121,14 @@ def stream_units(
     (closed when the loop ends, also on an error); ``compute(unit, loaded)``: the unit's
     rows and notes; ``reads(unit)``: the (checkpoint, tensor names) its figures come from,
     checked unchanged after the compute; ``nbytes(unit)``: its size for the progress bar.
+    ``workers``: 0 computes one unit at a time on this thread with torch's threads; ``n >=
+    1`` computes up to ``n`` units at once on worker threads, each on one CPU thread
+    (``compute`` must then be safe to run side by side), journaled in ``todo``'s order.
     A failure on any rank is a :class:`CheckpointError` on every rank; what was journaled
-    before it stays.
+    before it stays (with workers, also the units that finished beside the failed one).
     """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     mine = share_for_rank(list(units), ctx.rank, ctx.world)
     journal = Journal(out, command, ctx.rank)
     done = journal.start()
@@ -108,19 +136,19 @@ def stream_units(
     ok = False
     watch = InputWatch()
     started = time.perf_counter()
+
+    def run(unit, loaded):
+        return watch.compute(reads(unit), unit.name, functools.partial(compute, unit, loaded))
+
     try:
         total = sum(nbytes(u) for u in mine)
         with ByteProgress(command, total, quiet or not ctx.is_main) as bar:
             bar.advance(sum(nbytes(u) for u in mine if keys[u] in done))
             with contextlib.closing(feed(todo)) as queue:
-                for unit, loaded in queue:
+                for unit, (rows, notes) in _computed(queue, run, workers):
                     bar.describe(unit.name)
-                    rows, notes = watch.compute(
-                        reads(unit), unit.name, functools.partial(compute, unit, loaded)
-                    )
                     journal.append(keys[unit], unit.name, rows, notes)
                     fault_point(command)
-                    del loaded
                     bar.advance(nbytes(unit))
         ok = True
     finally:
@@ -133,3 +161,70 @@ def stream_units(
         return None
     rows, notes = journal.collect([(keys[u], u.name) for u in units])
     return Streamed(rows, notes, mine, todo, seconds)
+
+
+def _computed(queue: Iterator[tuple[Any, Any]], run: Callable[[Any, Any], Any], workers: int):
+    """``(unit, run(unit, loaded))`` for the items of ``queue``, in its order: here one at a
+    time (``workers == 0``), else up to ``workers`` at once on worker threads, each unit on
+    one torch thread. When a unit fails, the units running beside it finish, those that
+    succeeded are yielded (nothing computed is lost), then its error is raised; units not
+    started are dropped."""
+    if workers == 0:
+        for unit, loaded in queue:
+            yield unit, run(unit, loaded)
+            del loaded
+        return
+    pending: collections.deque[tuple[Any, Future]] = collections.deque()
+    with _one_thread_each(), ThreadPoolExecutor(workers, "paramgeom-unit") as pool:
+        try:
+            try:
+                for unit, loaded in queue:
+                    pending.append((unit, pool.submit(run, unit, loaded)))
+                    del loaded  # the worker holds it for as long as it computes
+                    # A worker free before the next read: results wait (in order) for the
+                    # oldest; the inputs of finished units are already released.
+                    while running := [f for _, f in pending if not f.done()]:
+                        if len(running) < workers:
+                            break
+                        wait(running, return_when=FIRST_COMPLETED)
+                    while pending and pending[0][1].done():
+                        yield from _take(pending)
+            except Exception:  # a read failed: what the workers compute is still kept
+                yield from _successes(pending)
+                raise
+            while pending:
+                yield from _take(pending)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+def _take(pending: collections.deque[tuple[Any, Future]]):
+    """The oldest unit's result; when it failed, the others' successes, then its error."""
+    unit, fut = pending.popleft()
+    exc = fut.exception()
+    if exc is None:
+        yield unit, fut.result()
+        return
+    yield from _successes(pending)
+    raise exc
+
+
+def _successes(pending: collections.deque[tuple[Any, Future]]):
+    """Every pending unit that computes without an error, once it has finished."""
+    while pending:
+        unit, fut = pending.popleft()
+        if not fut.cancelled() and fut.exception() is None:
+            yield unit, fut.result()
+
+
+@contextlib.contextmanager
+def _one_thread_each() -> Iterator[None]:
+    """torch (and the native kernels, which take torch's thread count) on one thread in
+    every thread started inside the block; the caller's count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
