@@ -61,7 +61,13 @@ import torch
 
 from paramgeom.linalg import _ops
 from paramgeom.linalg.eigen import top_eigenpairs
-from paramgeom.linalg.randomized_svd import exact_svd, gaussian, normalise_columns, orth
+from paramgeom.linalg.randomized_svd import (
+    check_finite,
+    exact_svd,
+    gaussian,
+    normalise_columns,
+    orth,
+)
 
 __all__ = ["RESIDUAL_TOL", "KrylovSVD", "block_krylov_svd"]
 
@@ -249,7 +255,7 @@ def block_krylov_svd(
         # F is already reorthogonalised against V (it is needed so for the residuals).
         v_new, _ = extend_basis(V, f, gen, scale=zscale, projected=V is not None)
         av = mul(v_new)
-        _check_finite(av)
+        check_finite(av, "w1 - w0")
         u_new, coef = extend_basis(U, av, gen)
         # New block column of B = U^T A V: coefficients on the old U, and on the new block.
         # The new block row under the old columns is zero: A V_old lies in span(U_old).
@@ -259,7 +265,7 @@ def block_krylov_svd(
         V = v_new if V is None else torch.cat([V, v_new], dim=1)
         U = u_new if U is None else torch.cat([U, u_new], dim=1)
         z = mul(u_new, transpose=True)
-        _check_finite(z)
+        check_finite(z, "w1 - w0")
         zscale = float(torch.linalg.vector_norm(z, dim=0).max())
         f, c = _project_out(V, z)
         if V.shape[1] >= k:
@@ -352,8 +358,3 @@ def _exact(w0, w1, k, steps, seed) -> KrylovSVD:
     products that covering it would take."""
     u, s, vh = exact_svd(w0, w1, k, seed=seed)
     return KrylovSVD(u, s, vh.T.contiguous(), steps, True, 0.0, min(w1.shape), True)
-
-
-def _check_finite(x: torch.Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("non-finite values (NaN/Inf) in w1 - w0; spectra are undefined")

@@ -129,10 +129,17 @@ def normalise_columns(
 RITZ_MIN = 512
 
 
+def sums_finite(x: torch.Tensor) -> bool:
+    """Whether the sum of ``x`` is finite: then every entry is (a third of the time of
+    ``isfinite().all()``); a finite matrix whose sum overflows (float32 Grams near float32's
+    range) answers False as well."""
+    return math.isfinite(float(x.sum()))
+
+
 def check_finite(x: torch.Tensor, what: str) -> None:
-    # One sum first: finite for every finite matrix the spectra see (Grams of bf16, fp16 or
-    # fp32 weights stay far below float64's range), and a third of the time of isfinite().
-    if math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all()):
+    # The sum first: finite for every finite matrix the spectra see (Grams of bf16, fp16 or
+    # fp32 weights stay far below float64's range).
+    if sums_finite(x) or bool(torch.isfinite(x).all()):
         return
     raise ValueError(f"non-finite values (NaN/Inf) in {what}; spectra are undefined")
 
@@ -161,8 +168,9 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
     p, width = min(m, n), min(min(m, n), k + FLOAT32_MARGIN)
     if w1.device.type == "cpu" and p >= RITZ_MIN and width < p:
         g32 = _ops.gram32(w0, w1, side)
-        # A float32 Gram can overflow where the weights and float64 do not: then float64.
-        if math.isfinite(float(g32.sum())):
+        # A float32 Gram can overflow where the weights and float64 do not: then float64
+        # (which also raises for NaN/Inf weights).
+        if sums_finite(g32):
             q = top_window(g32, width, symmetric=True)
             z = _ops.exact_matmul(w0, w1, q, transpose=(side == "left"))
             vals, y = torch.linalg.eigh(z.T @ z)
