@@ -128,3 +128,22 @@ def test_failed_read_keeps_what_the_workers_computed():
         for unit, _ in _computed(_queue(6, fail_at=3), lambda u, x: x, workers=2):
             got.append(unit.i)
     assert got == [0, 1, 2]
+
+
+def test_inline_units_run_here_in_order():
+    here = threading.current_thread()
+    where = {}
+
+    def run(unit, loaded):
+        where[unit.i] = threading.current_thread() is here
+        time.sleep(0.002 * ((3 * unit.i) % 4))
+        if unit.i == 5:
+            raise ValueError("inline unit 5 broke")
+        return loaded
+
+    got = []
+    with pytest.raises(ValueError, match="inline unit 5 broke"):
+        for unit, r in _computed(_queue(9), run, workers=2, inline=lambda u: u.i % 2 == 1):
+            got.append((unit.i, r))
+    assert got[:5] == [(i, i) for i in range(5)]
+    assert all(where[i] == (i % 2 == 1) for i in where)

@@ -283,6 +283,7 @@ def run_diff(
                 "diff", out, ctx, units, keys, feed,
                 compute=lambda unit, loaded: compute_unit(streamer, unit, loaded),
                 reads=streamer.reads, nbytes=lambda u: u.nbytes, quiet=quiet, workers=n_workers,
+                inline=lambda u: u.kind == "small",  # tiny tensors: Python-bound, GIL-bound
             )  # fmt: skip
             if done is None:
                 return None

@@ -112,6 +112,7 @@ def stream_units(
     nbytes: Callable[[Any], int],
     quiet: bool = False,
     workers: int = 0,
+    inline: Callable[[Any], bool] | None = None,
 ) -> Streamed | None:
     """Compute this rank's share of ``units`` (each with a ``name``) that the journal
     ``out/journal/<command>.rank<r>.jsonl`` does not hold under ``keys[unit]``, and journal
@@ -123,7 +124,9 @@ def stream_units(
     checked unchanged after the compute; ``nbytes(unit)``: its size for the progress bar.
     ``workers``: 0 computes one unit at a time on this thread with torch's threads; ``n >=
     1`` computes up to ``n`` units at once on worker threads, each on one CPU thread
-    (``compute`` must then be safe to run side by side), journaled in ``todo``'s order.
+    (``compute`` must then be safe to run side by side), journaled in ``todo``'s order;
+    ``inline(unit)`` true: that unit computes on this thread instead (units of many tiny
+    tensors, whose Python work would only contend for the interpreter lock).
     A failure on any rank is a :class:`CheckpointError` on every rank; what was journaled
     before it stays (with workers, also the units that finished beside the failed one).
     """
@@ -145,7 +148,7 @@ def stream_units(
         with ByteProgress(command, total, quiet or not ctx.is_main) as bar:
             bar.advance(sum(nbytes(u) for u in mine if keys[u] in done))
             with contextlib.closing(feed(todo)) as queue:
-                for unit, (rows, notes) in _computed(queue, run, workers):
+                for unit, (rows, notes) in _computed(queue, run, workers, inline):
                     bar.describe(unit.name)
                     journal.append(keys[unit], unit.name, rows, notes)
                     fault_point(command)
@@ -163,12 +166,17 @@ def stream_units(
     return Streamed(rows, notes, mine, todo, seconds)
 
 
-def _computed(queue: Iterator[tuple[Any, Any]], run: Callable[[Any, Any], Any], workers: int):
+def _computed(
+    queue: Iterator[tuple[Any, Any]],
+    run: Callable[[Any, Any], Any],
+    workers: int,
+    inline: Callable[[Any], bool] | None = None,
+):
     """``(unit, run(unit, loaded))`` for the items of ``queue``, in its order: here one at a
     time (``workers == 0``), else up to ``workers`` at once on worker threads, each unit on
-    one torch thread. When a unit fails, the units running beside it finish, those that
-    succeeded are yielded (nothing computed is lost), then its error is raised; units not
-    started are dropped."""
+    one torch thread (a unit ``inline`` says so: on this thread, while the workers go on).
+    When a unit fails, the units running beside it finish, those that succeeded are yielded
+    (nothing computed is lost), then its error is raised; units not started are dropped."""
     if workers == 0:
         for unit, loaded in queue:
             yield unit, run(unit, loaded)
@@ -179,7 +187,10 @@ def _computed(queue: Iterator[tuple[Any, Any]], run: Callable[[Any, Any], Any], 
         try:
             try:
                 for unit, loaded in queue:
-                    pending.append((unit, pool.submit(run, unit, loaded)))
+                    if inline is not None and inline(unit):
+                        pending.append((unit, _run_here(run, unit, loaded)))
+                    else:
+                        pending.append((unit, pool.submit(run, unit, loaded)))
                     del loaded  # the worker holds it for as long as it computes
                     # A worker free before the next read: results wait (in order) for the
                     # oldest; the inputs of finished units are already released.
@@ -197,6 +208,15 @@ def _computed(queue: Iterator[tuple[Any, Any]], run: Callable[[Any, Any], Any], 
         finally:
             for _, fut in pending:
                 fut.cancel()
+
+
+def _run_here(run: Callable[[Any, Any], Any], unit, loaded) -> Future:
+    fut: Future = Future()
+    try:
+        fut.set_result(run(unit, loaded))
+    except Exception as exc:
+        fut.set_exception(exc)
+    return fut
 
 
 def _take(pending: collections.deque[tuple[Any, Future]]):
