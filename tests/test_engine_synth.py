@@ -96,6 +96,59 @@ def test_diff_on_synth_matches_oracle(tmp_path, arch, layout, dtype, shards, tie
         assert summary["tied"] and not any(r["module"] == "lm_head" for r in rows)
 
 
+@pytest.mark.parametrize("layout", ["split", "fused"])
+def test_wide_experts_one_at_a_time_match_oracle(tmp_path, layout, monkeypatch):
+    # Experts with min(m, n) >= PER_MATRIX_MIN_P leave the batched path for matrix_row's
+    # (subset solver, float32 window then float64 Ritz): every figure against float64.
+    from scipy.linalg import subspace_angles
+
+    from paramgeom.engine import compute
+    from paramgeom.engine.compute import PER_MATRIX_MIN_P
+
+    def batched(*args, **kwargs):
+        raise AssertionError("wide experts must not take the batched path")
+
+    monkeypatch.setattr(compute.linalg, "batched_svdvals", batched)
+    monkeypatch.setattr(compute.linalg, "batched_rotation", batched)
+
+    spec = SynthSpec(arch="moe", hidden=PER_MATRIX_MIN_P, layers=1, intermediate=288,
+                     vocab=64, heads=4, kv_heads=2, experts=2, expert_layout=layout,
+                     update_rank=3, update_scale=2e-2, changed_fraction=0.7, seed=5)  # fmt: skip
+    pair = write_pair(tmp_path / "pair", spec, tuned_prefix="")
+    out = tmp_path / "out"
+    assert main(["diff", str(pair.base), str(pair.tuned), "--out", str(out), "--quiet"]) == 0
+    base, tuned = _load(pair.base), _load(pair.tuned)
+    experts = [r for r in read_table(out / "tensors.parquet") if r["module"] == "expert"]
+    assert len(experts) == 3 * 2
+    for r in experts:
+        name, bname = r["name"], r["base_name"]
+        tname = pair.tuned_names.get(bname, bname)
+        if "[" in name:
+            e = int(name[name.index("[") + 1 : -1])
+            w0, w1 = base[bname][e].double().numpy(), tuned[tname][e].double().numpy()
+        else:
+            w0, w1 = base[bname].double().numpy(), tuned[tname].double().numpy()
+        assert min(w0.shape) >= PER_MATRIX_MIN_P
+        k = min(w0.shape) // 8
+        assert r["rank_k"] == k
+        s = np.linalg.svd(w1 - w0, compute_uv=False)
+        u0, s0, v0 = np.linalg.svd(w0)
+        u1, s1, v1 = np.linalg.svd(w1)
+        if s[0] == 0:  # an expert the update left alone
+            assert r["stable_rank"] == 0.0 and r["angle_right_max"] < 1e-9
+            continue
+        assert r["stable_rank"] == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-9), name
+        p = s / s.sum()
+        assert r["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
+        drift = np.linalg.norm(s1[:k] - s0[:k]) / np.linalg.norm(s0[:k])
+        assert r["spectral_drift"] == pytest.approx(drift, rel=1e-6), name
+        right = np.degrees(subspace_angles(v0[:k].T, v1[:k].T))
+        assert r["angle_right_max"] == pytest.approx(right.max(), abs=1e-3), name
+        if r["angle_left_max"] is not None:
+            left = np.degrees(subspace_angles(u0[:, :k], u1[:, :k]))
+            assert r["angle_left_max"] == pytest.approx(left.max(), abs=1e-3), name
+
+
 def test_trajectory_on_synth_recovers_rank_and_locks(tmp_path):
     spec = SynthSpec(arch="llama", hidden=96, layers=2, intermediate=128, vocab=128,
                      update_rank=2, update_scale=2e-2, seed=3)  # fmt: skip
