@@ -72,7 +72,9 @@ def _float64_diff_matmul(w0, w1, x, transpose):
     x = x.to(device=w1.device, dtype=torch.float64)
     m = w1.shape[0]
     if transpose:
-        out = torch.zeros(w1.shape[1], x.shape[1], dtype=torch.float64, device=w1.device)
+        # Accumulated as (x^T d)^T: MKL's one-thread dgemm takes 144 ms for x_b^T d_b
+        # against 237 ms for d_b^T x_b (1536 x 4096 by 208 columns).
+        out_t = torch.zeros(x.shape[1], w1.shape[1], dtype=torch.float64, device=w1.device)
     else:
         out = torch.empty(m, x.shape[1], dtype=torch.float64, device=w1.device)
     for r in range(0, m, _BLOCK_ROWS):
@@ -80,10 +82,10 @@ def _float64_diff_matmul(w0, w1, x, transpose):
         if w0 is not None:
             d = d - w0[r : r + _BLOCK_ROWS].to(torch.float64)
         if transpose:
-            out += d.T @ x[r : r + _BLOCK_ROWS]
+            out_t.addmm_(x[r : r + _BLOCK_ROWS].T, d)
         else:
             out[r : r + _BLOCK_ROWS] = d @ x
-    return out
+    return out_t.T.contiguous() if transpose else out
 
 
 def diff_matmul(
