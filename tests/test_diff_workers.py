@@ -4,6 +4,7 @@ unit or read keeps what the other workers computed; one thread per unit, restore
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -61,9 +62,21 @@ def test_cli_refuses_zero_workers(tmp_path, capsys):
     assert "--workers" in capsys.readouterr().err
 
 
-def test_default_workers():
+def test_default_workers(monkeypatch):
     assert default_workers(torch.device("cpu")) == torch.get_num_threads()
     assert default_workers(torch.device("meta")) == 0  # not CPU: one at a time
+    # Bounded by memory: 4 budgets per unit in flight, at least one worker.
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    before = torch.get_num_threads()
+    torch.set_num_threads(64)
+    try:
+        assert default_workers(torch.device("cpu"), memory // 8) == 2
+        assert default_workers(torch.device("cpu"), memory) == 1
+        assert default_workers(torch.device("cpu"), 1) == 64
+        monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(OSError(name)))
+        assert default_workers(torch.device("cpu"), memory) == 64  # unknown memory: no bound
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Unit:

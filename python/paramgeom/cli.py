@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=bounded_int(1), default=None,
         help="CPU: tensors computed at once, each on one thread (default: one per thread "
-        "torch has, OMP_NUM_THREADS or the cores); the figures do not depend on it",
+        "torch has, OMP_NUM_THREADS or the cores, while memory holds 4 --chunk-bytes per "
+        "worker); the figures do not depend on it",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.add_argument(

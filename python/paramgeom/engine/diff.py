@@ -241,8 +241,8 @@ def run_diff(
     ``base_cache``: a folder of W0's decompositions (:mod:`paramgeom.engine.base_cache`)
     read where they are and written where not, for later diffs against the same base.
     ``workers``: units computed at once on CPU, each on one thread (None:
-    :func:`~paramgeom.engine.pipeline.default_workers`, one per torch thread; on CUDA one
-    at a time whatever is given); the figures do not depend on it.
+    :func:`~paramgeom.engine.pipeline.default_workers`, one per torch thread as memory
+    allows; on CUDA one at a time whatever is given); the figures do not depend on it.
 
     Raises :class:`~paramgeom.checkpoints.errors.CheckpointError` for bad input (the command
     line's exit 2); whatever was finished before the error stays in the journal.
@@ -254,7 +254,11 @@ def run_diff(
         device = compute_device(opts.device)
         if workers is not None and workers < 1:
             raise ValueError(f"workers (--workers) must be >= 1, got {workers}")
-        n_workers = default_workers(device) if workers is None or device.type != "cpu" else workers
+        n_workers = (
+            default_workers(device, opts.chunk_bytes)
+            if workers is None or device.type != "cpu"
+            else workers
+        )
         make_output_dir(out)
         cache = None
         if base_cache is not None and opts.spectra and opts.angles:

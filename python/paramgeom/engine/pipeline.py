@@ -58,11 +58,26 @@ def compute_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def default_workers(device: torch.device) -> int:
+UNIT_MEMORY_FACTOR = 4
+"""A unit in flight is assumed to hold up to this many times its chunk budget (the values as
+stored, their bf16 copies, float32 row blocks): the default worker count keeps that many
+budgets within the machine's memory."""
+
+
+def default_workers(device: torch.device, chunk_bytes: int = 1 << 30) -> int:
     """Units computed at once by default: on CPU one per thread torch was given (its
-    ``OMP_NUM_THREADS``, else the usable cores), each unit on one thread; on a GPU 0, one
-    unit at a time on the calling thread (the device serialises the work anyway)."""
-    return max(1, torch.get_num_threads()) if device.type == "cpu" else 0
+    ``OMP_NUM_THREADS``, else the usable cores), each unit on one thread, but no more than
+    physical memory holds at :data:`UNIT_MEMORY_FACTOR` chunk budgets (``chunk_bytes``,
+    ``--chunk-bytes``) per unit; on a GPU 0, one unit at a time on the calling thread (the
+    device serialises the work anyway)."""
+    if device.type != "cpu":
+        return 0
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # not POSIX: no memory bound
+        memory = 0
+    by_memory = memory // (UNIT_MEMORY_FACTOR * max(1, chunk_bytes)) if memory > 0 else 1 << 30
+    return max(1, min(torch.get_num_threads(), by_memory))
 
 
 def make_output_dir(out: Path, what: str = "output folder") -> None:
