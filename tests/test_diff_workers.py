@@ -44,9 +44,10 @@ def test_figures_do_not_depend_on_workers_or_threads(tmp_path):
         try:
             out = tmp_path / f"out{workers}-{threads}"
             summary = run_diff(base, tuned, out, quiet=True, workers=workers)
+            want = workers if workers is not None else default_workers(torch.device("cpu"))
         finally:
             torch.set_num_threads(before)
-        assert summary["run"]["workers"] == (workers if workers is not None else threads)
+        assert summary["run"]["workers"] == want
         outs.append((out / "tensors.csv").read_bytes())
     assert all(o == outs[0] for o in outs[1:])
     assert torch.get_num_threads() == before  # restored after the run
@@ -63,10 +64,11 @@ def test_cli_refuses_zero_workers(tmp_path, capsys):
 
 
 def test_default_workers(monkeypatch):
-    assert default_workers(torch.device("cpu")) == torch.get_num_threads()
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    by_memory = max(1, memory // (4 << 30))  # four 1 GiB budgets per worker
+    assert default_workers(torch.device("cpu")) == min(torch.get_num_threads(), by_memory)
     assert default_workers(torch.device("meta")) == 0  # not CPU: one at a time
     # Bounded by memory: 4 budgets per unit in flight, at least one worker.
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     before = torch.get_num_threads()
     torch.set_num_threads(64)
     try:
