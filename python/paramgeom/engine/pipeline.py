@@ -209,9 +209,7 @@ def _computed(
                     del loaded  # the worker holds it for as long as it computes
                     # A worker free before the next read: results wait (in order) for the
                     # oldest; the inputs of finished units are already released.
-                    while running := [f for _, f in pending if not f.done()]:
-                        if len(running) < workers:
-                            break
+                    while len(running := [f for _, f in pending if not f.done()]) >= workers:
                         wait(running, return_when=FIRST_COMPLETED)
                     while pending and pending[0][1].done():
                         yield from _take(pending)
