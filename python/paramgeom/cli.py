@@ -163,7 +163,9 @@ def _cmd_trajectory(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
     )
-    summary = run_trajectory(args.base, args.checkpoints, args.out, opts, quiet=args.quiet)
+    summary = run_trajectory(
+        args.base, args.checkpoints, args.out, opts, quiet=args.quiet, workers=args.workers
+    )
     if summary is not None and not args.quiet:
         lock = summary.get("lock") or {}
         step = lock.get("lock_step")
@@ -322,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-tol", type=_REL_TOL, default=1e-3, help="eta of the bf16 rule")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
+    p.add_argument(
+        "--workers", type=bounded_int(1), default=None,
+        help="CPU: matrices followed at once, each on one thread (default: one per thread "
+        "torch has, OMP_NUM_THREADS or the cores, while memory allows); the figures do not "
+        "depend on it",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.add_argument(
         "--offline", action="store_true",

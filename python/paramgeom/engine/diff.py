@@ -39,9 +39,9 @@ from paramgeom.engine.journal import FileIdentities, entry_key
 from paramgeom.engine.loader import Prefetcher, Stored, read_stored, to_device
 from paramgeom.engine.pipeline import (
     compute_device,
-    default_workers,
     describe_inputs,
     make_output_dir,
+    resolve_workers,
     stream_units,
 )
 from paramgeom.engine.plan import Unit, build_units
@@ -252,13 +252,7 @@ def run_diff(
     ctx = distributed.context(opts.device)
     try:
         device = compute_device(opts.device)
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers (--workers) must be >= 1, got {workers}")
-        n_workers = (
-            default_workers(device, opts.chunk_bytes)
-            if workers is None or device.type != "cpu"
-            else workers
-        )
+        n_workers = resolve_workers(workers, device, opts.chunk_bytes)
         make_output_dir(out)
         cache = None
         if base_cache is not None and opts.spectra and opts.angles:

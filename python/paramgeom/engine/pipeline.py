@@ -42,6 +42,7 @@ __all__ = [
     "default_workers",
     "describe_inputs",
     "make_output_dir",
+    "resolve_workers",
     "stream_units",
 ]
 
@@ -78,6 +79,17 @@ def default_workers(device: torch.device, chunk_bytes: int = 1 << 30) -> int:
         memory = 0
     by_memory = memory // (UNIT_MEMORY_FACTOR * max(1, chunk_bytes)) if memory > 0 else 1 << 30
     return max(1, min(torch.get_num_threads(), by_memory))
+
+
+def resolve_workers(workers: int | None, device: torch.device, unit_bytes: int) -> int:
+    """The worker count a run uses: ``workers`` as given (``--workers``, at least 1; a
+    ``ValueError`` otherwise), None for :func:`default_workers` with ``unit_bytes`` as the
+    chunk budget; on a GPU always one unit at a time on the calling thread (0)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers (--workers) must be >= 1, got {workers}")
+    if workers is None or device.type != "cpu":
+        return default_workers(device, unit_bytes)
+    return workers
 
 
 def make_output_dir(out: Path, what: str = "output folder") -> None:

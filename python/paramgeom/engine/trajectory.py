@@ -20,6 +20,7 @@ rounding noise gave Sim_2 0.85 with R = 4 and 0.98 with R = 16 where the exact v
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -43,6 +44,7 @@ from paramgeom.engine.pipeline import (
     compute_device,
     describe_inputs,
     make_output_dir,
+    resolve_workers,
     stream_units,
 )
 from paramgeom.engine.schema import TRAJECTORY_COLUMNS
@@ -270,10 +272,14 @@ def run_trajectory(
     opts: TrajectoryOptions | None = None,
     quiet: bool = False,
     say: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any] | None:
     """Follow every attention/MLP matrix from ``base_path`` over ``checkpoints`` (in training
     order, the last one is t_end; a training run's folder stands for its checkpoints in step
-    order, :func:`run_checkpoints`) into ``out_dir``; the summary on rank 0, None elsewhere."""
+    order, :func:`run_checkpoints`) into ``out_dir``; the summary on rank 0, None elsewhere.
+    ``workers``: matrices followed at once on CPU, each on one thread and reading its own
+    checkpoints (None: :func:`~paramgeom.engine.pipeline.default_workers`; on CUDA one at a
+    time); the figures do not depend on it."""
     opts = opts or TrajectoryOptions()
     checkpoints = expand_runs(checkpoints)
     if not checkpoints:
@@ -310,6 +316,10 @@ def run_trajectory(
         matrices, notes = _matrices(pairings, base)
         if not matrices:
             raise CheckpointError(base.path, None, "no attention/MLP matrix common to all inputs")
+        # A matrix in flight holds about 8 of its sides (the base's bf16 copy, the side
+        # computing, the one read ahead, their float32 products): two per chunk budget.
+        side = max(m.nbytes // (len(ckpts) + 1) for m in matrices)
+        n_workers = resolve_workers(workers, device, 2 * side)
         ident = FileIdentities().key
         order = ",".join(f"{s}:{n}" for s, n in zip(steps, names, strict=True))
         fp = f"{opts.fingerprint()}|{order}"
@@ -327,14 +337,26 @@ def run_trajectory(
                 return read_stored(ckpt, ref)
             return read_stored(ckpt, ref, mat.expert, mat.expert + 1).split()[0]
 
+        def sides_of(mat: _Matrix):
+            with Prefetcher([(mat, t) for t in range(-1, len(ckpts))], read, depth=1) as queue:
+                for (_, t), w in queue:
+                    yield t, w
+
         def feed(todo: list[_Matrix]):
             # One side at a time (the base, then each checkpoint): a matrix's sides are
             # consumed by its compute as they arrive, so memory holds about two of them.
+            if n_workers:  # each matrix reads its own sides, on its worker, one ahead
+                yield from ((mat, sides_of(mat)) for mat in todo)
+                return
             items = [(m, t) for m in todo for t in range(-1, len(ckpts))]
             with Prefetcher(items, read, depth=1) as queue:
                 it = iter(queue)
                 for mat in todo:
                     yield mat, ((t, w) for (_, t), w in (next(it) for _ in range(len(ckpts) + 1)))
+
+        def follow(mat: _Matrix, sides) -> tuple[list[dict], list[str]]:
+            with contextlib.closing(sides):  # a failed matrix stops its own reads at once
+                return _follow(mat, sides, steps, names, opts, device)
 
         def reads(mat: _Matrix) -> list:
             return [(base, [mat.pairs[0].base.name])] + [
@@ -343,8 +365,8 @@ def run_trajectory(
 
         done = stream_units(
             "trajectory", out, ctx, matrices, keys, feed,
-            compute=lambda mat, sides: _follow(mat, sides, steps, names, opts, device),
-            reads=reads, nbytes=lambda m: m.nbytes, quiet=quiet,
+            compute=follow, reads=reads, nbytes=lambda m: m.nbytes, quiet=quiet,
+            workers=n_workers,
         )  # fmt: skip
         if done is None:
             return None
@@ -357,7 +379,16 @@ def run_trajectory(
             "base": describe_inputs(base),
             "checkpoints": [describe_inputs(c) for c in ckpts],
         }
-        return _write_outputs(out, done.rows, notes, opts, inputs, steps)
+        summary = _write_outputs(out, done.rows, notes, opts, inputs, steps)
+        # Not in summary.json (it holds figures only); rank 0's own share when distributed.
+        summary["run"] = {
+            "ranks": ctx.world,
+            "workers": n_workers,
+            "units_computed": len(done.computed),
+            "units_from_journal": len(done.mine) - len(done.computed),
+            "seconds_streaming": done.seconds,
+        }
+        return summary
     finally:
         for c in opened:
             c.close()
