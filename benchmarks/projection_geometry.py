@@ -17,8 +17,20 @@ matrix counts, divided by the worker count at the parallel efficiency measured o
 machine (``--efficiency``, from the same-run 1 vs 2 worker diff of the 200 MB pair), next to
 reading the 940 GB pair at ``--read-gbps`` (overlapped with compute by the engine).
 
+``--model dense200b``: a dense 200B model instead (hidden 12288, 110 layers of q, k, v, o
+of 12288 x 12288 and an MLP of 49152 x 12288 and 12288 x 49152, vocabulary 150,000: 12 L
+h^2 = 2.0e11 parameters). Every matrix has min(m, n) = 12288 > 4096, so the default diff
+takes the randomized path (block Krylov, handing over to the exact Gram path when its
+basis would pass half the space). An MLP pair (2.4 GB) is over the default 1 GiB chunk
+budget: read in row blocks it gets no spectra, so the projected run and the measurement
+use ``--chunk-bytes 3GiB``; the embedding and the LM head (150,000 x 12288, row blocks) get
+statistics only at any budget (their figures stream at storage speed and are left out).
+``down_proj`` (12288 x 49152) is the transpose of ``up_proj``: the engine computes on the
+smaller side either way, so it is measured once and counted for both (a derived row).
+
 Run: ``python benchmarks/projection_geometry.py --work DIR`` (about 6 minutes on the 2-core
-VM; DIR gets the synthetic pairs, about 1.5 GB); prints Markdown.
+VM; DIR gets the synthetic pairs, about 1.5 GB); ``--model dense200b`` about 45 minutes
+(4 GB of pairs); prints Markdown.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +66,16 @@ SHAPES = [
 EMBED = ("embed_tokens / lm_head (row blocks)", (VOCAB, HIDDEN), 2)
 EMBED_ROWS = (8192, 24576)  # measured row counts, streamed in blocks as the real one is
 UPDATE = 0.005
+
+D_LAYERS, D_HIDDEN, D_VOCAB = 110, 12288, 150_000
+# (label, (m, n), matrices in the model, matrices measured: 0 for a derived row whose cost
+# is the previous row's)
+DENSE_SHAPES = [
+    ("q_proj / k_proj / v_proj / o_proj", (D_HIDDEN, D_HIDDEN), 4 * D_LAYERS, 1),
+    ("up_proj", (4 * D_HIDDEN, D_HIDDEN), D_LAYERS, 1),
+    ("down_proj (as up_proj, transposed)", (D_HIDDEN, 4 * D_HIDDEN), D_LAYERS, 0),
+]
+DENSE_CHUNK = 3 << 30  # a 2.4 GB MLP pair held whole: spectra need it (see the docstring)
 
 
 def _pair(folder: Path, shape: tuple[int, int], count: int, seed: int) -> tuple[Path, Path]:
@@ -88,6 +111,7 @@ def _hours(s: float) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="folder for the synthetic pairs (deleted)")
+    p.add_argument("--model", choices=["moe235b", "dense200b"], default="moe235b")
     p.add_argument("--workers", type=int, default=2, help="workers of the projected run")
     p.add_argument("--efficiency", type=float, required=True,
                    help="measured speedup of --workers W over 1, divided by W")  # fmt: skip
@@ -98,21 +122,30 @@ def main() -> None:
     work = Path(args.work)
     rows, params, core_s = [], 0, 0.0
     started = time.perf_counter()
-    for label, shape, n_model, n_pair in SHAPES:
-        per = _seconds(work / label.split()[0], shape, n_pair) / n_pair
+    dense = args.model == "dense200b"
+    per = 0.0
+    for label, shape, n_model, n_pair in DENSE_SHAPES if dense else SHAPES:
+        if n_pair:
+            chunk = DENSE_CHUNK if dense else None
+            per = _seconds(work / label.split()[0], shape, n_pair, chunk) / n_pair
+            print(f"{label}: {per:.1f} s per matrix", file=sys.stderr, flush=True)
         params += n_model * math.prod(shape)
         core_s += per * n_model
         rows.append((label, shape, n_model, per, per * n_model))
-    label, (vocab, hidden), n_model = EMBED
-    pts = [
-        (r, _seconds(work / "embed", (r, hidden), 1, chunk_bytes=r * hidden * 2 // 4))
-        for r in EMBED_ROWS
-    ]
-    (r0, t0), (r1, t1) = pts
-    per = t0 + (t1 - t0) * (vocab - r0) / (r1 - r0)
-    params += n_model * vocab * hidden
-    core_s += per * n_model
-    rows.append((label, (vocab, hidden), n_model, per, per * n_model))
+    pts = []
+    if dense:  # statistics only (row blocks, n > 4096): not measured, see the docstring
+        params += 2 * D_VOCAB * D_HIDDEN
+    else:
+        label, (vocab, hidden), n_model = EMBED
+        pts = [
+            (r, _seconds(work / "embed", (r, hidden), 1, chunk_bytes=r * hidden * 2 // 4))
+            for r in EMBED_ROWS
+        ]
+        (r0, t0), (r1, t1) = pts
+        per = t0 + (t1 - t0) * (vocab - r0) / (r1 - r0)
+        params += n_model * vocab * hidden
+        core_s += per * n_model
+        rows.append((label, (vocab, hidden), n_model, per, per * n_model))
     pair_gb = 2 * 2 * params / 1e9
     wall = core_s / (args.workers * args.efficiency)
     read = pair_gb / args.read_gbps
@@ -123,8 +156,12 @@ def main() -> None:
     measured_at = ", ".join(f"{r:,} rows: {t:.1f} s" for r, t in pts)
     for label, shape, n, per, tot in rows:
         extra = f" (extrapolated in rows from {measured_at})" if label == EMBED[0] else ""
+        extra += " (derived)" if "transposed" in label else ""
         print(f"| {label} | {shape[0]} x {shape[1]} | {n:,} | {per:.3f}{extra} | "
               f"{tot / 3600:.2f} |")  # fmt: skip
+    if dense:
+        print(f"| embed_tokens, lm_head | {D_VOCAB} x {D_HIDDEN} | 2 | statistics only "
+              "(row blocks, n > 4096), not measured | - |")  # fmt: skip
     print(f"| **all** | | | | **{core_s / 3600:.1f}** |\n")
     print(f"Projected default diff on this machine, {args.workers} workers at efficiency "
           f"{args.efficiency:.2f}: compute {_hours(wall)}, read {_hours(read)} at "
@@ -132,7 +169,7 @@ def main() -> None:
           f"{'compute' if wall > read else 'storage'}-bound.")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "params": params, "core_seconds": core_s, "wall_seconds": wall,
+            "model": args.model, "params": params, "core_seconds": core_s, "wall_seconds": wall,
             "read_seconds": read, "embed_points": pts,
             "rows": [{"label": r[0], "shape": r[1], "count": r[2], "s_per_matrix": r[3]}
                      for r in rows],
