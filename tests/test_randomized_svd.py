@@ -140,13 +140,16 @@ def test_exact_path_first_k_of_full():
 
 
 @pytest.mark.parametrize(
-    ("kind", "sin_tol"), [("power2", 5e-3), ("geometric", 1e-6), ("power1", 0.2)]
+    ("kind", "sin_tol"), [("power2", 5e-3), ("geometric", 5e-6), ("power1", 0.2)]
 )
 @pytest.mark.parametrize("shape", [(400, 300), (300, 400)], ids=["tall", "wide"])
 def test_randomized_decaying_spectra(kind, sin_tol, shape):
     """Default p = 10, q = 2: top singular values within 1e-3 relative; subspace error
     (sine of the largest principal angle) per spectrum. For sigma_i = 1/i the top-10
-    subspace is barely separated from the 11th vector (gap 10%), so its bound is loose."""
+    subspace is barely separated from the 11th vector (gap 10%), so its bound is loose. The
+    geometric one (0.7^i) converges to the floor of the fp32 products, about eps32 sigma_1 /
+    (sigma_10 - sigma_11) = 5e-6 (measured 1.1e-6 on an AVX-512 Xeon, below 1e-6 on an AMD
+    EPYC: the rounding of each machine's GEMM kernel)."""
     d = low_rank(*shape, spectrum(kind, min(shape)))
     w0, w1, dd = make_pair(d, torch.float32)
     k = 10
