@@ -212,6 +212,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_workers(p: argparse.ArgumentParser, units: str, memory_rule: str) -> None:
+    """``--workers`` of a streaming command (``units``: what runs side by side)."""
+    p.add_argument(
+        "--workers", type=bounded_int(1), default=None,
+        help=f"CPU: {units} at once, each on one thread (default: one per thread torch "
+        f"has, OMP_NUM_THREADS or the cores, while {memory_rule}); the figures do not "
+        "depend on it",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     from paramgeom.checkpoints import synth_cli as synth
 
@@ -284,12 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="missing/extra tensors are an error")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
-    p.add_argument(
-        "--workers", type=bounded_int(1), default=None,
-        help="CPU: tensors computed at once, each on one thread (default: one per thread "
-        "torch has, OMP_NUM_THREADS or the cores, while memory holds 4 --chunk-bytes per "
-        "worker); the figures do not depend on it",
-    )  # fmt: skip
+    _add_workers(p, "tensors computed", "memory holds 4 --chunk-bytes per worker")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.add_argument(
         "--offline", action="store_true",
@@ -324,12 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-tol", type=_REL_TOL, default=1e-3, help="eta of the bf16 rule")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
-    p.add_argument(
-        "--workers", type=bounded_int(1), default=None,
-        help="CPU: matrices followed at once, each on one thread (default: one per thread "
-        "torch has, OMP_NUM_THREADS or the cores, while memory allows); the figures do not "
-        "depend on it",
-    )  # fmt: skip
+    _add_workers(p, "matrices followed", "memory allows")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
     p.add_argument(
         "--offline", action="store_true",

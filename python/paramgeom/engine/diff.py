@@ -292,14 +292,7 @@ def run_diff(
                 out, done.rows, notes, pairing, opts, describe_inputs(base), describe_inputs(tuned)
             )
             # Not in the tables (they hold figures only); rank 0's own share when distributed.
-            summary["run"] = {
-                "ranks": ctx.world,
-                "workers": n_workers,
-                "units_computed": len(done.computed),
-                "units_from_journal": len(done.mine) - len(done.computed),
-                "bytes_computed": sum(u.nbytes for u in done.computed),
-                "seconds_streaming": done.seconds,
-            }
+            summary["run"] = done.run_facts(ctx.world, n_workers)
             if cache is not None:
                 counts = cache.counts
                 summary["run"]["base_cache"] = {

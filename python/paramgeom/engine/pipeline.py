@@ -126,6 +126,19 @@ class Streamed:
     computed: list
     seconds: float
 
+    def run_facts(self, ranks: int, workers: int) -> dict[str, Any]:
+        """The run's own facts, not figures (a summary's ``run``): ranks and workers, this
+        rank's units computed now and taken from the journal, the bytes computed (each
+        unit's ``nbytes``), the seconds of the streaming loop."""
+        return {
+            "ranks": ranks,
+            "workers": workers,
+            "units_computed": len(self.computed),
+            "units_from_journal": len(self.mine) - len(self.computed),
+            "bytes_computed": sum(u.nbytes for u in self.computed),
+            "seconds_streaming": self.seconds,
+        }
+
 
 def stream_units(
     command: str,

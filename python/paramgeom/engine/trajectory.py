@@ -381,13 +381,7 @@ def run_trajectory(
         }
         summary = _write_outputs(out, done.rows, notes, opts, inputs, steps)
         # Not in summary.json (it holds figures only); rank 0's own share when distributed.
-        summary["run"] = {
-            "ranks": ctx.world,
-            "workers": n_workers,
-            "units_computed": len(done.computed),
-            "units_from_journal": len(done.mine) - len(done.computed),
-            "seconds_streaming": done.seconds,
-        }
+        summary["run"] = done.run_facts(ctx.world, n_workers)
         return summary
     finally:
         for c in opened:
