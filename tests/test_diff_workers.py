@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from workers import runs_across_workers
 
 from paramgeom.cli import main
 from paramgeom.engine.diff import run_diff
@@ -37,20 +38,11 @@ def _pair(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_figures_do_not_depend_on_workers_or_threads(tmp_path):
     base, tuned = _pair(tmp_path)
-    before = torch.get_num_threads()
-    outs = []
-    for workers, threads in ((1, 1), (2, 2), (3, 2), (None, 2)):
-        torch.set_num_threads(threads)
-        try:
-            out = tmp_path / f"out{workers}-{threads}"
-            summary = run_diff(base, tuned, out, quiet=True, workers=workers)
-            want = workers if workers is not None else default_workers(torch.device("cpu"))
-        finally:
-            torch.set_num_threads(before)
-        assert summary["run"]["workers"] == want
-        outs.append((out / "tensors.csv").read_bytes())
+    runs = runs_across_workers(
+        lambda out, workers: run_diff(base, tuned, out, quiet=True, workers=workers), tmp_path
+    )
+    outs = [(out / "tensors.csv").read_bytes() for out, _ in runs]
     assert all(o == outs[0] for o in outs[1:])
-    assert torch.get_num_threads() == before  # restored after the run
     rows = outs[0].decode().splitlines()
     assert len(rows) == 6 and "a.weight" in outs[0].decode()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from workers import runs_across_workers
 
 from paramgeom.checkpoints.errors import CheckpointError
 from paramgeom.cli import main
@@ -49,21 +50,13 @@ def _run(tmp_path: Path, layers: int = 3) -> tuple[Path, list[Path]]:
 
 def test_table_does_not_depend_on_workers_or_threads(tmp_path):
     base, ckpts = _run(tmp_path)
-    before = torch.get_num_threads()
-    tables = []
-    for workers, threads in ((1, 1), (2, 2), (3, 2), (None, 2)):
-        torch.set_num_threads(threads)
-        try:
-            out = tmp_path / f"out{workers}-{threads}"
-            summary = run_trajectory(base, ckpts, out, quiet=True, workers=workers)
-            want = workers if workers is not None else default_workers(torch.device("cpu"))
-        finally:
-            torch.set_num_threads(before)
-        assert summary["run"]["workers"] == want
-        assert summary["run"]["units_computed"] == 9
-        tables.append((out / "trajectory.csv").read_bytes())
+    runs = runs_across_workers(
+        lambda out, workers: run_trajectory(base, ckpts, out, quiet=True, workers=workers),
+        tmp_path,
+    )
+    assert all(summary["run"]["units_computed"] == 9 for _, summary in runs)
+    tables = [(out / "trajectory.csv").read_bytes() for out, _ in runs]
     assert all(t == tables[0] for t in tables[1:])
-    assert torch.get_num_threads() == before
     lines = tables[0].decode().splitlines()
     assert len(lines) == 1 + 9 * len(STEPS)  # a row per matrix and step
     summary = json.loads((tmp_path / "out1-1" / "summary.json").read_text())
