@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -52,6 +54,19 @@ def _tables(out, stem="tensors"):
     return (out / f"{stem}.csv").read_bytes(), (out / f"{stem}.parquet").read_bytes()
 
 
+def _cells_that_differ(a, b, stem="tensors", limit=10):
+    """Where two runs' CSV tables differ, cell by cell (for a failure message)."""
+    ra = list(csv.reader(io.StringIO((a / f"{stem}.csv").read_text())))
+    rb = list(csv.reader(io.StringIO((b / f"{stem}.csv").read_text())))
+    if len(ra) != len(rb) or ra[:1] != rb[:1]:
+        return f"{len(ra)} vs {len(rb)} lines; headers {ra[:1]} vs {rb[:1]}"
+    out = []
+    for i, (x, y) in enumerate(zip(ra, rb, strict=True)):
+        out += [f"line {i} ({x[0]}) {ra[0][j]}: {u} vs {v}"
+                for j, (u, v) in enumerate(zip(x, y, strict=True)) if u != v]  # fmt: skip
+    return "; ".join(out[:limit]) + (f" (+{len(out) - limit} more)" if len(out) > limit else "")
+
+
 def test_sigkill_mid_run_then_rerun_gives_identical_tables(tmp_path):
     _pair(tmp_path)
     args = ("diff", tmp_path / "base", tmp_path / "tuned", "--rank", 4, "--quiet", "--out")
@@ -67,7 +82,9 @@ def test_sigkill_mid_run_then_rerun_gives_identical_tables(tmp_path):
     rerun = _cli(*args, tmp_path / "resumed")
     t_rerun = time.perf_counter() - t0
     assert rerun.returncode == 0, rerun.stderr
-    assert _tables(tmp_path / "resumed") == _tables(tmp_path / "full")
+    assert _tables(tmp_path / "resumed") == _tables(tmp_path / "full"), _cells_that_differ(
+        tmp_path / "full", tmp_path / "resumed"
+    )
     # The rerun computed only the 11 units left: its journal holds each unit once.
     lines = (tmp_path / "resumed" / "journal" / "diff.rank0.jsonl").read_text().splitlines()
     assert len(lines) == 18
