@@ -86,11 +86,21 @@ def test_zero_and_repeated_eigenvalues():
         assert torch.all(eigenvalues_desc(g) == value)
 
 
-def test_eigenvalues_desc_match_the_oracle():
+@pytest.mark.parametrize("syevr_max", [0, 10_000], ids=["torch-eigvalsh", "scipy-syevr"])
+def test_eigenvalues_desc_match_the_oracle(monkeypatch, syevr_max):
+    """Both CPU solvers (SciPy's ``syevr`` up to ``SYEVR_VALUES_MAX``, torch's above) give
+    the oracle's eigenvalues to float64 accuracy; the size rule picks the solver."""
+    from paramgeom.linalg import eigen
+
+    monkeypatch.setattr(eigen, "SYEVR_VALUES_MAX", syevr_max)
+    calls = []
+    real = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda a: calls.append(a.shape) or real(a))
     g = _gram(129, 200, seed=3, decay=1.0)
     want = np.linalg.eigvalsh(g.numpy())[::-1]
     got = eigenvalues_desc(g)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-13 * want[0])
+    assert calls == ([(129, 129)] if syevr_max == 0 else [])
 
 
 @pytest.mark.parametrize("n", [256, 257, 600])

@@ -24,7 +24,8 @@ bound passes ``FLOAT32_BOUND_DEG`` (steep spectra, where float32 cannot resolve
 :func:`paramgeom.linalg.randomized_svd.exact_svd` uses the same window and test on a float32
 Gram from ``n >= 512``.
 
-All eigenvalues without vectors go through LAPACK's ``syevr`` too on CPU (float64); the
+All eigenvalues without vectors go through LAPACK's ``syevr`` too on CPU (float64) up to
+``n = SYEVR_VALUES_MAX``, torch's ``eigvalsh`` above (faster there, see the constant); the
 callers that hold an exactly symmetric Gram say so (``symmetric=True``) and skip the pass
 that forms the symmetric part.
 """
@@ -40,6 +41,12 @@ from paramgeom.linalg import _lapack
 __all__ = ["eigenvalues_desc", "float32_bound_deg", "ritz", "top_eigenpairs", "top_window"]
 
 FLOAT32_REDUCTION_MIN = 2048
+SYEVR_VALUES_MAX = 1024
+"""Largest float64 matrix whose eigenvalues (no vectors) SciPy's ``syevr`` computes on CPU;
+above it torch's ``eigvalsh`` does. The tridiagonal reduction is half matrix-vector
+products, bound by memory once the matrix leaves the cache: one thread of the 2-core
+AVX-512 VM, SciPy's OpenBLAS against torch's MKL, ``syevr`` / ``eigvalsh`` = 0.83 at n =
+768 and 1024, 1.60 at 1280, 1.81 at 1536, 2.01 at 2048 and 2560, 2.10 at 4096."""
 FLOAT32_MARGIN = 16
 # Largest a priori bound on a float32 basis' angle error that a float32-then-Ritz solve keeps
 # (degrees; a fifth of the 0.05 stated for the angles): beyond it, float64 answers.
@@ -67,12 +74,14 @@ def eigenvalues_desc(g: torch.Tensor, *, symmetric: bool = False) -> torch.Tenso
     dtype: no vectors are formed. ``symmetric=True`` says ``g`` is exactly symmetric (then
     one triangle is read as it is).
 
-    On CPU in float64 LAPACK's ``syevr`` without vectors (SciPy) runs: the same reduction and
-    ``sterf`` as torch's ``eigvalsh``, measured 16% faster at n = 1024 on the 2-core VM
-    (94 vs 112 ms)."""
+    On CPU in float64 up to :data:`SYEVR_VALUES_MAX`, LAPACK's ``syevr`` without vectors
+    (SciPy's) runs: the same reduction and ``sterf`` as torch's ``eigvalsh``, measured 16%
+    faster at n = 1024 on the 2-core VM (94 vs 112 ms). Above it, torch's ``eigvalsh`` (MKL's
+    ``syevd`` on x86 builds) runs; both are backward stable, to ``eps * ||G||``."""
     given, g = g, _symmetric(g, symmetric)
-    eigh = _scipy_eigh() if g.device.type == "cpu" and g.dtype == torch.float64 else None
     n = int(g.shape[0])
+    use_syevr = g.device.type == "cpu" and g.dtype == torch.float64 and n <= SYEVR_VALUES_MAX
+    eigh = _scipy_eigh() if use_syevr else None
     if eigh is None or n == 0:
         return torch.linalg.eigvalsh(g).flip(0)
     got = _lapack.syevr(_own_array(g, given), 0, n - 1, vectors=False)
