@@ -37,6 +37,7 @@ import math
 import torch
 
 from paramgeom.linalg import _lapack
+from paramgeom.linalg.cholesky_qr import orthonormalise_near
 
 __all__ = ["eigenvalues_desc", "float32_bound_deg", "ritz", "top_eigenpairs", "top_window"]
 
@@ -124,7 +125,7 @@ def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch
         vecs = torch.linalg.eigh(a).eigenvectors[:, n - width :]
     else:
         vecs = _syevr_top(a, width, g)[1]
-    return torch.linalg.qr(vecs.to(torch.float64)).Q
+    return orthonormalise_near(vecs.to(torch.float64))
 
 
 def _syevr_top(a: torch.Tensor, width: int, given: torch.Tensor):

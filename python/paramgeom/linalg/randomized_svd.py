@@ -30,6 +30,7 @@ import math
 import torch
 
 from paramgeom.linalg import _ops
+from paramgeom.linalg.cholesky_qr import orthonormalise_near
 from paramgeom.linalg.eigen import (
     FLOAT32_BOUND_DEG,
     FLOAT32_MARGIN,
@@ -104,7 +105,7 @@ def orth(y: torch.Tensor) -> torch.Tensor:
 def normalise_columns(
     c: torch.Tensor, s: torch.Tensor, gen: torch.Generator | None = None
 ) -> torch.Tensor:
-    """``c[:, i] / s[i]`` made exactly orthonormal (QR, signs kept).
+    """``c[:, i] / s[i]`` made exactly orthonormal (:func:`orthonormalise_near`, signs kept).
 
     Columns with ``s[i]`` at or below ``1e-13 * s[0]`` (a rank-deficient or zero difference)
     carry no direction; they are replaced by an orthonormal completion drawn from ``gen``.
@@ -117,10 +118,7 @@ def normalise_columns(
     if nbad:
         gen = gen if gen is not None else generator(0)
         x[:, ~good] = gaussian(x.shape[0], nbad, gen, x.device)
-    q, r = torch.linalg.qr(x, mode="reduced")
-    sign = torch.sign(torch.diagonal(r))
-    sign[sign == 0] = 1.0
-    return q * sign
+    return orthonormalise_near(x)
 
 
 # Smallest min(m, n) of the float32-then-Rayleigh-Ritz exact path (CPU): below it the
