@@ -17,10 +17,11 @@ The routine is the one SciPy links, reached through the C function pointer that
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import numpy as np
 import torch
+
+from paramgeom.linalg._scipy_capi import routine
 
 __all__ = ["available", "syrk_"]
 
@@ -30,25 +31,9 @@ _NAMES = {torch.float32: ("ssyrk", np.float32), torch.float64: ("dsyrk", np.floa
 _INT_MAX = 2**31 - 1  # SciPy's BLAS takes 32-bit integers
 
 
-@functools.cache
 def _routine(name: str):
-    """The C function pointer SciPy exports for BLAS's ``name`` as a ctypes function (ctypes
-    releases the GIL around the call), or None."""
-    try:
-        from scipy.linalg import cython_blas
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return None
-    capsule = getattr(cython_blas, "__pyx_capi__", {}).get(name)
-    if capsule is None:  # pragma: no cover - depends on the SciPy build
-        return None
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = _P, [ctypes.py_object, ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
-    if not address:  # pragma: no cover
-        return None
-    return ctypes.CFUNCTYPE(None, *([_P] * _SYRK_ARGS))(address)
+    """SciPy's ``cython_blas`` routine ``name`` as a ctypes function, or None."""
+    return routine("cython_blas", name, _SYRK_ARGS)
 
 
 def available(dtype: torch.dtype) -> bool:

@@ -15,9 +15,10 @@ None and the callers use ``scipy.linalg.eigh`` (or torch) as before.
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import numpy as np
+
+from paramgeom.linalg._scipy_capi import routine
 
 __all__ = ["syevr"]
 
@@ -25,25 +26,9 @@ _P = ctypes.c_void_p
 _SYEVR_ARGS = 21  # every argument of ?syevr is a pointer (Fortran calling convention)
 
 
-@functools.cache
 def _routine(name: str):
-    """The C function pointer SciPy exports for LAPACK's ``name`` as a ctypes function
-    (ctypes releases the GIL around the call), or None."""
-    try:
-        from scipy.linalg import cython_lapack
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return None
-    capsule = getattr(cython_lapack, "__pyx_capi__", {}).get(name)
-    if capsule is None:  # pragma: no cover - depends on the SciPy build
-        return None
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = _P, [ctypes.py_object, ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
-    if not address:  # pragma: no cover
-        return None
-    return ctypes.CFUNCTYPE(None, *([_P] * _SYEVR_ARGS))(address)
+    """SciPy's ``cython_lapack`` routine ``name`` as a ctypes function, or None."""
+    return routine("cython_lapack", name, _SYEVR_ARGS)
 
 
 _NAMES = {np.dtype(np.float32): "ssyevr", np.dtype(np.float64): "dsyevr"}
