@@ -46,7 +46,7 @@ def test_syrk_updates_the_lower_triangle_only(dtype, rows_are_samples, shape):
 def test_syrk_reads_a_strided_column_block(dtype):
     """A column block of a row-major matrix (rows ``stride(0)`` apart) is read in place."""
     big = torch.randn(50, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    block = big[:, 5:17].to(dtype)[:, :]  # a copy when converted; the view below is not
+    block = big[:, 5:17].contiguous().to(dtype)  # a contiguous block; the view below is not
     view = big.to(dtype)[:, 5:17]
     assert view.stride(0) == 40 and not view.is_contiguous()
     for a in (block, view):
@@ -66,6 +66,9 @@ def test_syrk_refuses_what_it_cannot_update():
         _blas.syrk_(g, torch.zeros(3, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="square"):
         _blas.syrk_(torch.zeros(4, 5, dtype=torch.float64), torch.zeros(3, 5, dtype=torch.float64))
+    for not_a_matrix in (torch.zeros((), dtype=torch.float64), torch.zeros(4, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="square"):
+            _blas.syrk_(not_a_matrix, torch.zeros(3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="square"):
         _blas.syrk_(
             torch.zeros(4, 4, dtype=torch.float64)[:3, :3], torch.zeros(3, 3, dtype=torch.float64)

@@ -56,8 +56,8 @@ def syrk_(g: torch.Tensor, a: torch.Tensor, *, rows_are_samples: bool = True) ->
         raise ValueError(f"syrk_ needs float32 or float64 of one dtype, got {g.dtype}, {a.dtype}")
     if g.device.type != "cpu" or a.device.type != "cpu":
         raise ValueError("syrk_ runs on CPU tensors")
-    n = g.shape[0]
-    if g.dim() != 2 or g.shape != (n, n) or not g.is_contiguous():
+    n = g.shape[0] if g.dim() == 2 else -1
+    if g.shape != (n, n) or not g.is_contiguous():
         raise ValueError(f"syrk_ needs a C-contiguous square Gram, got shape {tuple(g.shape)}")
     if a.dim() != 2:
         raise ValueError(f"syrk_ needs a 2-D update, got shape {tuple(a.shape)}")

@@ -193,8 +193,7 @@ def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor
     ``d`` (:func:`_syrk_gram`; 6880 x 2560 on one thread of the AVX-512 VM: 0.43-0.47 s
     against 0.44-0.50 s for float32 GEMMs over the upper block triangle, the same at 1024
     columns), or those GEMMs where SciPy's BLAS cannot be reached or another backend is
-    named. Exactly symmetric. Float64 weights (the
-    tests' oracles) keep :func:`gram`."""
+    named. Exactly symmetric. Float64 weights (the tests' oracles) keep :func:`gram`."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     if _use_float64_path(w1) or w1.device.type != "cpu":
