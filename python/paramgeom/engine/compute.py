@@ -1,7 +1,8 @@
 """The figures of one unit of work: per-tensor rows of ``paramgeom diff``.
 
-Everything goes through the public API (``paramgeom.diff_stats``, ``gram_update``,
-``paramgeom.linalg``); DESIGN.md "Metrics" defines every column (engine/schema.py).
+Everything goes through the public API (``paramgeom.diff_stats``, ``paramgeom.linalg``; the
+Grams of streamed matrices by ``linalg.GramSum``); DESIGN.md "Metrics" defines every column
+(engine/schema.py).
 Three shapes of work:
 
 - a matrix that fits the chunk budget: fused statistics, dW's spectrum (exact through the
@@ -377,7 +378,7 @@ def block_rows(
     """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
     blocks as stored (:class:`~paramgeom.engine.loader.Stored`): statistics summed over
     blocks; for a matrix with at most ``exact_threshold`` columns the Grams of dW, W0 and
-    W1 accumulated block by block (``gram_update``) give dW's exact spectrum and the
+    W1 accumulated block by block (:class:`linalg.GramSum`) give dW's exact spectrum and the
     right-subspace rotation (left angles are not computed). ``cache`` and ``base_key``
     (:meth:`BaseCache.key` of W0's bf16 row blocks): W0's top-K pairs are read from the
     base cache when there, and W0's Gram is then not accumulated."""
@@ -386,23 +387,22 @@ def block_rows(
     two_d = len(pair.shape) == 2 and min(pair.shape) > 0
     n = pair.shape[-1] if pair.shape else 0
     grams = two_d and opts.spectra and n <= opts.exact_threshold
-    acc = torch.float64 if device.type == "cpu" else torch.float32
     k = opts.subspace_k(min(pair.shape)) if two_d else 0
     cached = None
     if grams and opts.angles and cache is not None and base_key is not None:
         cached = cache.get(base_key, {"evals": (k,), "V": (n, k)})
     g_d = g_0 = g_1 = None
     if grams:
-        g_d, g_0, g_1 = (torch.zeros(n, n, dtype=acc, device=device) for _ in range(3))
+        g_d, g_0, g_1 = (linalg.GramSum(n, device) for _ in range(3))
     for s0, s1 in blocks:
         parts.append(stored_stats(s0, s1, opts))
         if grams and s0.values.shape[0]:
             w0, w1 = s0.bf16(), s1.bf16()
-            paramgeom.gram_update(g_d, w1, w0, backend=opts.backend)
+            g_d.add(w1, w0)
             if opts.angles:
                 if cached is None:
-                    paramgeom.gram_update(g_0, w0, backend=opts.backend)
-                paramgeom.gram_update(g_1, w1, backend=opts.backend)
+                    g_0.add(w0)
+                g_1.add(w1)
     st = merge_stats(parts)
     row.update(stats_fields(st))
     notes = []
@@ -415,16 +415,16 @@ def block_rows(
             f"{pair.name}: read in row blocks and has {n} > {opts.exact_threshold} columns: "
             "no spectra (raise --chunk-bytes to compute them)"
         ]
-    s = torch.linalg.eigvalsh(g_d.double()).clamp_min(0).flip(0).sqrt()
+    s = linalg.eigenvalues_desc(g_d.result(), symmetric=True).clamp_min(0).sqrt()
     row.update(_rank_fields(s[: min(pair.shape)], st.sum_sq_delta, True))
     if opts.angles:
         if cached is not None:
             e0, v0 = cached["evals"].to(device), cached["V"].to(device)
         else:
-            e0, v0 = linalg.top_eigenpairs(g_0.double(), k)
+            e0, v0 = linalg.top_eigenpairs(g_0.result(), k, symmetric=True)
             if cache is not None and base_key is not None:
                 cache.put(base_key, {"evals": e0, "V": v0})
-        e1, v1 = linalg.top_eigenpairs(g_1.double(), k)
+        e1, v1 = linalg.top_eigenpairs(g_1.result(), k, symmetric=True)
         right = linalg.principal_angles(v0, v1) if defined_sides(k, *pair.shape)[1] else None
         s0, s1 = e0.clamp_min(0).sqrt(), e1.clamp_min(0).sqrt()
         right_fields = (right.max_deg, right.mean_deg) if right is not None else None

@@ -6,7 +6,7 @@ kernels, and for the exact path's float64 Rayleigh-Ritz step a float32 Gram and 
 products of row blocks.
 """
 
-from paramgeom.linalg._ops import kernel_backend
+from paramgeom.linalg._ops import GramSum, kernel_backend
 from paramgeom.linalg.batched import (
     BatchedRotation,
     batched_principal_angles,
@@ -27,6 +27,7 @@ from paramgeom.linalg.subspaces import (
 
 __all__ = [
     "BatchedRotation",
+    "GramSum",
     "batched_principal_angles",
     "batched_rotation",
     "batched_svdvals",

@@ -30,7 +30,15 @@ from paramgeom.api.diff_matmul import diff_matmul as _kernel_diff_matmul
 from paramgeom.api.gram_update import gram_update as _kernel_gram_update
 from paramgeom.linalg import _blas
 
-__all__ = ["diff_matmul", "exact_matmul", "gram", "gram32", "kernel_backend", "matmul"]
+__all__ = [
+    "GramSum",
+    "diff_matmul",
+    "exact_matmul",
+    "gram",
+    "gram32",
+    "kernel_backend",
+    "matmul",
+]
 
 _BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar(
     "paramgeom_linalg_backend", default="auto"
@@ -165,10 +173,19 @@ def _syrk_gram(
     One triangle is computed, then mirrored: exactly symmetric. The difference of bf16 or
     fp16 weights is exact in float32 and float64, so ``dtype`` decides only how the sums
     round (float64: as the float64 kernel's)."""
+    size = w1.shape[1] if side == "right" else w1.shape[0]
+    g = torch.zeros(size, size, dtype=dtype)
+    _syrk_add_lower(g, w0, w1, side)
+    return _blas.mirror_lower_(g)
+
+
+def _syrk_add_lower(g: torch.Tensor, w0: torch.Tensor | None, w1: torch.Tensor, side: str):
+    """``g``'s lower triangle ``+=`` that of ``d^T d`` (``side="right"``) or ``d d^T``, by
+    ``syrk`` on blocks of ``d = w1 - w0`` formed in ``g``'s dtype (:func:`_syrk_gram`)."""
     rows_are_samples = side == "right"
+    dtype = g.dtype
     m, n = w1.shape
     size, length = (n, m) if rows_are_samples else (m, n)
-    g = torch.zeros(size, size, dtype=dtype)
     step = max(1, _SYRK_BLOCK_ELEMS // max(1, size))
     for r in range(0, length, step):
         cut = (slice(r, r + step),) if rows_are_samples else (slice(None), slice(r, r + step))
@@ -176,7 +193,6 @@ def _syrk_gram(
         if w0 is not None:
             d = d - w0[cut].to(dtype)
         _blas.syrk_(g, d, rows_are_samples=rows_are_samples)
-    return _blas.mirror_lower_(g)
 
 
 def _syrk_wanted(w: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -212,10 +228,10 @@ def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor
             d = d - w0[r : r + step].to(torch.float32)
         # The upper block triangle only, mirrored below: 24-32% less time than the full
         # GEMM (2752 x 1024: 66 vs 88 ms; 5504 x 2048: 467 vs 691 ms), and exactly symmetric.
+        # (Writing the lower one instead took 15% longer: 0.25 vs 0.21 s at 5504 x 2048.)
         for c in range(0, n, _GRAM32_COL_BLOCK):
             g[c : c + _GRAM32_COL_BLOCK, c:].addmm_(d[:, c : c + _GRAM32_COL_BLOCK].T, d[:, c:])
-    g.triu_()
-    return g.add_(g.triu(1).T)
+    return _blas.mirror_lower_(g.T).T  # g's upper triangle is the lower one of g.T
 
 
 def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
@@ -262,3 +278,59 @@ def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
         x0 = None if w0 is None else w0[:, c : c + b].T.contiguous()
         gu(g, x, x0)
     return g.to(torch.float64)
+
+
+class GramSum:
+    """``sum_b d_b^T d_b`` over row blocks ``d_b = w1_b - w0_b`` handed in one at a time (a
+    matrix streamed in row blocks): its ``n x n`` right Gram, returned in float64.
+
+    Each block goes where :func:`gram` would send the whole matrix: on CPU under the
+    ``"auto"`` backend and from ``SYRK_FLOAT64_MIN`` columns, BLAS's ``dsyrk`` into the
+    lower triangle (mirrored once, in :meth:`result`); otherwise the ``gram_update`` kernel
+    on the backend of :func:`kernel_backend`, accumulating in float64 on CPU and float32 on
+    CUDA (DESIGN.md contract 2). Float64 weights (the tests' oracles) take :func:`gram`'s
+    exact float64 path block by block. The sum is the same whatever the row blocks are, up
+    to the rounding of the order of the additions.
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.n = int(n)
+        self.device = torch.device(device)
+        self._syrk = (
+            self.n >= SYRK_FLOAT64_MIN
+            and self.device.type == "cpu"
+            and current_backend() == "auto"
+            and _blas.available(torch.float64)
+        )
+        acc = torch.float64 if self.device.type == "cpu" else torch.float32
+        self._g = torch.zeros(self.n, self.n, dtype=acc, device=self.device)
+        self._done = False
+
+    def add(self, w1: torch.Tensor, w0: torch.Tensor | None = None) -> None:
+        """Add the Gram of the row block ``w1 - w0`` (``w0=None``: zero), ``(rows, n)``."""
+        if self._done:
+            raise RuntimeError("GramSum.add after result(): the sum is closed")
+        if w1.dim() != 2 or w1.shape[1] != self.n:
+            raise ValueError(f"a row block of {self.n} columns is needed, got {tuple(w1.shape)}")
+        if w0 is not None and w0.shape != w1.shape:
+            raise ValueError(f"w0 {tuple(w0.shape)} and w1 {tuple(w1.shape)} differ in shape")
+        if w1.shape[0] == 0:
+            return
+        if _use_float64_path(w1):
+            self._g += gram(w0, w1, "right").to(self._g.dtype)
+        elif self._syrk:
+            _syrk_add_lower(self._g, w0, w1, "right")
+        else:
+            _kernel_gram_update(self._g, w1, w0, backend=current_backend())
+
+    def result(self) -> torch.Tensor:
+        """The sum, float64 and exactly symmetric (the ``syrk`` path's lower triangle
+        mirrored, the kernel's sum averaged with its transpose); closes the sum."""
+        if not self._done:
+            if self._syrk:
+                self._g = _blas.mirror_lower_(self._g)
+            else:
+                g = self._g.to(torch.float64)
+                self._g = 0.5 * (g + g.T)
+            self._done = True
+        return self._g.to(torch.float64)
