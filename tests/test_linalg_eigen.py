@@ -245,6 +245,128 @@ def test_float32_bound_deg():
     assert float32_bound_deg(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), 2) == np.inf
 
 
+# A decaying spectrum (singular values ~ i^-decay) whose gap at k = 64 is too small for the
+# first 16-wide margin but reached within half the matrix: one wider float32 window.
+DECAYING = (900, 640, 0.9)
+
+
+def _least_passing_width(lam: torch.Tensor, k: int) -> int | None:
+    from paramgeom.linalg import eigen
+
+    for j in range(k + 1, int(lam.shape[0]) + 1):
+        if eigen.float32_bound_deg(lam[:j], k) <= eigen.FLOAT32_BOUND_DEG:
+            return j
+    return None
+
+
+@pytest.mark.parametrize("decay", [0.85, 0.9, 0.93])
+def test_float32_retry_width_predicts_a_window_that_passes(decay):
+    """From the first window's values alone, a width at least the least that passes the
+    bound, and that passes it (measured: 93 / 126 / 232 where 85 / 106 / 137 are the least),
+    within half the matrix."""
+    from paramgeom.linalg import eigen
+
+    w = _weights(900, 640, seed=7, decay=decay).double()
+    lam = torch.linalg.eigvalsh(w.T @ w).flip(0)
+    k = 64
+    first = lam[: k + eigen.FLOAT32_MARGIN]
+    assert eigen.float32_bound_deg(first, k) > eigen.FLOAT32_BOUND_DEG
+    width = eigen.float32_retry_width(first, k, 640)
+    assert width is not None and _least_passing_width(lam, k) <= width <= 320
+    assert eigen.float32_bound_deg(lam[:width], k) <= eigen.FLOAT32_BOUND_DEG
+
+
+def test_float32_retry_width_gives_up_where_no_window_can_pass():
+    """lambda_k below the gap the bound wants (steep), a spectrum that does not fall inside
+    the window, a zero last value, k outside the window, a width past half the matrix."""
+    from paramgeom.linalg import eigen
+
+    def desc(x):
+        return torch.tensor(x, dtype=torch.float64)
+
+    steep = torch.arange(1, 81, dtype=torch.float64) ** -3.2
+    assert eigen.float32_retry_width(steep, 64, 640) is None
+    assert eigen.float32_retry_width(desc([1.0, 0.5, 0.5, 0.5]), 2, 100) is None
+    assert eigen.float32_retry_width(desc([1.0, 0.5, 0.4, 0.0]), 2, 100) is None
+    assert eigen.float32_retry_width(desc([1.0, 0.5]), 2, 100) is None
+    decaying = torch.arange(1, 81, dtype=torch.float64) ** -1.8
+    wide = eigen.float32_retry_width(decaying, 64, 10_000)
+    assert wide is not None and wide > 80
+    assert eigen.float32_retry_width(decaying, 64, 2 * wide - 1) is None
+
+
+def _window_widths(monkeypatch) -> list[int]:
+    from paramgeom.linalg import eigen
+
+    rs = importlib.import_module("paramgeom.linalg.randomized_svd")
+    widths: list[int] = []
+    real = eigen.top_window
+
+    def spy(g, width, **kw):
+        widths.append(width)
+        return real(g, width, **kw)
+
+    monkeypatch.setattr(eigen, "top_window", spy)
+    monkeypatch.setattr(rs, "top_window", spy)
+    return widths
+
+
+def test_exact_svd_retries_a_wider_float32_window_on_a_decaying_spectrum(monkeypatch):
+    """The 16-wide margin fails its bound, the predicted wider window passes: no float64
+    Gram is formed, and the answer is the float64 oracle's (subspaces within the 0.01 degree
+    kept, singular values to 1e-9)."""
+    rs = importlib.import_module("paramgeom.linalg.randomized_svd")
+    m, n, decay = DECAYING
+    k = 64
+    w = _weights(m, n, seed=7, decay=decay)
+    widths = _window_widths(monkeypatch)
+    grams = []
+    real_gram = rs._ops.gram
+    monkeypatch.setattr(rs._ops, "gram", lambda *a: grams.append(1) or real_gram(*a))
+    u, s, vh = rs.exact_svd(None, w, k)
+    assert widths[0] == k + 16 and len(widths) == 2 and widths[1] > widths[0]
+    assert not grams
+    want_u, want_s, want_vh = torch.linalg.svd(w.double(), full_matrices=False)
+    np.testing.assert_allclose(s.numpy(), want_s[:k].numpy(), rtol=1e-9)
+    right = np.rad2deg(subspace_angles(vh.T.numpy(), want_vh[:k].T.numpy())).max()
+    left = np.rad2deg(subspace_angles(u.numpy(), want_u[:, :k].numpy())).max()
+    assert max(left, right) < 0.01
+
+
+def test_top_eigenpairs_retries_a_wider_float32_window(monkeypatch):
+    """The float64 Gram's float32 reduction takes the same second window, and matches the
+    float64 oracle's top-k eigenpairs."""
+    from paramgeom.linalg import eigen
+
+    m, n, decay = DECAYING
+    k = 64
+    w = _weights(m, n, seed=7, decay=decay).double()
+    g = w.T @ w
+    monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
+    widths = _window_widths(monkeypatch)
+    vals, vecs = top_eigenpairs(g, k, symmetric=True)
+    assert len(widths) == 2 and widths[0] == k + 16 and widths[1] > widths[0]
+    want_vals, want_vecs = torch.linalg.eigh(g)
+    np.testing.assert_allclose(vals.numpy(), want_vals.flip(0)[:k].numpy(), rtol=1e-9)
+    oracle = want_vecs.flip(1)[:, :k].numpy()
+    assert np.rad2deg(subspace_angles(vecs.numpy(), oracle)).max() < 0.01
+
+
+def test_exact_svd_on_a_steep_spectrum_tries_float32_once(monkeypatch):
+    """No width can pass: one float32 window, then float64 without a second float32 attempt
+    on the float64 Gram (same spectrum, same bound)."""
+    rs = importlib.import_module("paramgeom.linalg.randomized_svd")
+    from paramgeom.linalg import eigen
+
+    monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
+    widths = _window_widths(monkeypatch)
+    w = _weights(600, 520, seed=9, decay=1.6)
+    _, s, _ = rs.exact_svd(None, w, 64)
+    assert widths == [64 + 16]
+    want = torch.linalg.svdvals(w.double())[:64]
+    np.testing.assert_allclose(s.numpy(), want.numpy(), rtol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_subset_solvers_leave_the_callers_matrix_alone(monkeypatch, dtype):
     """LAPACK overwrites its input: a Gram passed with ``symmetric=True`` (no symmetric part

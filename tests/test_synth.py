@@ -287,6 +287,45 @@ def test_spec_validation(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("arch", ["llama", "moe"])
+def test_base_decay_gives_base_spectra_falling_as_the_power(tmp_path, arch):
+    """``base_decay = a``: every base matrix is the plain one's Gaussian draw with column j
+    scaled by (j+1)^-a (mean square of the scales 1), so its singular values fall about as
+    i^-a (fitted slope of log s_i against log i over the top half within 0.15 of -a, where a
+    Gaussian matrix's is flat); norms untouched; the update the same as without it."""
+    kw = {"arch": arch, "expert_layout": "fused"} if arch == "moe" else {}
+    plain = write_pair(tmp_path / "plain", tiny(**kw))
+    decayed = write_pair(tmp_path / "decayed", tiny(base_decay=0.8, **kw))
+    names = tensor_names(tiny(**kw))
+    b0, t0 = open_checkpoint(plain.base), open_checkpoint(plain.tuned)
+    b1, t1 = open_checkpoint(decayed.base), open_checkpoint(decayed.tuned)
+    for name in names:
+        w_plain, w = values(b0, name), values(b1, name)
+        if w.dim() == 1:
+            assert torch.equal(w, w_plain)
+            continue
+        scale = torch.arange(1, w.shape[-1] + 1, dtype=torch.float64) ** -0.8
+        scale /= scale.square().mean().sqrt()
+        want = w_plain * scale  # the same Gaussian draw, columns scaled (bf16 rounding apart)
+        # two roundings to bf16 (8 significant bits), each within 2^-8 relative
+        assert bool(((w - want).abs() <= 2**-7 * want.abs() + 1e-30).all()), name
+        mat = w[0] if w.dim() == 3 else w
+        if min(mat.shape) >= 64:
+            s = np.linalg.svd(mat.numpy(), compute_uv=False)
+            half = np.arange(1, len(s) // 2 + 1)
+            slope = np.polyfit(np.log(half), np.log(s[: len(half)]), 1)[0]
+            assert abs(slope + 0.8) < 0.15, (name, slope)
+        # the update is the same: tuned - base differs only by the tuned dtype's rounding
+        d_plain = values(t0, name) - w_plain
+        d = values(t1, name) - w
+        bound = U_BF16 * float(values(t1, name).abs().max()) * 2
+        assert float((d - d_plain).abs().max()) <= bound, name
+    with pytest.raises(ValueError, match="base_decay"):
+        SynthSpec(base_decay=-1.0)
+    with pytest.raises(ValueError, match="base_decay"):
+        SynthSpec(base_decay=float("nan"))
+
+
 def test_parse_size():
     assert parse_size("200MB") == 200_000_000
     assert parse_size("2GB") == 2_000_000_000

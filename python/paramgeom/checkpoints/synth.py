@@ -8,7 +8,10 @@ Tests and benchmarks need real checkpoint folders of any size without downloads.
 Everything is generated deterministically from ``SynthSpec.seed`` (one ``torch.Generator``
 per tensor, seeded from the seed and the tensor's prefix-free name):
 
-- base weights ~ N(0, 0.02^2); norm weights ~ 1 + N(0, 0.02^2);
+- base weights ~ N(0, 0.02^2); norm weights ~ 1 + N(0, 0.02^2); with ``base_decay = a >
+  0`` column ``j`` of every base matrix (0-based, per expert) is scaled by ``(j + 1)^-a``,
+  rescaled so that the mean square stays 0.02^2: singular values that fall about as
+  ``i^-a``, as trained weights' do, where Gaussian ones have no gap anywhere;
 - the tuned checkpoint is ``W1 = W0 + dW`` with ``dW = U diag(s) V^T`` per matrix (per
   expert for fused 3-D stacks), ``U``, ``V`` orthonormal (QR of Gaussian matrices) and
   ``r = min(update_rank, m, n)`` singular values ``s_i ∝ 2^(-i/4)`` scaled so that
@@ -107,6 +110,8 @@ class SynthSpec:
     shards: int = 1
     update_rank: int = 4
     update_scale: float = 1e-2
+    base_decay: float = 0.0
+    """Power ``a`` of the base matrices' column scales ``(j + 1)^-a`` (0: plain Gaussian)."""
     changed_fraction: float = 1.0
     seed: int = 0
     prefix: str = "model."
@@ -137,6 +142,8 @@ class SynthSpec:
             raise ValueError(f"update_rank must be >= 0, got {self.update_rank}")
         if not (self.update_scale >= 0 and math.isfinite(self.update_scale)):
             raise ValueError(f"update_scale must be finite and >= 0, got {self.update_scale}")
+        if not (self.base_decay >= 0 and math.isfinite(self.base_decay)):
+            raise ValueError(f"base_decay must be finite and >= 0, got {self.base_decay}")
         if not (0.0 <= self.changed_fraction <= 1.0):
             raise ValueError(f"changed_fraction must be in [0, 1], got {self.changed_fraction}")
 
@@ -280,6 +287,11 @@ def _base_values(e: _Entry, spec: SynthSpec) -> torch.Tensor:
     x = torch.randn(e.shape, generator=g, dtype=torch.float32).mul_(_INIT_STD)
     if e.kind == "norm":
         x.add_(1.0)
+    elif spec.base_decay > 0:
+        n = e.shape[-1]
+        scale = torch.arange(1, n + 1, dtype=torch.float64) ** -spec.base_decay
+        scale /= scale.square().mean().sqrt()  # the mean square of x is kept
+        x.mul_(scale.to(torch.float32))
     return x
 
 
@@ -675,6 +687,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         tie_embeddings=args.tie_embeddings,
         update_rank=args.update_rank,
         update_scale=args.update_scale,
+        base_decay=args.base_decay,
         changed_fraction=args.changed_fraction,
         seed=args.seed,
     )
@@ -715,7 +728,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         f"vocab={spec.vocab}"
         + (f" experts={spec.experts} ({spec.expert_layout})" if spec.arch == "moe" else "")
     )
-    print(f"wrote {pair.root}: {shape}, rank-{spec.update_rank} update x{spec.update_scale:g}")
+    update = f"rank-{spec.update_rank} update x{spec.update_scale:g}"
+    decay = f", base columns x (j+1)^-{spec.base_decay:g}" if spec.base_decay else ""
+    print(f"wrote {pair.root}: {shape}, {update}{decay}")
     for name, nbytes in pair.nbytes.items():
         folder = pair.root / name
         files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors"))

@@ -95,6 +95,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_arg_steps, default=None, help="trajectory, e.g. 10,20,30")
     p.add_argument("--update-rank", type=int, default=4)
     p.add_argument("--update-scale", type=float, default=1e-2)
+    p.add_argument(
+        "--base-decay", type=float, default=0.0, metavar="A",
+        help="scale column j of every base matrix by (j+1)^-A: singular values falling "
+        "about as i^-A, as trained weights' do (default 0: Gaussian, no gap anywhere)",
+    )  # fmt: skip
     p.add_argument("--changed-fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -19,8 +19,11 @@ error of about the square of the vectors' (1e-10 relative), and the top-K subspa
 about ``eps32 * ||G|| / (lambda_K - lambda_{K+margin+1})`` (measured <= 2e-4 degree on
 Gaussian and power-law Grams, against the 0.05-degree accuracy stated for the angles).
 That bound, taken with Ritz values (:func:`float32_bound_deg`), decides: a window whose
-bound passes ``FLOAT32_BOUND_DEG`` (steep spectra, where float32 cannot resolve
-``lambda_K`` next to ``lambda_1``) is dropped and float64 answers.
+bound passes ``FLOAT32_BOUND_DEG`` is dropped. Decaying spectra (trained weights) often
+reach the gap the bound wants a few hundred eigenvalues past K: one wider window, its width
+predicted from the failed one's Ritz values (:func:`float32_retry_width`), is tried; where
+none up to half the matrix is predicted to pass (steep spectra, where float32 cannot
+resolve ``lambda_K`` next to ``lambda_1``), or the wider one fails too, float64 answers.
 :func:`paramgeom.linalg.randomized_svd.exact_svd` uses the same window and test on a float32
 Gram from ``n >= 512``.
 
@@ -39,7 +42,14 @@ import torch
 from paramgeom.linalg import _lapack
 from paramgeom.linalg.cholesky_qr import orthonormalise_near
 
-__all__ = ["eigenvalues_desc", "float32_bound_deg", "ritz", "top_eigenpairs", "top_window"]
+__all__ = [
+    "eigenvalues_desc",
+    "float32_bound_deg",
+    "float32_retry_width",
+    "ritz",
+    "top_eigenpairs",
+    "top_window",
+]
 
 FLOAT32_REDUCTION_MIN = 2048
 SYEVR_VALUES_MAX = 1024
@@ -52,6 +62,13 @@ FLOAT32_MARGIN = 16
 # Largest a priori bound on a float32 basis' angle error that a float32-then-Ritz solve keeps
 # (degrees; a fifth of the 0.05 stated for the angles): beyond it, float64 answers.
 FLOAT32_BOUND_DEG = 0.01
+FLOAT32_WIDTH_SAFETY = 1.2
+"""Factor on the gap that :func:`float32_retry_width` asks the wider window for, against the
+curvature its local power law does not see (measured: widths 374 and 1124 predicted where
+359 and 1042 were the least that passed, on power-law Grams of 2560 and 6144)."""
+FLOAT32_WIDTH_MAX = 0.5
+"""Widest float32 window, as a fraction of the matrix: beyond it the float64 solver costs
+less (its subset back-transformation no longer dominates a window that wide)."""
 
 
 def _symmetric(g: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -106,6 +123,30 @@ def float32_bound_deg(ritz_desc: torch.Tensor, k: int) -> float:
     return math.degrees(2.0**-24 * float(ritz_desc[0]) / gap)
 
 
+def float32_retry_width(ritz_desc: torch.Tensor, k: int, n: int) -> int | None:
+    """Width of a float32 window predicted to pass :data:`FLOAT32_BOUND_DEG`, from the Ritz
+    values ``ritz_desc`` (descending) of a narrower window that did not; None when none up to
+    ``FLOAT32_WIDTH_MAX * n`` is (then float64 answers).
+
+    The bound wants ``lambda_k - lambda_last >= eps32 * lambda_1 / FLOAT32_BOUND_DEG``
+    (radians). A decaying spectrum (trained weights: singular values falling as a power of
+    the index) often has that gap a few hundred eigenvalues past ``k`` where a 16-wide
+    margin does not: the window's last two points ``(k, lambda_k)`` and ``(w,
+    lambda_w)`` fix a local power law ``lambda_i ~ i^-a``, which says where the gap is
+    reached, widened by :data:`FLOAT32_WIDTH_SAFETY`. Where the wanted gap is more than
+    ``lambda_k`` itself (``lambda_k / lambda_1`` near ``eps32``), no width helps."""
+    w = int(ritz_desc.shape[0])
+    if not 1 <= k < w:
+        return None
+    l1, lk, lw = (float(ritz_desc[i]) for i in (0, k - 1, w - 1))
+    target = lk - FLOAT32_WIDTH_SAFETY * 2.0**-24 * l1 / math.radians(FLOAT32_BOUND_DEG)
+    if not (target > 0.0 and lw > 0.0 and lk > lw):
+        return None
+    decay = math.log(lk / lw) / math.log(w / k)
+    width = math.ceil(k * (lk / target) ** (1.0 / decay)) + 1
+    return width if w < width <= FLOAT32_WIDTH_MAX * n else None
+
+
 def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch.Tensor:
     """An orthonormal float64 basis ``(n, width)`` of the eigenvectors of the ``width``
     largest eigenvalues of the symmetric ``g``, from a float32 reduction of its symmetric
@@ -155,24 +196,33 @@ def _own_array(a: torch.Tensor, given: torch.Tensor):
 
 
 def top_eigenpairs(
-    g: torch.Tensor, k: int, *, symmetric: bool = False
+    g: torch.Tensor, k: int, *, symmetric: bool = False, float32: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest eigenvalues (descending, ``(k,)``) of the symmetric ``g`` (``n x n``,
     its symmetric part) and their eigenvectors (``(n, k)``, orthonormal columns), in ``g``'s
     dtype and on its device. ``symmetric=True`` says ``g`` is exactly symmetric.
 
     On CPU LAPACK's subset solver (``syevr`` through SciPy) computes only those ``k``
-    pairs; elsewhere (or without SciPy) the full solver runs and the top ``k`` are kept.
+    pairs; elsewhere (or without SciPy) the full solver runs and the top ``k`` are kept. A
+    float64 ``g`` from ``FLOAT32_REDUCTION_MIN`` is first tried as a float32 window and a
+    Ritz step (a second, wider window where :func:`float32_retry_width` predicts one
+    passes); ``float32=False`` skips that (a caller whose float32 attempt on the same
+    spectrum already failed).
     """
     n = int(g.shape[-1])
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     given, g = g, _symmetric(g, symmetric)
     if g.device.type == "cpu" and k < n and _scipy_eigh() is not None:
-        if g.dtype == torch.float64 and n >= FLOAT32_REDUCTION_MIN:
-            vals, vecs = ritz(g, top_window(g, min(n, k + FLOAT32_MARGIN), symmetric=True))
-            if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
-                return vals[:k].contiguous(), vecs[:, :k].contiguous()
+        if float32 and g.dtype == torch.float64 and n >= FLOAT32_REDUCTION_MIN:
+            widths = [min(n, k + FLOAT32_MARGIN)]
+            for width in widths:  # the first window, then at most one wider
+                vals, vecs = ritz(g, top_window(g, width, symmetric=True))
+                if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
+                    return vals[:k].contiguous(), vecs[:, :k].contiguous()
+                wider = float32_retry_width(vals, k, n) if len(widths) == 1 else None
+                if wider is not None:
+                    widths.append(wider)
         # NumPy needs a dtype it has; bf16/fp16 Grams do not occur (the kernels return
         # float32 or float64).
         vals, vecs = _syevr_top(g, k, given)

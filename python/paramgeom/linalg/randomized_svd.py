@@ -36,6 +36,7 @@ from paramgeom.linalg.eigen import (
     FLOAT32_MARGIN,
     eigenvalues_desc,
     float32_bound_deg,
+    float32_retry_width,
     top_eigenpairs,
     top_window,
 )
@@ -159,7 +160,10 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
       ``eps32 ||G|| / (s_k^2 - s_{k+17}^2)`` (measured <= 1.3e-4 degree, float64 path
       1e-11), far inside the 0.05 degree stated for the angles. It is kept only while its
       a priori bound (:func:`~paramgeom.linalg.eigen.float32_bound_deg`) is at most
-      ``FLOAT32_BOUND_DEG``; steeper spectra take the float64 way.
+      ``FLOAT32_BOUND_DEG``. Where it is not, one wider window is tried, as wide as the
+      Ritz values predict the bound needs
+      (:func:`~paramgeom.linalg.eigen.float32_retry_width`: decaying spectra); steeper
+      spectra, or a wider window that fails too, take the float64 way.
     """
     m, n = w1.shape
     side = "right" if n <= m else "left"
@@ -169,12 +173,10 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
         # A float32 Gram can overflow where the weights and float64 do not: then float64
         # (which also raises for NaN/Inf weights).
         if sums_finite(g32):
-            q = top_window(g32, width, symmetric=True)
-            z = _ops.exact_matmul(w0, w1, q, transpose=(side == "left"))
-            vals, y = torch.linalg.eigh(z.T @ z)
-            vals, y = vals.flip(0), y.flip(1)
-            if float32_bound_deg(vals, k) > FLOAT32_BOUND_DEG:
-                return _exact_svd_float64(w0, w1, k, side, seed)
+            got = _float32_window_ritz(w0, w1, g32, k, width, side)
+            if got is None:  # the bound failed: skip float32 on the float64 Gram too
+                return _exact_svd_float64(w0, w1, k, side, seed, float32=False)
+            q, z, vals, y = got
             vals, y = vals[:k], y[:, :k]
             s = vals.clamp_min(0.0).sqrt()
             vecs = (q @ y).contiguous()
@@ -185,11 +187,32 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
     return _exact_svd_float64(w0, w1, k, side, seed)
 
 
-def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None):
+def _float32_window_ritz(w0, w1, g32: torch.Tensor, k: int, width: int, side: str):
+    """The float32 window ``q`` of ``g32``, ``z = dW q`` (or ``dW^T q``) in float64 and the
+    Ritz pairs ``(vals, y)`` of ``z^T z``, descending, once the window passes its bound:
+    ``width`` first, then one wider window where :func:`float32_retry_width` predicts one
+    passes; None when neither does."""
+    p = int(g32.shape[0])
+    retry = True
+    while True:
+        q = top_window(g32, width, symmetric=True)
+        z = _ops.exact_matmul(w0, w1, q, transpose=(side == "left"))
+        vals, y = torch.linalg.eigh(z.T @ z)
+        vals, y = vals.flip(0), y.flip(1)
+        if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
+            return q, z, vals, y
+        wider = float32_retry_width(vals, k, p) if retry else None
+        if wider is None:
+            return None
+        width, retry = wider, False
+
+
+def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None, float32: bool = True):
     g = _ops.gram(w0, w1, side)
     check_finite(g, "the Gram matrix of w1 - w0")
-    # only the k wanted pairs (LAPACK's subset solver); the kernel's Gram is exactly symmetric
-    evals, vecs = top_eigenpairs(g, k, symmetric=True)
+    # only the k wanted pairs (LAPACK's subset solver); the kernel's Gram is exactly symmetric.
+    # float32=False: this spectrum's float32 windows already failed their bound, skip them.
+    evals, vecs = top_eigenpairs(g, k, symmetric=True, float32=float32)
     s = evals.clamp_min(0.0).sqrt()
     other = _ops.diff_matmul(w0, w1, vecs, transpose=(side == "left"))
     other = normalise_columns(other, s, generator(seed))
