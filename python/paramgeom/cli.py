@@ -281,8 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-tol", type=_REL_TOL, default=1e-3, help="eta of the bf16 rule")
     p.add_argument("--atol", type=bounded_float(0.0), default=1e-5,
                    help="absolute rule of older tools")  # fmt: skip
-    p.add_argument("--exact-threshold", type=bounded_int(0), default=4096,
-                   help="exact spectrum when min(m, n) <= this (default 4096)")  # fmt: skip
+    p.add_argument(
+        "--exact-threshold", type=bounded_int(0), default=None,
+        help="exact spectrum when min(m, n) <= this (default: always up to 4096, and up to "
+        "16384 where K >= min(m, n) / 8 - 10, as with the default K; else block Krylov)",
+    )  # fmt: skip
     p.add_argument("--chunk-bytes", type=synth.size_arg, default=synth.parse_size("1GiB"),
                    help="pairs larger than this are read in row blocks (default 1GiB)")  # fmt: skip
     p.add_argument(

@@ -6,8 +6,8 @@ Grams of streamed matrices by ``linalg.GramSum``); DESIGN.md "Metrics" defines e
 Three shapes of work:
 
 - a matrix that fits the chunk budget: fused statistics, dW's spectrum (exact through the
-  Gram when ``min(m, n) <= exact_threshold``, else the top-K by the randomized range
-  finder), and the top-K subspace rotation of W0 -> W1;
+  Gram where :meth:`DiffOptions.exact_spectrum` says so, else the top-K by the randomized
+  range finder), and the top-K subspace rotation of W0 -> W1;
 - a tensor larger than the chunk budget: row blocks, statistics summed over blocks and the
   three Grams (of dW, W0, W1) accumulated over them (right subspaces only: the left ones
   would need the whole tensor again);
@@ -35,6 +35,9 @@ from paramgeom.linalg.subspaces import TopSubspaces
 from paramgeom.results import DiffStats
 
 __all__ = [
+    "EXACT_ALWAYS",
+    "EXACT_MAX",
+    "KRYLOV_MIN_BLOCKS",
     "PER_MATRIX_MIN_P",
     "DiffOptions",
     "base_row",
@@ -59,19 +62,39 @@ RANK_FRACTION = 8
 for 4096-wide matrices)."""
 
 
+EXACT_ALWAYS = 4096
+"""Matrices with ``min(m, n)`` at most this take the exact Gram path whatever K is
+(DESIGN.md's default threshold)."""
+
+EXACT_MAX = 16384
+"""Widest Gram the default rule computes exactly (2.1 GB in float64; a matrix read in row
+blocks holds three): above it the block Krylov path runs whatever K is."""
+
+KRYLOV_MIN_BLOCKS = 4
+"""Above :data:`EXACT_ALWAYS` the default rule takes the exact path where the block Krylov
+basis (``K + 10`` columns a block) would pass half of ``min(m, n)``, where it hands over
+to the exact path anyway, within this many blocks: it can then only win by converging in
+fewer, which spectra without a gap at K never do. Measured at the default K = min(m, n) / 8
+(one worker, the AVX-512 VM): 6144 x 6144 Gaussian 112.6 s against 51.3 s exact, and 1.74
+against 1.01 GB peak; a decaying spectrum (singular values ~ i^-0.5) 223.0 against 151.6 s;
+12288 x 12288 Gaussian 807 against 586 s. A small ``--rank`` keeps Krylov (K = 64 of 12288:
+a fraction of the exact Grams' cost)."""
+
+
 @dataclass(frozen=True)
 class DiffOptions:
     """What ``paramgeom diff`` computes. ``rank``: K of the subspaces, or None for the rule
     of :meth:`subspace_k` (one eighth of the smaller dimension, the paper's 512 of 4096);
-    ``exact_threshold``: largest ``min(m, n)`` whose spectrum is computed exactly;
-    ``chunk_bytes``: a pair larger than this is read in row blocks."""
+    ``exact_threshold``: largest ``min(m, n)`` whose spectrum is computed exactly, or None
+    for the rule of :meth:`exact_spectrum`; ``chunk_bytes``: a pair larger than this is read
+    in row blocks."""
 
     rel_tol: float = 1e-3
     atol: float = 1e-5
     rank: int | None = None
     angles: bool = True
     spectra: bool = True
-    exact_threshold: int = 4096
+    exact_threshold: int | None = None
     chunk_bytes: int = 1 << 30
     backend: str = "auto"
     device: str = "cpu"
@@ -80,7 +103,11 @@ class DiffOptions:
     def __post_init__(self) -> None:
         checks = (
             ("rank (--rank)", self.rank is None or self.rank >= 1, ">= 1"),
-            ("exact_threshold (--exact-threshold)", self.exact_threshold >= 0, ">= 0"),
+            (
+                "exact_threshold (--exact-threshold)",
+                self.exact_threshold is None or self.exact_threshold >= 0,
+                ">= 0",
+            ),
             ("chunk_bytes (--chunk-bytes)", self.chunk_bytes >= 1, ">= 1"),
             ("rel_tol (--rel-tol)", 0 <= self.rel_tol <= 1, "in [0, 1]"),  # also refuses NaN
             ("atol (--atol)", 0 <= self.atol < math.inf, "finite and >= 0"),
@@ -98,6 +125,18 @@ class DiffOptions:
         values, are."""
         k = self.rank if self.rank is not None else max(1, p // RANK_FRACTION)
         return min(k, p)
+
+    def exact_spectrum(self, side: int, k: int) -> bool:
+        """Whether a Gram of ``side`` columns (``min(m, n)``; a matrix read in row blocks:
+        its column count) is solved exactly rather than by block Krylov for a top-``k``
+        subspace: ``side <= exact_threshold`` when one is given; else up to
+        :data:`EXACT_ALWAYS` always, and up to :data:`EXACT_MAX` where ``KRYLOV_MIN_BLOCKS``
+        blocks of ``k + 10`` columns would pass half of ``side``."""
+        if self.exact_threshold is not None:
+            return side <= self.exact_threshold
+        if side <= EXACT_ALWAYS:
+            return True
+        return side <= EXACT_MAX and KRYLOV_MIN_BLOCKS * (k + 10) >= side / 2
 
     def fingerprint(self) -> str:
         """Hash of every option that changes a figure (journal entries of other options are
@@ -322,7 +361,7 @@ def matrix_row(
     m, n = w0.shape
     p = min(m, n)
     k = opts.subspace_k(p)
-    exact = p <= opts.exact_threshold
+    exact = opts.exact_spectrum(p, k)
     w0, w1, factor = spectral_inputs(w0, w1, [st])
     if exact:
         s = linalg.diff_svdvals(w0, w1)
@@ -333,14 +372,14 @@ def matrix_row(
         if exact:
             r0 = _base_subspaces(
                 cache, w0, k, "exact",
-                lambda: linalg.top_subspaces(w0, k, exact_threshold=opts.exact_threshold),
+                lambda: linalg.top_subspaces(w0, k, exact_threshold=p),
             )  # fmt: skip
-            r1 = linalg.top_subspaces(w1, k, exact_threshold=opts.exact_threshold)
+            r1 = linalg.top_subspaces(w1, k, exact_threshold=p)
         else:
             width = min(k + 10, p)
             r0 = _base_subspaces(
                 cache, w0, width, "randomized",
-                lambda: linalg.top_subspaces(w0, width, exact_threshold=opts.exact_threshold),
+                lambda: linalg.top_subspaces(w0, width, exact_threshold=0),
             )  # fmt: skip
             r1 = linalg.top_subspaces(w1, k, init=r0.V)
             row["subspace_steps"] = r0.iterations + r1.iterations
@@ -362,7 +401,7 @@ def block_cache_wanted(pair: PairedTensor, opts: DiffOptions, cache: BaseCache |
         and two_d
         and opts.spectra
         and opts.angles
-        and pair.shape[-1] <= opts.exact_threshold
+        and opts.exact_spectrum(pair.shape[-1], opts.subspace_k(min(pair.shape)))
         and cache.wanted(*pair.shape)
     )
 
@@ -377,17 +416,18 @@ def block_rows(
 ):
     """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
     blocks as stored (:class:`~paramgeom.engine.loader.Stored`): statistics summed over
-    blocks; for a matrix with at most ``exact_threshold`` columns the Grams of dW, W0 and
-    W1 accumulated block by block (:class:`linalg.GramSum`) give dW's exact spectrum and the
-    right-subspace rotation (left angles are not computed). ``cache`` and ``base_key``
-    (:meth:`BaseCache.key` of W0's bf16 row blocks): W0's top-K pairs are read from the
-    base cache when there, and W0's Gram is then not accumulated."""
+    blocks; for a matrix whose column count takes the exact path
+    (:meth:`DiffOptions.exact_spectrum`) the Grams of dW, W0 and W1 accumulated block by
+    block (:class:`linalg.GramSum`) give dW's exact spectrum and the right-subspace rotation
+    (left angles are not computed). ``cache`` and ``base_key`` (:meth:`BaseCache.key` of
+    W0's bf16 row blocks): W0's top-K pairs are read from the base cache when there, and
+    W0's Gram is then not accumulated."""
     row = base_row(pair)
     parts: list[DiffStats] = []
     two_d = len(pair.shape) == 2 and min(pair.shape) > 0
     n = pair.shape[-1] if pair.shape else 0
-    grams = two_d and opts.spectra and n <= opts.exact_threshold
     k = opts.subspace_k(min(pair.shape)) if two_d else 0
+    grams = two_d and opts.spectra and opts.exact_spectrum(n, k)
     cached = None
     if grams and opts.angles and cache is not None and base_key is not None:
         cached = cache.get(base_key, {"evals": (k,), "V": (n, k)})
@@ -412,8 +452,8 @@ def block_rows(
         return row, notes
     if not grams:
         return row, [
-            f"{pair.name}: read in row blocks and has {n} > {opts.exact_threshold} columns: "
-            "no spectra (raise --chunk-bytes to compute them)"
+            f"{pair.name}: read in row blocks and its {n} columns are past the exact "
+            "threshold: no spectra (raise --chunk-bytes to compute them)"
         ]
     s = linalg.eigenvalues_desc(g_d.result(), symmetric=True).clamp_min(0).sqrt()
     row.update(_rank_fields(s[: min(pair.shape)], st.sum_sq_delta, True))
@@ -487,7 +527,7 @@ def expert_rows(
             notes.append(_nonfinite_note(rows[i]))
     if not finite:
         return rows, notes
-    if p > opts.exact_threshold or p >= PER_MATRIX_MIN_P:  # one matrix at a time
+    if p >= PER_MATRIX_MIN_P or not opts.exact_spectrum(p, opts.subspace_k(p)):  # one at a time
         for i in finite:
             single, more = matrix_row(pairs[i], s0[i], s1[i], opts, cache)
             rows[i] = {**rows[i], **{k: v for k, v in single.items() if k not in rows[i]}}

@@ -26,6 +26,9 @@ from paramgeom.checkpoints.reader import open_checkpoint
 from paramgeom.engine import distributed
 from paramgeom.engine.base_cache import BaseCache
 from paramgeom.engine.compute import (
+    EXACT_ALWAYS,
+    EXACT_MAX,
+    KRYLOV_MIN_BLOCKS,
     RANK_FRACTION,
     DiffOptions,
     block_cache_wanted,
@@ -405,8 +408,14 @@ def _rules(opts: DiffOptions) -> dict[str, Any]:
                 else "not computed (--no-angles)"
             ),
             "spectrum": (
-                f"dW's spectrum exact (float64 Gram) when min(m, n) <= {opts.exact_threshold}, "
-                "else its top-K by the randomized range finder (effective rank over those K)"
+                "dW's spectrum exact (float64 Gram) when "
+                + (
+                    f"min(m, n) <= {opts.exact_threshold}"
+                    if opts.exact_threshold is not None
+                    else f"min(m, n) <= {EXACT_ALWAYS}, or <= {EXACT_MAX} where "
+                    f"{KRYLOV_MIN_BLOCKS} blocks of K + 10 would pass half of min(m, n)"
+                )
+                + ", else its top-K by the randomized range finder (effective rank over those K)"
             ),
             "spectral_drift": "||s(W1) - s(W0)|| / ||s(W0)|| over the top-K singular values",
         }
