@@ -19,18 +19,18 @@ reading the 940 GB pair at ``--read-gbps`` (overlapped with compute by the engin
 
 ``--model dense200b``: a dense 200B model instead (hidden 12288, 110 layers of q, k, v, o
 of 12288 x 12288 and an MLP of 49152 x 12288 and 12288 x 49152, vocabulary 150,000: 12 L
-h^2 = 2.0e11 parameters). Every matrix has min(m, n) = 12288 > 4096, so the default diff
-takes the randomized path (block Krylov, handing over to the exact Gram path when its
-basis would pass half the space). An MLP pair (2.4 GB) is over the default 1 GiB chunk
-budget: read in row blocks it gets no spectra, so the projected run and the measurement
-use ``--chunk-bytes 3GiB``; the embedding and the LM head (150,000 x 12288, row blocks) get
-statistics only at any budget (their figures stream at storage speed and are left out).
-``down_proj`` (12288 x 49152) is the transpose of ``up_proj``: the engine computes on the
-smaller side either way, so it is measured once and counted for both (a derived row).
+h^2 = 2.0e11 parameters). Every matrix has min(m, n) = 12288 > 4096; at the default K =
+min(m, n) / 8 the default rule (``DiffOptions.exact_spectrum``) still takes the exact Gram
+path. An MLP pair (2.4 GB) is over the default 1 GiB chunk budget: read in row blocks it
+gets right-side figures only, so the projected run and the measurement use
+``--chunk-bytes 3GiB``; the embedding and the LM head (150,000 x 12288) are read in row
+blocks and measured at two row counts as above. ``down_proj`` (12288 x 49152) is the
+transpose of ``up_proj``: the engine computes on the smaller side either way, so it is
+measured once and counted for both (a derived row).
 
 Run: ``python benchmarks/projection_geometry.py --work DIR`` (about 6 minutes on the 2-core
 VM; DIR gets the synthetic pairs, about 1.5 GB); ``--model dense200b`` about 45 minutes
-(4 GB of pairs); prints Markdown.
+(6 GB of pairs); prints Markdown.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ DENSE_SHAPES = [
     ("up_proj", (4 * D_HIDDEN, D_HIDDEN), D_LAYERS, 1),
     ("down_proj (as up_proj, transposed)", (D_HIDDEN, 4 * D_HIDDEN), D_LAYERS, 0),
 ]
+D_EMBED = ("embed_tokens / lm_head (row blocks)", (D_VOCAB, D_HIDDEN), 2)
 DENSE_CHUNK = 3 << 30  # a 2.4 GB MLP pair held whole: spectra need it (see the docstring)
 
 
@@ -132,20 +133,17 @@ def main() -> None:
         params += n_model * math.prod(shape)
         core_s += per * n_model
         rows.append((label, shape, n_model, per, per * n_model))
-    pts = []
-    if dense:  # statistics only (row blocks, n > 4096): not measured, see the docstring
-        params += 2 * D_VOCAB * D_HIDDEN
-    else:
-        label, (vocab, hidden), n_model = EMBED
-        pts = [
-            (r, _seconds(work / "embed", (r, hidden), 1, chunk_bytes=r * hidden * 2 // 4))
-            for r in EMBED_ROWS
-        ]
-        (r0, t0), (r1, t1) = pts
-        per = t0 + (t1 - t0) * (vocab - r0) / (r1 - r0)
-        params += n_model * vocab * hidden
-        core_s += per * n_model
-        rows.append((label, (vocab, hidden), n_model, per, per * n_model))
+    label, (vocab, hidden), n_model = D_EMBED if dense else EMBED
+    pts = [
+        (r, _seconds(work / "embed", (r, hidden), 1, chunk_bytes=r * hidden * 2 // 4))
+        for r in EMBED_ROWS
+    ]
+    print(f"{label}: {pts}", file=sys.stderr, flush=True)
+    (r0, t0), (r1, t1) = pts
+    per = t0 + (t1 - t0) * (vocab - r0) / (r1 - r0)
+    params += n_model * vocab * hidden
+    core_s += per * n_model
+    rows.append((label, (vocab, hidden), n_model, per, per * n_model))
     pair_gb = 2 * 2 * params / 1e9
     wall = core_s / (args.workers * args.efficiency)
     read = pair_gb / args.read_gbps
@@ -159,9 +157,6 @@ def main() -> None:
         extra += " (derived)" if "transposed" in label else ""
         print(f"| {label} | {shape[0]} x {shape[1]} | {n:,} | {per:.3f}{extra} | "
               f"{tot / 3600:.2f} |")  # fmt: skip
-    if dense:
-        print(f"| embed_tokens, lm_head | {D_VOCAB} x {D_HIDDEN} | 2 | statistics only "
-              "(row blocks, n > 4096), not measured | - |")  # fmt: skip
     print(f"| **all** | | | | **{core_s / 3600:.1f}** |\n")
     print(f"Projected default diff on this machine, {args.workers} workers at efficiency "
           f"{args.efficiency:.2f}: compute {_hours(wall)}, read {_hours(read)} at "

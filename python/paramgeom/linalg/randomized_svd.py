@@ -192,19 +192,18 @@ def _float32_window_ritz(w0, w1, g32: torch.Tensor, k: int, width: int, side: st
     Ritz pairs ``(vals, y)`` of ``z^T z``, descending, once the window passes its bound:
     ``width`` first, then one wider window where :func:`float32_retry_width` predicts one
     passes; None when neither does."""
-    p = int(g32.shape[0])
-    retry = True
-    while True:
-        q = top_window(g32, width, symmetric=True)
+    widths = [width]
+    for w in widths:  # the first window, then at most one wider
+        q = top_window(g32, w, symmetric=True)
         z = _ops.exact_matmul(w0, w1, q, transpose=(side == "left"))
         vals, y = torch.linalg.eigh(z.T @ z)
         vals, y = vals.flip(0), y.flip(1)
         if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
             return q, z, vals, y
-        wider = float32_retry_width(vals, k, p) if retry else None
-        if wider is None:
-            return None
-        width, retry = wider, False
+        wider = float32_retry_width(vals, k, int(g32.shape[0])) if len(widths) == 1 else None
+        if wider is not None:
+            widths.append(wider)
+    return None
 
 
 def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None, float32: bool = True):
