@@ -76,6 +76,8 @@ DENSE_SHAPES = [
     ("down_proj (as up_proj, transposed)", (D_HIDDEN, 4 * D_HIDDEN), D_LAYERS, 0),
 ]
 D_EMBED = ("embed_tokens / lm_head (row blocks)", (D_VOCAB, D_HIDDEN), 2)
+# Both at least as many rows as columns, so K = 12288 / 8 as in the real one.
+D_EMBED_ROWS = (16384, 24576)
 DENSE_CHUNK = 3 << 30  # a 2.4 GB MLP pair held whole: spectra need it (see the docstring)
 
 
@@ -136,7 +138,7 @@ def main() -> None:
     label, (vocab, hidden), n_model = D_EMBED if dense else EMBED
     pts = [
         (r, _seconds(work / "embed", (r, hidden), 1, chunk_bytes=r * hidden * 2 // 4))
-        for r in EMBED_ROWS
+        for r in (D_EMBED_ROWS if dense else EMBED_ROWS)
     ]
     print(f"{label}: {pts}", file=sys.stderr, flush=True)
     (r0, t0), (r1, t1) = pts

@@ -79,3 +79,25 @@ def test_the_rule_picks_the_path_in_a_diff(tmp_path, monkeypatch):
     # the same top-K angles either way (Krylov converged to its stated tolerance)
     assert krylov["angle_right_max"] == pytest.approx(oracle_k2["angle_right_max"], rel=1e-4)
     assert forced["angle_right_max"] == pytest.approx(exact["angle_right_max"], rel=1e-4)
+
+
+def test_streamed_matrices_take_their_grams_up_to_exact_max():
+    """A matrix read in row blocks has no block Krylov fallback: only the Grams' size
+    decides (K does not), up to EXACT_MAX columns or the given threshold."""
+    o = DiffOptions()
+    assert o.streamed_grams(compute.EXACT_MAX) and not o.streamed_grams(compute.EXACT_MAX + 1)
+    assert o.streamed_grams(12288)  # an 8192 x 12288 block-read matrix (K = 1024) too
+    assert not o.exact_spectrum(12288, 1024)  # where a whole one would take block Krylov
+    t = DiffOptions(exact_threshold=100)
+    assert t.streamed_grams(100) and not t.streamed_grams(101)
+
+
+def test_a_streamed_matrix_past_the_threshold_gets_statistics_and_a_note(tmp_path):
+    _pair(tmp_path, 300, 48)
+    row, _ = _row(tmp_path, "grams", "--chunk-bytes", 4096)
+    assert row["effective_rank"] is not None and row["angle_right_max"] is not None
+    args = ["--chunk-bytes", 4096, "--exact-threshold", 40]
+    row, _ = _row(tmp_path, "stats", *args)
+    assert row["effective_rank"] is None and row["frobenius_delta"] > 0
+    notes = json.loads((tmp_path / "stats" / "summary.json").read_text())["notes"]
+    assert any("48 columns are past the exact threshold: no spectra" in n for n in notes)

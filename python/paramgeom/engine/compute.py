@@ -68,7 +68,8 @@ EXACT_ALWAYS = 4096
 
 EXACT_MAX = 16384
 """Widest Gram the default rule computes exactly (2.1 GB in float64; a matrix read in row
-blocks holds three): above it the block Krylov path runs whatever K is."""
+blocks holds three): above it the block Krylov path runs whatever K is, and a matrix read in
+row blocks gets statistics only."""
 
 KRYLOV_MIN_BLOCKS = 4
 """Above :data:`EXACT_ALWAYS` the default rule takes the exact path where the block Krylov
@@ -137,6 +138,13 @@ class DiffOptions:
         if side <= EXACT_ALWAYS:
             return True
         return side <= EXACT_MAX and KRYLOV_MIN_BLOCKS * (k + 10) >= side / 2
+
+    def streamed_grams(self, n: int) -> bool:
+        """Whether a matrix of ``n`` columns read in row blocks gets its Grams (and so its
+        spectra and right angles): it has no block Krylov path to fall back on, so only the
+        Grams' size decides, ``n <= exact_threshold`` when one is given, else ``n <=
+        EXACT_MAX``."""
+        return n <= (EXACT_MAX if self.exact_threshold is None else self.exact_threshold)
 
     def fingerprint(self) -> str:
         """Hash of every option that changes a figure (journal entries of other options are
@@ -401,7 +409,7 @@ def block_cache_wanted(pair: PairedTensor, opts: DiffOptions, cache: BaseCache |
         and two_d
         and opts.spectra
         and opts.angles
-        and opts.exact_spectrum(pair.shape[-1], opts.subspace_k(min(pair.shape)))
+        and opts.streamed_grams(pair.shape[-1])
         and cache.wanted(*pair.shape)
     )
 
@@ -416,8 +424,8 @@ def block_rows(
 ):
     """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
     blocks as stored (:class:`~paramgeom.engine.loader.Stored`): statistics summed over
-    blocks; for a matrix whose column count takes the exact path
-    (:meth:`DiffOptions.exact_spectrum`) the Grams of dW, W0 and W1 accumulated block by
+    blocks; for a matrix whose column count allows them (:meth:`DiffOptions.streamed_grams`)
+    the Grams of dW, W0 and W1 accumulated block by
     block (:class:`linalg.GramSum`) give dW's exact spectrum and the right-subspace rotation
     (left angles are not computed). ``cache`` and ``base_key`` (:meth:`BaseCache.key` of
     W0's bf16 row blocks): W0's top-K pairs are read from the base cache when there, and
@@ -427,7 +435,7 @@ def block_rows(
     two_d = len(pair.shape) == 2 and min(pair.shape) > 0
     n = pair.shape[-1] if pair.shape else 0
     k = opts.subspace_k(min(pair.shape)) if two_d else 0
-    grams = two_d and opts.spectra and opts.exact_spectrum(n, k)
+    grams = two_d and opts.spectra and opts.streamed_grams(n)
     cached = None
     if grams and opts.angles and cache is not None and base_key is not None:
         cached = cache.get(base_key, {"evals": (k,), "V": (n, k)})
