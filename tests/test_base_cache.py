@@ -220,3 +220,38 @@ def test_huge_fifo_and_folder_entries_are_misses_without_blocking(tmp_path):
 def test_tuned_labels_are_unique_folder_names():
     labels = tuned_labels(["runs/a/checkpoint-100", "runs/b/checkpoint-100/", "org/model@v2", "."])
     assert labels == ["checkpoint-100", "checkpoint-100-2", "model@v2", "tuned"]
+
+
+def test_experts_missing_from_the_cache_are_computed_alone(tmp_path, monkeypatch):
+    """Batched experts whose entries are partly gone: only the missing ones are computed
+    (one batch of them) and stored again, and the figures equal an uncached diff's."""
+    from safetensors import safe_open
+
+    from paramgeom.engine import compute
+
+    spec = SynthSpec(arch="moe", expert_layout="fused", experts=6, hidden=128,
+                     intermediate=160, vocab=256, heads=4, kv_heads=4, layers=1)  # fmt: skip
+    pair = write_pair(tmp_path / "pair", spec, steps=(1,))
+    cache, ck1 = tmp_path / "cache", pair.root / "checkpoint-1"
+    assert _diff(pair.base, pair.tuned, "--out", tmp_path / "a", "--base-cache", cache) == 0
+    batched = []
+    for f in sorted(cache.rglob("*.safetensors")):
+        with safe_open(str(f), "pt") as entry:
+            if set(entry.keys()) == {"U", "S", "V"}:  # a batched expert's entry
+                batched.append(f)
+    assert len(batched) >= 8
+    gone = batched[::3]
+    for f in gone:
+        f.unlink()
+    computed = []
+    real = compute.batched_top_bases
+
+    def spy(a, k):
+        computed.append(int(a.shape[0]))
+        return real(a, k)
+
+    monkeypatch.setattr(compute, "batched_top_bases", spy)
+    b = _cached(pair.base, ck1, tmp_path / "b", cache)
+    assert sum(computed) == len(gone) and b["written"] == len(gone)
+    assert _diff(pair.base, ck1, "--out", tmp_path / "c", "--no-base-cache") == 0
+    assert _csv(tmp_path / "b" / "tensors.csv") == _csv(tmp_path / "c" / "tensors.csv")

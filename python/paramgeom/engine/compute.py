@@ -482,26 +482,22 @@ def block_rows(
 
 
 def _batched_base(cache: BaseCache | None, a: torch.Tensor, k: int):
-    """W0's batched top-``k`` bases of the stack ``a`` (B, m, n): from the base cache when
-    every matrix is there, else computed (and each matrix's stored when a cache is given);
-    None without a cache (:func:`linalg.batched_rotation` computes them)."""
+    """W0's batched top-``k`` bases of the stack ``a`` (B, m, n): each matrix's from the base
+    cache when it is there, the others computed in one batch and stored; None without a cache
+    (:func:`linalg.batched_rotation` computes them)."""
     _, m, n = a.shape
     if cache is None or not cache.wanted(m, n):
         return None
     keys = [cache.key([a[j]], "batched_top_bases", k) for j in range(a.shape[0])]
     shapes = {"U": (m, k), "S": (k,), "V": (n, k)}
-    got = []
-    for key in keys:
-        hit = cache.get(key, shapes)
-        if hit is None:
-            break
-        got.append(hit)
-    if len(got) == len(keys):
-        return tuple(torch.stack([g[x] for g in got]).to(a.device) for x in ("U", "S", "V"))
-    u, s, v = batched_top_bases(a, k)
-    for j, key in enumerate(keys):
-        cache.put(key, {"U": u[j], "S": s[j], "V": v[j]})
-    return u, s, v
+    got = [cache.get(key, shapes) for key in keys]
+    missing = [j for j, hit in enumerate(got) if hit is None]
+    if missing:  # only the matrices not in the cache are computed (and stored)
+        u, s, v = batched_top_bases(a[missing], k)
+        for i, j in enumerate(missing):
+            got[j] = {"U": u[i], "S": s[i], "V": v[i]}
+            cache.put(keys[j], got[j])
+    return tuple(torch.stack([g[x] for g in got]).to(a.device) for x in ("U", "S", "V"))
 
 
 def expert_rows(
