@@ -165,7 +165,8 @@ def test_exact_svd_float32_then_ritz_matches_the_float64_oracle(
     left = np.rad2deg(subspace_angles(u.numpy(), want_u[:, :k].numpy())).max()
     right = np.rad2deg(subspace_angles(vh.T.numpy(), want_vh[:k].T.numpy())).max()
     # within the a priori bound the path keeps (0.01 degree; stated for the angles: 0.05)
-    assert left < rs.FLOAT32_BOUND_DEG and right < rs.FLOAT32_BOUND_DEG
+    bound = importlib.import_module("paramgeom.linalg.eigen").FLOAT32_BOUND_DEG
+    assert left < bound and right < bound
     # U and V pair up, dW v_i = s_i u_i, to the basis' float32 error (the float64 path's
     # 1e-15 is not promised: no figure pairs them).
     assert float((d @ vh.T - u * s).abs().max()) < 1e-5 * float(s[0])

@@ -425,11 +425,10 @@ def block_rows(
     """Row of a pair too large for the chunk budget, from an iterator of ``(w0, w1)`` row
     blocks as stored (:class:`~paramgeom.engine.loader.Stored`): statistics summed over
     blocks; for a matrix whose column count allows them (:meth:`DiffOptions.streamed_grams`)
-    the Grams of dW, W0 and W1 accumulated block by
-    block (:class:`linalg.GramSum`) give dW's exact spectrum and the right-subspace rotation
-    (left angles are not computed). ``cache`` and ``base_key`` (:meth:`BaseCache.key` of
-    W0's bf16 row blocks): W0's top-K pairs are read from the base cache when there, and
-    W0's Gram is then not accumulated."""
+    the Grams of dW, W0 and W1 accumulated block by block (:class:`linalg.GramSum`) give
+    dW's exact spectrum and the right-subspace rotation (left angles are not computed).
+    ``cache`` and ``base_key`` (:meth:`BaseCache.key` of W0's bf16 row blocks): W0's top-K
+    pairs are read from the base cache when there, and W0's Gram is then not accumulated."""
     row = base_row(pair)
     parts: list[DiffStats] = []
     two_d = len(pair.shape) == 2 and min(pair.shape) > 0

@@ -195,10 +195,13 @@ def _syrk_add_lower(g: torch.Tensor, w0: torch.Tensor | None, w1: torch.Tensor, 
         _blas.syrk_(g, d, rows_are_samples=rows_are_samples)
 
 
-def _syrk_wanted(w: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether a CPU Gram of ``w``'s difference goes through BLAS's ``syrk``: under the
-    ``"auto"`` backend (a named backend runs its own kernel), when SciPy's BLAS is there."""
-    return w.device.type == "cpu" and current_backend() == "auto" and _blas.available(dtype)
+def _syrk_wanted(device: torch.device, dtype: torch.dtype, size: int | None = None) -> bool:
+    """Whether a CPU Gram of ``size`` columns (``None``: any) goes through BLAS's ``syrk``:
+    under the ``"auto"`` backend (a named backend runs its own kernel), when SciPy's BLAS is
+    there, and for a float64 Gram from ``SYRK_FLOAT64_MIN`` columns."""
+    if dtype == torch.float64 and size is not None and size < SYRK_FLOAT64_MIN:
+        return False
+    return device.type == "cpu" and current_backend() == "auto" and _blas.available(dtype)
 
 
 def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
@@ -214,7 +217,7 @@ def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     if _use_float64_path(w1) or w1.device.type != "cpu":
         return gram(w0, w1, side).to(torch.float32)
-    if _syrk_wanted(w1, torch.float32):
+    if _syrk_wanted(w1.device, torch.float32):
         return _syrk_gram(w0, w1, side, torch.float32)
     if side == "left":
         w1 = w1.T
@@ -258,7 +261,7 @@ def gram(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
             g += d.T @ d
         return g
     size = w1.shape[1] if side == "right" else w1.shape[0]
-    if size >= SYRK_FLOAT64_MIN and _syrk_wanted(w1, torch.float64):
+    if _syrk_wanted(w1.device, torch.float64, size):
         return _syrk_gram(w0, w1, side, torch.float64)
     backend = current_backend()
 
@@ -296,12 +299,7 @@ class GramSum:
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
         self.n = int(n)
         self.device = torch.device(device)
-        self._syrk = (
-            self.n >= SYRK_FLOAT64_MIN
-            and self.device.type == "cpu"
-            and current_backend() == "auto"
-            and _blas.available(torch.float64)
-        )
+        self._syrk = _syrk_wanted(self.device, torch.float64, self.n)
         acc = torch.float64 if self.device.type == "cpu" else torch.float32
         self._g = torch.zeros(self.n, self.n, dtype=acc, device=self.device)
         self._done = False

@@ -36,6 +36,7 @@ that forms the symmetric part.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -46,6 +47,7 @@ __all__ = [
     "eigenvalues_desc",
     "float32_bound_deg",
     "float32_retry_width",
+    "passing_window",
     "ritz",
     "top_eigenpairs",
     "top_window",
@@ -150,6 +152,22 @@ def float32_retry_width(ritz_desc: torch.Tensor, k: int, n: int) -> int | None:
     return width if w < width <= FLOAT32_WIDTH_MAX * n else None
 
 
+def passing_window(attempt: Callable[[int], tuple], k: int, n: int, width: int) -> tuple | None:
+    """The float32-window rule in one place: ``attempt(width)`` (a window of that width and
+    its Ritz values, descending, as the first item of what it returns), kept when it passes
+    ``FLOAT32_BOUND_DEG``; else once ``attempt`` of the width :func:`float32_retry_width`
+    predicts from those values (``n``: the matrix's side), kept when that passes; None when
+    neither does (then float64 answers)."""
+    got = attempt(width)
+    if float32_bound_deg(got[0], k) <= FLOAT32_BOUND_DEG:
+        return got
+    wider = float32_retry_width(got[0], k, n)
+    if wider is None:
+        return None
+    got = attempt(wider)
+    return got if float32_bound_deg(got[0], k) <= FLOAT32_BOUND_DEG else None
+
+
 def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch.Tensor:
     """An orthonormal float64 basis ``(n, width)`` of the eigenvectors of the ``width``
     largest eigenvalues of the symmetric ``g``, from a float32 reduction of its symmetric
@@ -218,14 +236,13 @@ def top_eigenpairs(
     given, g = g, _symmetric(g, symmetric)
     if g.device.type == "cpu" and k < n and _scipy_eigh() is not None:
         if float32 and g.dtype == torch.float64 and n >= FLOAT32_REDUCTION_MIN:
-            widths = [min(n, k + FLOAT32_MARGIN)]
-            for width in widths:  # the first window, then at most one wider
-                vals, vecs = ritz(g, top_window(g, width, symmetric=True))
-                if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
-                    return vals[:k].contiguous(), vecs[:, :k].contiguous()
-                wider = float32_retry_width(vals, k, n) if len(widths) == 1 else None
-                if wider is not None:
-                    widths.append(wider)
+            got = passing_window(
+                lambda w: ritz(g, top_window(g, w, symmetric=True)), k, n,
+                min(n, k + FLOAT32_MARGIN),
+            )  # fmt: skip
+            if got is not None:
+                vals, vecs = got
+                return vals[:k].contiguous(), vecs[:, :k].contiguous()
         # NumPy needs a dtype it has; bf16/fp16 Grams do not occur (the kernels return
         # float32 or float64).
         vals, vecs = _syevr_top(g, k, given)

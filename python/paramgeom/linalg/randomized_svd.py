@@ -32,11 +32,9 @@ import torch
 from paramgeom.linalg import _ops
 from paramgeom.linalg.cholesky_qr import orthonormalise_near
 from paramgeom.linalg.eigen import (
-    FLOAT32_BOUND_DEG,
     FLOAT32_MARGIN,
     eigenvalues_desc,
-    float32_bound_deg,
-    float32_retry_width,
+    passing_window,
     top_eigenpairs,
     top_window,
 )
@@ -176,7 +174,7 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
             got = _float32_window_ritz(w0, w1, g32, k, width, side)
             if got is None:  # the bound failed: skip float32 on the float64 Gram too
                 return _exact_svd_float64(w0, w1, k, side, seed, float32=False)
-            q, z, vals, y = got
+            vals, y, q, z = got
             vals, y = vals[:k], y[:, :k]
             s = vals.clamp_min(0.0).sqrt()
             vecs = (q @ y).contiguous()
@@ -188,22 +186,18 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
 
 
 def _float32_window_ritz(w0, w1, g32: torch.Tensor, k: int, width: int, side: str):
-    """The float32 window ``q`` of ``g32``, ``z = dW q`` (or ``dW^T q``) in float64 and the
-    Ritz pairs ``(vals, y)`` of ``z^T z``, descending, once the window passes its bound:
-    ``width`` first, then one wider window where :func:`float32_retry_width` predicts one
-    passes; None when neither does."""
-    widths = [width]
-    for w in widths:  # the first window, then at most one wider
+    """``(vals, y, q, z)``: the float32 window ``q`` of ``g32``, ``z = dW q`` (or ``dW^T
+    q``) in float64 and the Ritz pairs ``(vals, y)`` of ``z^T z``, descending, for the first
+    window that passes its bound (:func:`~paramgeom.linalg.eigen.passing_window`: ``width``,
+    then at most one wider); None when none does."""
+
+    def attempt(w: int):
         q = top_window(g32, w, symmetric=True)
         z = _ops.exact_matmul(w0, w1, q, transpose=(side == "left"))
         vals, y = torch.linalg.eigh(z.T @ z)
-        vals, y = vals.flip(0), y.flip(1)
-        if float32_bound_deg(vals, k) <= FLOAT32_BOUND_DEG:
-            return q, z, vals, y
-        wider = float32_retry_width(vals, k, int(g32.shape[0])) if len(widths) == 1 else None
-        if wider is not None:
-            widths.append(wider)
-    return None
+        return vals.flip(0), y.flip(1), q, z
+
+    return passing_window(attempt, k, int(g32.shape[0]), width)
 
 
 def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None, float32: bool = True):
