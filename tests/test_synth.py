@@ -326,6 +326,42 @@ def test_base_decay_gives_base_spectra_falling_as_the_power(tmp_path, arch):
         SynthSpec(base_decay=float("nan"))
 
 
+@pytest.mark.parametrize("arch", ["llama", "moe"])
+def test_base_spikes_put_singular_values_far_above_the_bulk(tmp_path, arch):
+    """``base_spikes = N``: every base matrix (every expert of a fused stack) has N singular
+    values near ``spike_size`` down to half of it times the Gaussian draw's largest (within
+    that largest, the bulk's pull), the next one at the bulk's edge; norms untouched; the
+    update the same as without them (the tuned dtype's rounding apart)."""
+    kw = {"arch": arch, "expert_layout": "fused"} if arch == "moe" else {}
+    plain = write_pair(tmp_path / "plain", tiny(**kw))
+    spiked = write_pair(tmp_path / "spiked", tiny(base_spikes=3, spike_size=20.0, **kw))
+    b0, t0 = open_checkpoint(plain.base), open_checkpoint(plain.tuned)
+    b1, t1 = open_checkpoint(spiked.base), open_checkpoint(spiked.tuned)
+    for name in tensor_names(tiny(**kw)):
+        w_plain, w = values(b0, name), values(b1, name)
+        if w.dim() == 1:
+            assert torch.equal(w, w_plain)
+            continue
+        m, n = w.shape[-2:]
+        edge = 0.02 * (m**0.5 + n**0.5)
+        want = 20.0 * edge * np.linspace(1.0, 0.5, 3)
+        for mat in w.reshape(-1, m, n):
+            s = np.linalg.svd(mat.numpy(), compute_uv=False)
+            assert np.all(np.abs(s[:3] - want) <= 1.2 * edge), (name, s[:4] / edge)
+            assert s[3] <= 1.2 * edge, (name, s[3] / edge)
+        d_plain = values(t0, name) - w_plain
+        d = values(t1, name) - w
+        bound = U_BF16 * float(values(t1, name).abs().max()) * 2
+        assert float((d - d_plain).abs().max()) <= bound, name
+    for bad in ({"base_spikes": -1}, {"spike_size": 0.0}, {"spike_size": float("inf")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SynthSpec(**bad)
+    args = add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
+        ["OUT", "--base-spikes", "4", "--spike-size", "50"]
+    )
+    assert (args.base_spikes, args.spike_size) == (4, 50.0)
+
+
 def test_parse_size():
     assert parse_size("200MB") == 200_000_000
     assert parse_size("2GB") == 2_000_000_000

@@ -11,7 +11,11 @@ per tensor, seeded from the seed and the tensor's prefix-free name):
 - base weights ~ N(0, 0.02^2); norm weights ~ 1 + N(0, 0.02^2); with ``base_decay = a >
   0`` column ``j`` of every base matrix (0-based, per expert) is scaled by ``(j + 1)^-a``,
   rescaled so that the mean square stays 0.02^2: singular values that fall about as
-  ``i^-a``, as trained weights' do, where Gaussian ones have no gap anywhere;
+  ``i^-a``, as trained weights' do, where Gaussian ones have no gap anywhere; with
+  ``base_spikes = N`` every base matrix (per expert) also gets ``N`` singular values far
+  above the rest (spikes, as trained weights have): ``U diag(t) V^T`` on orthonormal ``U``,
+  ``V`` (QR of Gaussian draws), ``t`` from ``spike_size`` to half of it (linearly) times
+  ``0.02 (sqrt(m) + sqrt(n))``, the largest singular value of the Gaussian draw;
 - the tuned checkpoint is ``W1 = W0 + dW`` with ``dW = U diag(s) V^T`` per matrix (per
   expert for fused 3-D stacks), ``U``, ``V`` orthonormal (QR of Gaussian matrices) and
   ``r = min(update_rank, m, n)`` singular values ``s_i ∝ 2^(-i/4)`` scaled so that
@@ -112,6 +116,10 @@ class SynthSpec:
     update_scale: float = 1e-2
     base_decay: float = 0.0
     """Power ``a`` of the base matrices' column scales ``(j + 1)^-a`` (0: plain Gaussian)."""
+    base_spikes: int = 0
+    """Singular values added far above the rest of every base matrix (0: none)."""
+    spike_size: float = 30.0
+    """The largest spike, in units of the Gaussian draw's largest singular value."""
     changed_fraction: float = 1.0
     seed: int = 0
     prefix: str = "model."
@@ -144,6 +152,10 @@ class SynthSpec:
             raise ValueError(f"update_scale must be finite and >= 0, got {self.update_scale}")
         if not (self.base_decay >= 0 and math.isfinite(self.base_decay)):
             raise ValueError(f"base_decay must be finite and >= 0, got {self.base_decay}")
+        if self.base_spikes < 0:
+            raise ValueError(f"base_spikes must be >= 0, got {self.base_spikes}")
+        if not (self.spike_size > 0 and math.isfinite(self.spike_size)):
+            raise ValueError(f"spike_size must be finite and > 0, got {self.spike_size}")
         if not (0.0 <= self.changed_fraction <= 1.0):
             raise ValueError(f"changed_fraction must be in [0, 1], got {self.changed_fraction}")
 
@@ -292,7 +304,22 @@ def _base_values(e: _Entry, spec: SynthSpec) -> torch.Tensor:
         scale = torch.arange(1, n + 1, dtype=torch.float64) ** -spec.base_decay
         scale /= scale.square().mean().sqrt()  # the mean square of x is kept
         x.mul_(scale.to(torch.float32))
+    if e.kind != "norm" and x.dim() >= 2 and spec.base_spikes > 0:
+        _add_spikes(x, spec, _generator(spec.seed, "spikes", e.key))
     return x
+
+
+def _add_spikes(x: torch.Tensor, spec: SynthSpec, g: torch.Generator) -> None:
+    """``x`` (a matrix, or a stack of them) += ``U diag(t) V^T`` per matrix: ``base_spikes``
+    singular values from ``spike_size`` to half of it times ``0.02 (sqrt(m) + sqrt(n))``."""
+    m, n = x.shape[-2:]
+    r = min(spec.base_spikes, m, n)
+    edge = _INIT_STD * (math.sqrt(m) + math.sqrt(n))
+    t = spec.spike_size * edge * torch.linspace(1.0, 0.5, r, dtype=torch.float64)
+    for mat in x.reshape(-1, m, n):
+        u = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))[0]
+        v = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+        mat.add_(((u * t) @ v.T).to(torch.float32))
 
 
 def _store(x: torch.Tensor, e: _Entry, dtype: str, name: str) -> dict[str, torch.Tensor]:
@@ -688,6 +715,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         update_rank=args.update_rank,
         update_scale=args.update_scale,
         base_decay=args.base_decay,
+        base_spikes=args.base_spikes,
+        spike_size=args.spike_size,
         changed_fraction=args.changed_fraction,
         seed=args.seed,
     )
@@ -730,6 +759,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     )
     update = f"rank-{spec.update_rank} update x{spec.update_scale:g}"
     decay = f", base columns x (j+1)^-{spec.base_decay:g}" if spec.base_decay else ""
+    if spec.base_spikes:
+        decay += f", {spec.base_spikes} base spikes up to {spec.spike_size:g}x the bulk"
     print(f"wrote {pair.root}: {shape}, {update}{decay}")
     for name, nbytes in pair.nbytes.items():
         folder = pair.root / name

@@ -100,6 +100,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="scale column j of every base matrix by (j+1)^-A: singular values falling "
         "about as i^-A, as trained weights' do (default 0: Gaussian, no gap anywhere)",
     )  # fmt: skip
+    p.add_argument(
+        "--base-spikes", type=int, default=0, metavar="N",
+        help="add N singular values far above the rest to every base matrix (spikes, as "
+        "trained weights have; default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--spike-size", type=float, default=30.0, metavar="R",
+        help="the largest spike, R times the Gaussian draw's largest singular value; the "
+        "others fall linearly to R/2 (default 30)",
+    )  # fmt: skip
     p.add_argument("--changed-fraction", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -165,23 +165,34 @@ update: 0.70 s against 0.72 s for 1024 rows) and 200 MB less peak memory per wor
 
 
 def _syrk_gram(
-    w0: torch.Tensor | None, w1: torch.Tensor, side: str, dtype: torch.dtype
+    w0: torch.Tensor | None,
+    w1: torch.Tensor,
+    side: str,
+    dtype: torch.dtype,
+    deflate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gram matrix of ``d = w1 - w0`` (``w0=None``: zero) in ``dtype`` (float32 or float64)
     by BLAS's ``syrk`` (:mod:`paramgeom.linalg._blas`) on blocks of ``d`` formed in
     ``dtype``: row blocks for ``d^T d`` (``side="right"``), column blocks for ``d d^T``.
     One triangle is computed, then mirrored: exactly symmetric. The difference of bf16 or
     fp16 weights is exact in float32 and float64, so ``dtype`` decides only how the sums
-    round (float64: as the float64 kernel's)."""
+    round (float64: as the float64 kernel's). ``deflate``: see :func:`gram32`."""
     size = w1.shape[1] if side == "right" else w1.shape[0]
     g = torch.zeros(size, size, dtype=dtype)
-    _syrk_add_lower(g, w0, w1, side)
+    _syrk_add_lower(g, w0, w1, side, deflate)
     return _blas.mirror_lower_(g)
 
 
-def _syrk_add_lower(g: torch.Tensor, w0: torch.Tensor | None, w1: torch.Tensor, side: str):
+def _syrk_add_lower(
+    g: torch.Tensor,
+    w0: torch.Tensor | None,
+    w1: torch.Tensor,
+    side: str,
+    deflate: torch.Tensor | None = None,
+):
     """``g``'s lower triangle ``+=`` that of ``d^T d`` (``side="right"``) or ``d d^T``, by
-    ``syrk`` on blocks of ``d = w1 - w0`` formed in ``g``'s dtype (:func:`_syrk_gram`)."""
+    ``syrk`` on blocks of ``d = w1 - w0`` formed in ``g``'s dtype (:func:`_syrk_gram`), each
+    with ``deflate``'s span projected out first when it is given."""
     rows_are_samples = side == "right"
     dtype = g.dtype
     m, n = w1.shape
@@ -192,7 +203,32 @@ def _syrk_add_lower(g: torch.Tensor, w0: torch.Tensor | None, w1: torch.Tensor, 
         d = w1[cut].to(dtype)  # w1 itself when already dtype: never changed in place
         if w0 is not None:
             d = d - w0[cut].to(dtype)
+        if deflate is not None:
+            d = _project_out(d, deflate, rows_are_samples)
         _blas.syrk_(g, d, rows_are_samples=rows_are_samples)
+
+
+def _project_out(d: torch.Tensor, basis: torch.Tensor, rows_are_samples: bool) -> torch.Tensor:
+    """``d`` with the span of the orthonormal float64 ``basis`` removed from its Gram's side:
+    ``d (I - B B^T)`` when its rows are the samples (the Gram ``d^T d``), ``(I - B B^T) d``
+    otherwise. In float64 (a float32 product would leave ``eps32 * ||d||`` of what it
+    removes), returned in ``d``'s dtype."""
+    x = d.to(torch.float64)
+    x = x - ((x @ basis) @ basis.T if rows_are_samples else basis @ (basis.T @ x))
+    return x.to(d.dtype)
+
+
+def _deflated_gram64(
+    w0: torch.Tensor | None, w1: torch.Tensor, side: str, deflate: torch.Tensor
+) -> torch.Tensor:
+    """The float64 Gram of ``d = w1 - w0`` with ``deflate``'s span projected out of ``d``,
+    formed whole (float64 weights, CUDA: the paths :func:`gram32` does not block)."""
+    d = w1.to(torch.float64)
+    if w0 is not None:
+        d = d - w0.to(torch.float64)
+    d = _project_out(d, deflate.to(d.device), side == "right")
+    g = d.T @ d if side == "right" else d @ d.T
+    return 0.5 * (g + g.T)
 
 
 def _syrk_wanted(device: torch.device, dtype: torch.dtype, size: int | None = None) -> bool:
@@ -204,7 +240,12 @@ def _syrk_wanted(device: torch.device, dtype: torch.dtype, size: int | None = No
     return device.type == "cpu" and current_backend() == "auto" and _blas.available(dtype)
 
 
-def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor:
+def gram32(
+    w0: torch.Tensor | None,
+    w1: torch.Tensor,
+    side: str,
+    deflate: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Gram matrix of ``d = w1 - w0`` (``w0=None``: zero) accumulated in float32, for a
     float32 reduction that a float64 Rayleigh-Ritz step finishes (``randomized_svd``'s exact
     path). On CUDA it is :func:`gram` (whose kernel accumulates in float32 there); on CPU,
@@ -212,13 +253,28 @@ def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor
     ``d`` (:func:`_syrk_gram`; 6880 x 2560 on one thread of the AVX-512 VM: 0.43-0.47 s
     against 0.44-0.50 s for float32 GEMMs over the upper block triangle, the same at 1024
     columns), or those GEMMs where SciPy's BLAS cannot be reached or another backend is
-    named. Exactly symmetric. Float64 weights (the tests' oracles) keep :func:`gram`."""
+    named. Exactly symmetric. Float64 weights (the tests' oracles) keep :func:`gram`.
+
+    ``deflate`` (orthonormal float64 columns on the Gram's side, ``(size, s)``): the Gram of
+    ``d`` with their span projected out of it (``d (I - B B^T)``, or ``(I - B B^T) d`` for
+    ``side="left"``), each block projected in float64 before it is summed in float32. A few
+    large singular values (spikes) set a float32 Gram's rounding, ``eps32 * s_1^2``; with
+    their vectors projected out it is ``eps32 * s_{s+1}^2`` (``eigen.passing_window``)."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if deflate is not None:
+        size = w1.shape[1] if side == "right" else w1.shape[0]
+        if deflate.dim() != 2 or deflate.shape[0] != size or deflate.dtype != torch.float64:
+            raise ValueError(
+                f"deflate must be float64 of shape ({size}, s), got {deflate.dtype} "
+                f"{tuple(deflate.shape)}"
+            )
     if _use_float64_path(w1) or w1.device.type != "cpu":
+        if deflate is not None:
+            return _deflated_gram64(w0, w1, side, deflate).to(torch.float32)
         return gram(w0, w1, side).to(torch.float32)
     if _syrk_wanted(w1.device, torch.float32):
-        return _syrk_gram(w0, w1, side, torch.float32)
+        return _syrk_gram(w0, w1, side, torch.float32, deflate)
     if side == "left":
         w1 = w1.T
         w0 = None if w0 is None else w0.T
@@ -229,6 +285,8 @@ def gram32(w0: torch.Tensor | None, w1: torch.Tensor, side: str) -> torch.Tensor
         d = w1[r : r + step].to(torch.float32)
         if w0 is not None:
             d = d - w0[r : r + step].to(torch.float32)
+        if deflate is not None:
+            d = _project_out(d, deflate, rows_are_samples=True)
         # The upper block triangle only, mirrored below: 24-32% less time than the full
         # GEMM (2752 x 1024: 66 vs 88 ms; 5504 x 2048: 467 vs 691 ms), and exactly symmetric.
         # (Writing the lower one instead took 15% longer: 0.25 vs 0.21 s at 5504 x 2048.)

@@ -21,9 +21,13 @@ Gaussian and power-law Grams, against the 0.05-degree accuracy stated for the an
 That bound, taken with Ritz values (:func:`float32_bound_deg`), decides: a window whose
 bound passes ``FLOAT32_BOUND_DEG`` is dropped. Decaying spectra (trained weights) often
 reach the gap the bound wants a few hundred eigenvalues past K: one wider window, its width
-predicted from the failed one's Ritz values (:func:`float32_retry_width`), is tried; where
-none up to half the matrix is predicted to pass (steep spectra, where float32 cannot
-resolve ``lambda_K`` next to ``lambda_1``), or the wider one fails too, float64 answers.
+predicted from the failed one's Ritz values (:func:`float32_retry_width`), is tried. Where
+none up to half the matrix is predicted to pass, a few singular values far above the rest
+(spikes) may be what sets ``eps32 * lambda_1``: then the same width is tried once more on
+the matrix with the first window's top Ritz vectors projected out (as few as
+:func:`deflation_count` finds enough), and those vectors are joined to the new window. Where
+neither is predicted to pass (steep spectra, where float32 cannot resolve ``lambda_K`` next
+to ``lambda_1``), or the one tried fails, float64 answers.
 :func:`paramgeom.linalg.randomized_svd.exact_svd` uses the same window and test on a float32
 Gram from ``n >= 512``.
 
@@ -44,6 +48,8 @@ from paramgeom.linalg import _lapack
 from paramgeom.linalg.cholesky_qr import orthonormalise_near
 
 __all__ = [
+    "deflated",
+    "deflation_count",
     "eigenvalues_desc",
     "float32_bound_deg",
     "float32_retry_width",
@@ -68,6 +74,10 @@ FLOAT32_WIDTH_SAFETY = 1.2
 """Factor on the gap that :func:`float32_retry_width` asks the wider window for, against the
 curvature its local power law does not see (measured: widths 374 and 1124 predicted where
 359 and 1042 were the least that passed, on power-law Grams of 2560 and 6144)."""
+DEFLATE_MAX = 32
+"""Most top Ritz vectors (spikes) :func:`deflation_count` projects out before a second float32
+window: each costs ``4 m n`` flops in float64 over the matrix, a small part of the float32
+Gram the deflated window needs (``m n^2``) up to this count."""
 FLOAT32_WIDTH_MAX = 0.5
 """Widest float32 window, as a fraction of the matrix. A wider window costs more to solve and
 to finish (its Ritz products grow with it), the float64 solve does not: measured, one
@@ -115,17 +125,46 @@ def eigenvalues_desc(g: torch.Tensor, *, symmetric: bool = False) -> torch.Tenso
     return torch.from_numpy(vals[::-1].copy())
 
 
-def float32_bound_deg(ritz_desc: torch.Tensor, k: int) -> float:
+def float32_bound_deg(ritz_desc: torch.Tensor, k: int, deflated: int = 0) -> float:
     """Davis-Kahan bound (degrees) of a float32 window basis' error in the top-k subspace:
     a perturbation of ``eps32 * lambda_1`` against the gap from the k-th Ritz value to the
     window's last (the estimate of the first eigenvalue outside it). ``ritz_desc``: the
     window's Ritz values, descending. Measured errors sit 30 to 300 times below it; where it
     is large (steep spectra: ``lambda_1 / lambda_k`` towards ``1 / eps32``) the float32
-    basis can be wrong by tens of degrees (measured: 72 degrees at ``s_1 / s_k = 1464``)."""
+    basis can be wrong by tens of degrees (measured: 72 degrees at ``s_1 / s_k = 1464``).
+
+    ``deflated = s``: the window of a Gram whose matrix had the top ``s`` Ritz vectors of an
+    earlier window projected out (:func:`passing_window`). What is left rounds at ``eps32 *
+    lambda_{s+1}``; the ``s`` vectors' own error, ``delta = eps32 * lambda_1 / (lambda_s -
+    lambda_last)`` (radians), leaves ``delta * lambda_{s+1}`` of the part kept and ``delta^2
+    * lambda_1`` of the part removed: the perturbation is their sum."""
     gap = float(ritz_desc[k - 1] - ritz_desc[-1])
     if not gap > 0.0:
         return math.inf
-    return math.degrees(2.0**-24 * float(ritz_desc[0]) / gap)
+    eps, top = 2.0**-24, float(ritz_desc[0])
+    if deflated == 0:
+        return math.degrees(eps * top / gap)
+    sep = float(ritz_desc[deflated - 1] - ritz_desc[-1])
+    if not sep > 0.0:
+        return math.inf
+    delta, kept = eps * top / sep, float(ritz_desc[deflated])
+    return math.degrees((eps * kept + delta * kept + delta**2 * top) / gap)
+
+
+def deflation_count(ritz_desc: torch.Tensor, k: int) -> int | None:
+    """The fewest top Ritz vectors (at most :data:`DEFLATE_MAX`, fewer than ``k``) whose
+    projection out of the matrix would let a window of the same width pass
+    :data:`FLOAT32_BOUND_DEG` (its bound widened by :data:`FLOAT32_WIDTH_SAFETY`), from the
+    Ritz values ``ritz_desc`` (descending) of a window that did not; None when none does.
+
+    Trained weights often have a few singular values far above the rest (spikes): they set
+    the float32 rounding, ``eps32 * lambda_1``, though the top-k subspace's gap lies among
+    the rest. Their vectors, well separated, are accurate in the failed window already."""
+    for s in range(1, min(DEFLATE_MAX, k - 1) + 1):
+        bound = float32_bound_deg(ritz_desc, k, deflated=s)
+        if FLOAT32_WIDTH_SAFETY * bound <= FLOAT32_BOUND_DEG:
+            return s
+    return None
 
 
 def float32_retry_width(ritz_desc: torch.Tensor, k: int, n: int) -> int | None:
@@ -152,20 +191,39 @@ def float32_retry_width(ritz_desc: torch.Tensor, k: int, n: int) -> int | None:
     return width if w < width <= FLOAT32_WIDTH_MAX * n else None
 
 
-def passing_window(attempt: Callable[[int], tuple], k: int, n: int, width: int) -> tuple | None:
-    """The float32-window rule in one place: ``attempt(width)`` (a window of that width and
-    its Ritz values, descending, as the first item of what it returns), kept when it passes
-    ``FLOAT32_BOUND_DEG``; else once ``attempt`` of the width :func:`float32_retry_width`
-    predicts from those values (``n``: the matrix's side), kept when that passes; None when
-    neither does (then float64 answers)."""
-    got = attempt(width)
+def passing_window(
+    attempt: Callable[[int, torch.Tensor | None], tuple], k: int, n: int, width: int
+) -> tuple | None:
+    """The float32-window rule in one place. ``attempt(width, spikes)`` solves a window of
+    that width and returns its Ritz values (descending) and Ritz vectors (float64, the same
+    order) first; with ``spikes`` (orthonormal float64 columns) the window is that of the
+    matrix with their span projected out, joined to them (``width - s`` vectors of its own).
+
+    The first window (``spikes=None``) is kept when it passes ``FLOAT32_BOUND_DEG``; else
+    one more is tried and kept when it passes: as wide as :func:`float32_retry_width`
+    predicts from the first's Ritz values (decaying spectra; ``n``: the matrix's side), or,
+    where no width is predicted, the same width with the first's top Ritz vectors projected
+    out, as many as :func:`deflation_count` says (spikes). None when neither is tried or the
+    one tried fails: then float64 answers."""
+    got = attempt(width, None)
     if float32_bound_deg(got[0], k) <= FLOAT32_BOUND_DEG:
         return got
     wider = float32_retry_width(got[0], k, n)
-    if wider is None:
+    if wider is not None:
+        got = attempt(wider, None)
+        return got if float32_bound_deg(got[0], k) <= FLOAT32_BOUND_DEG else None
+    spikes = deflation_count(got[0], k)
+    if spikes is None:
         return None
-    got = attempt(wider)
-    return got if float32_bound_deg(got[0], k) <= FLOAT32_BOUND_DEG else None
+    got = attempt(width, got[1][:, :spikes].contiguous())
+    return got if float32_bound_deg(got[0], k, deflated=spikes) <= FLOAT32_BOUND_DEG else None
+
+
+def deflated(g: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``(I - B B^T) g (I - B B^T)`` for the symmetric float64 ``g`` and orthonormal ``B``:
+    ``g`` with ``B``'s span projected out (its eigenvalues there become zero, the rest stay)."""
+    g = g - basis @ (basis.T @ g)
+    return g - (g @ basis) @ basis.T
 
 
 def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch.Tensor:
@@ -236,10 +294,14 @@ def top_eigenpairs(
     given, g = g, _symmetric(g, symmetric)
     if g.device.type == "cpu" and k < n and _scipy_eigh() is not None:
         if float32 and g.dtype == torch.float64 and n >= FLOAT32_REDUCTION_MIN:
-            got = passing_window(
-                lambda w: ritz(g, top_window(g, w, symmetric=True)), k, n,
-                min(n, k + FLOAT32_MARGIN),
-            )  # fmt: skip
+
+            def attempt(w: int, spikes: torch.Tensor | None):
+                if spikes is None:
+                    return ritz(g, top_window(g, w, symmetric=True))
+                rest = top_window(deflated(g, spikes), w - spikes.shape[1])
+                return ritz(g, orthonormalise_near(torch.cat([spikes, rest], 1)))
+
+            got = passing_window(attempt, k, n, min(n, k + FLOAT32_MARGIN))
             if got is not None:
                 vals, vecs = got
                 return vals[:k].contiguous(), vecs[:, :k].contiguous()
