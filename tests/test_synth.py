@@ -353,7 +353,9 @@ def test_base_spikes_put_singular_values_far_above_the_bulk(tmp_path, arch):
         d = values(t1, name) - w
         bound = U_BF16 * float(values(t1, name).abs().max()) * 2
         assert float((d - d_plain).abs().max()) <= bound, name
-    for bad in ({"base_spikes": -1}, {"spike_size": 0.0}, {"spike_size": float("inf")}):
+    bad_specs = [{"base_spikes": -1}, {"spike_size": 0.0}, {"spike_size": float("nan")}]
+    bad_specs += [{"spike_size": float("inf")}, {"spike_size": 1e7}]
+    for bad in bad_specs:
         with pytest.raises(ValueError, match=next(iter(bad))):
             SynthSpec(**bad)
     args = add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(

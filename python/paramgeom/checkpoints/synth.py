@@ -86,6 +86,9 @@ _TORCH_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3
 DTYPES: dict[str, torch.dtype] = dict(zip(DTYPE_NAMES, _TORCH_DTYPES, strict=True))
 _HF_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}
 _INIT_STD = 0.02
+SPIKE_SIZE_MAX = 1e6
+"""Largest ``spike_size``: past it the spikes' sum with the bulk loses the bulk entirely to
+float32 rounding (and far past it, overflows), which no trained weight does."""
 _FP8_BLOCK = 128
 
 Progress = Callable[[int], None]
@@ -154,8 +157,10 @@ class SynthSpec:
             raise ValueError(f"base_decay must be finite and >= 0, got {self.base_decay}")
         if self.base_spikes < 0:
             raise ValueError(f"base_spikes must be >= 0, got {self.base_spikes}")
-        if not (self.spike_size > 0 and math.isfinite(self.spike_size)):
-            raise ValueError(f"spike_size must be finite and > 0, got {self.spike_size}")
+        if not (0 < self.spike_size <= SPIKE_SIZE_MAX):
+            raise ValueError(
+                f"spike_size must be in (0, {SPIKE_SIZE_MAX:g}], got {self.spike_size}"
+            )
         if not (0.0 <= self.changed_fraction <= 1.0):
             raise ValueError(f"changed_fraction must be in [0, 1], got {self.changed_fraction}")
 
