@@ -18,7 +18,9 @@ from paramgeom.linalg import _ops
 def _save(folder: Path, seed: int) -> Path:
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True)
-    w = torch.randn(48, 40, generator=g)
+    # 160 x 128: wide enough that block Krylov at --rank 4 (blocks of 14) runs its blocks
+    # before half of 128 (on CPU the exact path's products are float64 GEMMs, no kernel).
+    w = torch.randn(160, 128, generator=g)
     save_file(
         {
             "model.layers.0.mlp.up_proj.weight": (w + 0.1 * seed).to(torch.bfloat16),

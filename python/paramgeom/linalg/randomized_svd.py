@@ -4,9 +4,9 @@ DESIGN.md "Kernels (the contract)" item 4: the randomized range finder of Halko,
 and Tropp ("Finding structure with randomness", SIAM Review 53(2), 2011; Alg. 4.4 with the
 small SVD of Sec. 5.1) on the implicit difference, and an exact path through the Gram matrix
 when ``min(m, n)`` is small. ``dW`` is never materialised whole: every product goes through
-``diff_matmul`` and every Gram through ``gram_update``, except the exact path's float32 Gram
-and float64 Rayleigh-Ritz products on CPU, which form ``dW`` one row block at a time
-(:mod:`paramgeom.linalg._ops`).
+``diff_matmul`` and every Gram through ``gram_update``, except on CPU the exact path's
+float32 Grams and float64 products (the Rayleigh-Ritz step's, and the other side's vectors
+``dW v_i / s_i``), which form ``dW`` one row block at a time (:mod:`paramgeom.linalg._ops`).
 
 Range finder, with ``l = k + p`` columns: the block Krylov space of Musco and Musco
 (:mod:`paramgeom.linalg.krylov`), which keeps every block of the power iteration instead of
@@ -218,7 +218,12 @@ def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None, float32: boo
     # float32=False: this spectrum's float32 windows already failed their bound, skip them.
     evals, vecs = top_eigenpairs(g, k, symmetric=True, float32=float32)
     s = evals.clamp_min(0.0).sqrt()
-    other = _ops.diff_matmul(w0, w1, vecs, transpose=(side == "left"))
+    # The other side's vectors, dW v_i / s_i: float64 products on CPU. The kernel's fp32
+    # products (DESIGN.md contract 3, kept on CUDA) err by about eps32 * s_1 / s_i, which on
+    # the steep and spiked spectra this path is the fallback for reached 2.4e-3 degree
+    # (spikes 1000x the bulk, 4096 wide) and would reach 0.03 at s_1 / s_k = 1e4.
+    product = _ops.exact_matmul if w1.device.type == "cpu" else _ops.diff_matmul
+    other = product(w0, w1, vecs, transpose=(side == "left"))
     other = normalise_columns(other, s, generator(seed))
     if side == "right":
         return other, s, vecs.T.contiguous()
