@@ -163,9 +163,9 @@ def exact_svd(w0: torch.Tensor | None, w1: torch.Tensor, k: int, seed: int | Non
       (:func:`~paramgeom.linalg.eigen.float32_retry_width`: decaying spectra), or where
       none is predicted, one of ``dW`` with the first window's top Ritz vectors projected out
       (spikes: a few singular values far above the rest set the float32 rounding; measured
-      on a 4096-wide Gaussian bulk with 8 spikes of 30 to 1000 times its edge: 5.5-5.7 s
-      against 7.6-7.8 s for float64, angles within 2.4e-4 degree); steeper spectra, or a
-      second window that fails too, take the float64 way.
+      on a 4096-wide bf16 Gaussian bulk with 8 spikes of 30 to 1000 times its edge, one
+      thread: 8.4-8.6 s against 12.4-13.0 s for float64, within 3.1e-4 degree of it);
+      steeper spectra, or a second window that fails too, take the float64 way.
     """
     m, n = w1.shape
     side = "right" if n <= m else "left"
