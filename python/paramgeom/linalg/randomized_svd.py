@@ -219,9 +219,9 @@ def _exact_svd_float64(w0, w1, k: int, side: str, seed: int | None, float32: boo
     evals, vecs = top_eigenpairs(g, k, symmetric=True, float32=float32)
     s = evals.clamp_min(0.0).sqrt()
     # The other side's vectors, dW v_i / s_i: float64 products on CPU. The kernel's fp32
-    # products (DESIGN.md contract 3, kept on CUDA) err by about eps32 * s_1 / s_i, which on
-    # the steep and spiked spectra this path is the fallback for reached 2.4e-3 degree
-    # (spikes 1000x the bulk, 4096 wide) and would reach 0.03 at s_1 / s_k = 1e4.
+    # products (DESIGN.md contract 3, kept on CUDA) err by up to eps32 * s_1 / s_i, which
+    # grows on the steep and spiked spectra this path is the fallback for: measured 2.4e-3
+    # degree with spikes 1000x the bulk (4096 wide), 3.9e-5 at s_1 / s_k = 9500 (now 1.9e-6).
     product = _ops.exact_matmul if w1.device.type == "cpu" else _ops.diff_matmul
     other = product(w0, w1, vecs, transpose=(side == "left"))
     other = normalise_columns(other, s, generator(seed))
