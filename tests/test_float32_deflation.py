@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import subspace_angles
+from windows import window_widths
 
 from paramgeom import linalg
 from paramgeom.linalg import _ops, eigen, top_eigenpairs
@@ -29,19 +30,6 @@ def _spiked(m: int, n: int, seed: int, ratio: float, count: int = 6) -> torch.Te
     v, _ = torch.linalg.qr(torch.randn(n, count, generator=g))
     s = edge * ratio * torch.linspace(1.0, 0.6, count)
     return (a + (u * s) @ v.T).bfloat16()
-
-
-def _window_widths(monkeypatch) -> list[int]:
-    widths: list[int] = []
-    real = eigen.top_window
-
-    def spy(g, width, **kw):
-        widths.append(width)
-        return real(g, width, **kw)
-
-    monkeypatch.setattr(eigen, "top_window", spy)
-    monkeypatch.setattr(rs, "top_window", spy)
-    return widths
 
 
 def test_deflated_bound_is_the_stated_sum():
@@ -94,7 +82,7 @@ def test_exact_svd_projects_spikes_out_and_matches_the_float64_oracle(
     w0 = (torch.randn(m, n, generator=torch.Generator().manual_seed(4)) * 0.02).bfloat16()
     w0 = w0 if with_base else None
     d = w1.double() - (0.0 if w0 is None else w0.double())
-    widths = _window_widths(monkeypatch)
+    widths = window_widths(monkeypatch)
     grams = []
     real_gram = rs._ops.gram
     monkeypatch.setattr(rs._ops, "gram", lambda *a: grams.append(1) or real_gram(*a))
@@ -115,7 +103,7 @@ def test_without_the_projection_the_spiked_spectrum_takes_float64(monkeypatch):
     """What the projection saves: with it turned off the same matrix gets one float32 window
     and then the float64 Gram and solve (same figures to the 0.01 degree)."""
     w = _spiked(700, 560, seed=3, ratio=100.0)
-    widths = _window_widths(monkeypatch)
+    widths = window_widths(monkeypatch)
     monkeypatch.setattr(eigen, "deflation_count", lambda *a: None)
     _, s, vh = rs.exact_svd(None, w, 64)
     assert widths == [64 + eigen.FLOAT32_MARGIN]
@@ -130,7 +118,7 @@ def test_top_eigenpairs_projects_spikes_out_of_a_float64_gram(monkeypatch):
     g = w.T @ w
     k = 64
     monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
-    widths = _window_widths(monkeypatch)
+    widths = window_widths(monkeypatch)
     vals, vecs = top_eigenpairs(g, k, symmetric=True)
     assert len(widths) == 2 and widths[0] == k + eigen.FLOAT32_MARGIN > widths[1]
     want_vals, want_vecs = torch.linalg.eigh(g)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import subspace_angles
+from windows import window_widths
 
 from paramgeom._backends import cpu as cpu_backend
 from paramgeom.linalg import eigenvalues_desc, top_eigenpairs
@@ -296,22 +297,6 @@ def test_float32_retry_width_gives_up_where_no_window_can_pass():
     assert eigen.float32_retry_width(decaying, 64, 2 * wide - 1) is None
 
 
-def _window_widths(monkeypatch) -> list[int]:
-    from paramgeom.linalg import eigen
-
-    rs = importlib.import_module("paramgeom.linalg.randomized_svd")
-    widths: list[int] = []
-    real = eigen.top_window
-
-    def spy(g, width, **kw):
-        widths.append(width)
-        return real(g, width, **kw)
-
-    monkeypatch.setattr(eigen, "top_window", spy)
-    monkeypatch.setattr(rs, "top_window", spy)
-    return widths
-
-
 def test_exact_svd_retries_a_wider_float32_window_on_a_decaying_spectrum(monkeypatch):
     """The 16-wide margin fails its bound, the predicted wider window passes: no float64
     Gram is formed, and the answer is the float64 oracle's (subspaces within the 0.01 degree
@@ -320,7 +305,7 @@ def test_exact_svd_retries_a_wider_float32_window_on_a_decaying_spectrum(monkeyp
     m, n, decay = DECAYING
     k = 64
     w = _weights(m, n, seed=7, decay=decay)
-    widths = _window_widths(monkeypatch)
+    widths = window_widths(monkeypatch)
     grams = []
     real_gram = rs._ops.gram
     monkeypatch.setattr(rs._ops, "gram", lambda *a: grams.append(1) or real_gram(*a))
@@ -344,7 +329,7 @@ def test_top_eigenpairs_retries_a_wider_float32_window(monkeypatch):
     w = _weights(m, n, seed=7, decay=decay).double()
     g = w.T @ w
     monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
-    widths = _window_widths(monkeypatch)
+    widths = window_widths(monkeypatch)
     vals, vecs = top_eigenpairs(g, k, symmetric=True)
     assert len(widths) == 2 and widths[0] == k + 16 and widths[1] > widths[0]
     want_vals, want_vecs = torch.linalg.eigh(g)
@@ -360,7 +345,7 @@ def test_exact_svd_on_a_steep_spectrum_tries_float32_once(monkeypatch):
     from paramgeom.linalg import eigen
 
     monkeypatch.setattr(eigen, "FLOAT32_REDUCTION_MIN", 1)
-    widths = _window_widths(monkeypatch)
+    widths = window_widths(monkeypatch)
     w = _weights(600, 520, seed=9, decay=1.6)
     _, s, _ = rs.exact_svd(None, w, 64)
     assert widths == [64 + 16]
