@@ -50,6 +50,13 @@ part of ``r_i``.
 Accuracy: products run in fp32 (the kernels' contract), so residuals below about
 ``1e-7 s_1`` are rounding; the residual here adds the measured disagreement of the ``A`` and
 ``A^T`` products (``V^T A^T U_j`` against ``B``'s last block row) to ``||F P||``.
+
+Where the rows live: the method touches ``A``'s rows (the left vectors ``U``) only through
+products, inner products ``X^T Y`` over all rows, QR factorisations and seeded random
+blocks; :class:`WholeMatrix` does these in this process, and
+:class:`paramgeom.linalg.distributed.RowShardedMatrix` on rows split over ranks (all-reduced
+inner products, TSQR), so one method gives the one-process and the sharded figures (equal
+to rounding). Everything of size ``n`` or smaller is replicated.
 """
 
 from __future__ import annotations
@@ -66,10 +73,16 @@ from paramgeom.linalg.randomized_svd import (
     exact_svd,
     gaussian,
     normalise_columns,
-    orth,
 )
 
-__all__ = ["RESIDUAL_TOL", "KrylovSVD", "block_krylov_svd"]
+__all__ = [
+    "RESIDUAL_TOL",
+    "KrylovSVD",
+    "WholeMatrix",
+    "WholeRows",
+    "block_krylov",
+    "block_krylov_svd",
+]
 
 # Default stop test: the largest relative Ritz residual of the top k, max_i ||A^T u_i - s_i v_i||
 # / s_1. fp32 products put a floor of about 1e-7 under it.
@@ -109,26 +122,79 @@ class KrylovSVD:
         return iter((self.U, self.S, self.V))
 
 
-def _project_out(basis: torch.Tensor | None, y: torch.Tensor):
+class WholeRows:
+    """The vectors of a space of ``size`` rows held whole in this process: the operations the
+    method needs on a block of them (inner products over all rows, column norms, QR, seeded
+    random blocks), done locally. The right vectors' space is always one of these."""
+
+    def __init__(self, size: int, device) -> None:
+        self.size, self.device = int(size), device
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a^T b`` summed over every row."""
+        return a.T @ b
+
+    def norms(self, y: torch.Tensor) -> torch.Tensor:
+        """Column norms over every row."""
+        return torch.linalg.vector_norm(y, dim=0)
+
+    def qr(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reduced QR: this process's rows of ``Q`` and the whole ``R``."""
+        return torch.linalg.qr(y)
+
+    def gaussian(self, cols: int, gen: torch.Generator) -> torch.Tensor:
+        """This process's rows of a ``size x cols`` Gaussian block drawn from ``gen``."""
+        return gaussian(self.size, cols, gen, self.device)
+
+
+class WholeMatrix(WholeRows):
+    """``A = w1 - w0`` (``w0=None``: ``w1``) held whole in this process, read through
+    ``diff_matmul`` only; its rows (the left vectors) are a :class:`WholeRows` space."""
+
+    def __init__(self, w0: torch.Tensor | None, w1: torch.Tensor) -> None:
+        super().__init__(int(w1.shape[0]), w1.device)
+        self.w0, self.w1 = w0, w1
+        self.shape = (int(w1.shape[0]), int(w1.shape[1]))
+
+    def mul(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``A x`` (this process's rows) or ``A^T x`` (whole), float64."""
+        return _ops.diff_matmul(self.w0, self.w1, x, transpose=transpose)
+
+    def check_finite(self, x: torch.Tensor) -> None:
+        """Raise (ValueError) when a product is not finite."""
+        check_finite(x, "w1 - w0")
+
+    def exact(self, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact top-``k`` ``(U, S, V)`` from the Gram of the smaller side
+        (``exact_svd``)."""
+        u, s, vh = exact_svd(self.w0, self.w1, k, seed=seed)
+        return u, s, vh.T.contiguous()
+
+
+def _project_out(basis: torch.Tensor | None, y: torch.Tensor, space: WholeRows):
     """``y - basis (basis^T y)`` twice (classical Gram-Schmidt, reorthogonalised); returns the
     remainder and the summed coefficients ``basis^T y``."""
     if basis is None or basis.shape[1] == 0:
         return y, None
-    c = basis.T @ y
+    c = space.dot(basis, y)
     y = y - basis @ c
-    c2 = basis.T @ y
+    c2 = space.dot(basis, y)
     return y - basis @ c2, c + c2
 
 
-def _random_fill(basis, live, count, n, gen, device):
+def _orth(y: torch.Tensor, space: WholeRows) -> torch.Tensor:
+    return space.qr(y)[0]
+
+
+def _random_fill(basis, live, count, space: WholeRows, gen):
     """``count`` random orthonormal columns orthogonal to ``basis`` and ``live``."""
-    g = gaussian(n, count, gen, device)
+    g = space.gaussian(count, gen)
     for b in (basis, live):
-        g, _ = _project_out(b, g)
-    q = orth(g)
+        g, _ = _project_out(b, g, space)
+    q = _orth(g, space)
     for b in (basis, live):  # the random block lost length in the projections: clean it
-        q, _ = _project_out(b, q)
-    return orth(q)
+        q, _ = _project_out(b, q, space)
+    return _orth(q, space)
 
 
 def extend_basis(
@@ -137,6 +203,7 @@ def extend_basis(
     gen: torch.Generator,
     scale: float | None = None,
     projected: bool = False,
+    space: WholeRows | None = None,
 ):
     """Orthonormal ``Q`` with ``y``'s column count, orthogonal to ``basis``, whose span holds
     the part of ``span(y)`` outside ``span(basis)``.
@@ -145,16 +212,18 @@ def extend_basis(
     ``_DEAD * scale`` (default ``scale``: ``y``'s largest column) are rounding and are
     replaced by random orthonormal directions. ``projected``: ``y`` is already
     ``(I - basis basis^T)`` of a block whose largest column is ``scale`` (one pass is then
-    repeated only for directions that shrank). Returns ``(Q, C)`` with ``C = basis^T y``
-    (None without a basis or when ``projected``).
+    repeated only for directions that shrank). ``space``: where ``y``'s rows live (default:
+    whole in this process). Returns ``(Q, C)`` with ``C = basis^T y`` (None without a basis
+    or when ``projected``).
     """
-    n, b = y.shape
+    space = WholeRows(y.shape[0], y.device) if space is None else space
+    b = y.shape[1]
     if scale is None:
-        scale = float(torch.linalg.vector_norm(y, dim=0).max()) if y.numel() else 0.0
+        scale = float(space.norms(y).max()) if b else 0.0
     coef = None
     if not projected:
-        y, coef = _project_out(basis, y)
-    q, r = torch.linalg.qr(y)
+        y, coef = _project_out(basis, y, space)
+    q, r = space.qr(y)
     diag = torch.diagonal(r).abs()
     if scale > 0 and b and float(diag.min()) > _SHRUNK * scale:
         return q, coef  # well conditioned (the usual case): no rank decision to make
@@ -163,10 +232,10 @@ def extend_basis(
     live = int((sv > _DEAD * scale).sum()) if scale > 0 else 0
     q = q[:, :live]
     if live and float(sv[live - 1]) < _SHRUNK * scale:
-        q, _ = _project_out(basis, q)
-        q = orth(q)
+        q, _ = _project_out(basis, q, space)
+        q = _orth(q, space)
     if live < b:
-        q = torch.cat([q, _random_fill(basis, q, b - live, n, gen, y.device)], dim=1)
+        q = torch.cat([q, _random_fill(basis, q, b - live, space, gen)], dim=1)
     return q, coef
 
 
@@ -221,7 +290,29 @@ def block_krylov_svd(
         n)`` flops) and its Ritz problems more. ``1.0``: Krylov until a block no longer fits,
         with no prediction.
     """
-    m, n = int(w1.shape[0]), int(w1.shape[1])
+    return block_krylov(
+        WholeMatrix(w0, w1), k, start, max_steps, tol=tol, max_dim=max_dim, seed=seed,
+        one_sided=one_sided, exact_fraction=exact_fraction,
+    )  # fmt: skip
+
+
+def block_krylov(
+    a: WholeMatrix,
+    k: int,
+    start: torch.Tensor,
+    max_steps: int,
+    tol: float = 0.0,
+    max_dim: int | None = None,
+    seed: int = 0,
+    one_sided: bool = False,
+    exact_fraction: float = 0.5,
+) -> KrylovSVD:
+    """:func:`block_krylov_svd` on a matrix ``a`` whose rows may live elsewhere: a
+    :class:`WholeMatrix`, or anything with its methods and ``shape`` (the whole ``(m, n)``),
+    e.g. :class:`paramgeom.linalg.distributed.RowShardedMatrix`. ``U`` holds this process's
+    rows; ``S`` and ``V`` are the same wherever the rows live. The other parameters are
+    :func:`block_krylov_svd`'s."""
+    m, n = a.shape
     p = min(m, n)
     b = int(start.shape[1])
     if not (1 <= k <= p and 1 <= b <= p) or start.shape[0] != n:
@@ -231,20 +322,17 @@ def block_krylov_svd(
     if max_dim is not None and max_dim < 3 * b:
         raise ValueError(f"max_dim must be >= 3 b = {3 * b}, got {max_dim}")
     gen = torch.Generator().manual_seed(int(seed))
-    dev = w1.device
-
-    def mul(x, transpose=False):
-        return _ops.diff_matmul(w0, w1, x, transpose=transpose)
+    cols = WholeRows(n, a.device)
 
     # Room for the basis: past exact_fraction of the space the exact Gram path is cheaper,
     # and a block must always fit in what is left.
     room = min(p - b, exact_fraction * p)
     if 2 * b > room:
-        return _exact(w0, w1, k, 0, seed)
+        return _exact(a, k, 0, seed)
 
     V = U = None
-    B = torch.zeros(0, 0, dtype=torch.float64, device=dev)
-    f = start.to(device=dev, dtype=torch.float64)
+    B = torch.zeros(0, 0, dtype=torch.float64, device=cols.device)
+    f = start.to(device=cols.device, dtype=torch.float64)
     zscale = None
     steps = 0
     res = math.inf
@@ -253,38 +341,38 @@ def block_krylov_svd(
         steps += 1
         d = 0 if V is None else V.shape[1]
         # F is already reorthogonalised against V (it is needed so for the residuals).
-        v_new, _ = extend_basis(V, f, gen, scale=zscale, projected=V is not None)
-        av = mul(v_new)
-        check_finite(av, "w1 - w0")
-        u_new, coef = extend_basis(U, av, gen)
+        v_new, _ = extend_basis(V, f, gen, scale=zscale, projected=V is not None, space=cols)
+        av = a.mul(v_new)
+        a.check_finite(av)
+        u_new, coef = extend_basis(U, av, gen, space=a)
         # New block column of B = U^T A V: coefficients on the old U, and on the new block.
         # The new block row under the old columns is zero: A V_old lies in span(U_old).
         top = coef if coef is not None else av.new_zeros(0, b)
-        col = torch.cat([top, u_new.T @ av], dim=0)
+        col = torch.cat([top, a.dot(u_new, av)], dim=0)
         B = torch.cat([torch.cat([B, B.new_zeros(b, d)], dim=0), col], dim=1)
         V = v_new if V is None else torch.cat([V, v_new], dim=1)
         U = u_new if U is None else torch.cat([U, u_new], dim=1)
-        z = mul(u_new, transpose=True)
-        check_finite(z, "w1 - w0")
+        z = a.mul(u_new, transpose=True)
+        a.check_finite(z)
         zscale = float(torch.linalg.vector_norm(z, dim=0).max())
-        f, c = _project_out(V, z)
+        f, c = _project_out(V, z, cols)
         if V.shape[1] >= k:
             ritz = _ritz(B, min(k, V.shape[1]), gen)
             res = _residual(ritz, B, f, c, b)
             if res <= tol or steps >= max(max_steps, 1):
                 s, pm, qm = ritz
                 if one_sided and res > tol:
-                    s, pm, qm, V = _one_sided(B, f, V, k, gen)
+                    s, pm, qm, V = _one_sided(B, f, V, k, gen, cols)
                 return KrylovSVD(U @ pm, s, V @ qm, steps, res <= tol, res, V.shape[1])
             if exact_fraction < 1 and _predicted_dim(history, steps, res, tol, b) > room:
                 # At the rate of the last step the basis would pass exact_fraction of the
                 # space before the test passes: the exact path is the cheaper from here.
-                return _exact(w0, w1, k, steps, seed)
+                return _exact(a, k, steps, seed)
             if steps >= 2:  # the first block's residual is not yet on the convergence curve
                 history = (steps, res)
         if V.shape[1] + b > room:
             # The next step would pass exact_fraction of the space (or leave no room).
-            return _exact(w0, w1, k, steps, seed)
+            return _exact(a, k, steps, seed)
         if max_dim is not None and V.shape[1] + b > max_dim:
             keep = max_dim - 2 * b
             s, pm, qm = _ritz(B, keep, gen)
@@ -324,11 +412,11 @@ def _residual(ritz, B, f, c, b) -> float:
     return rmax / s1 if s1 > 0 else (0.0 if rmax == 0 else math.inf)
 
 
-def _one_sided(B, f, V, k, gen):
+def _one_sided(B, f, V, k, gen, cols: WholeRows):
     """Top-``k`` triplets of ``U^T A = [B, E_j T^T] [V, V_f]^T`` (``F = V_f T``; ``E_j`` the
     last block's rows): ``(s, P, W, [V, V_f])`` with right vectors ``[V, V_f] W``."""
     b = f.shape[1]
-    v_f, _ = extend_basis(V, f, gen)
+    v_f, _ = extend_basis(V, f, gen, space=cols)
     top = torch.zeros(B.shape[0], b, dtype=B.dtype, device=B.device)
     top[-b:] = f.T @ v_f
     ba = torch.cat([B, top], dim=1)
@@ -352,9 +440,9 @@ def _ritz(B: torch.Tensor, k: int, gen: torch.Generator):
     return s, normalise_columns(bq, s, gen), qm
 
 
-def _exact(w0, w1, k, steps, seed) -> KrylovSVD:
-    """The exact top-``k`` SVD from the Gram of the smaller side (``exact_svd``), for when
-    the Krylov basis would cover the space anyway: ``p^2 max(m, n)`` flops, no wider than the
+def _exact(a: WholeMatrix, k: int, steps: int, seed: int) -> KrylovSVD:
+    """The exact top-``k`` SVD (``a.exact``: from the Gram of the smaller side), for when the
+    Krylov basis would cover the space anyway: ``p^2 max(m, n)`` flops, no wider than the
     products that covering it would take."""
-    u, s, vh = exact_svd(w0, w1, k, seed=seed)
-    return KrylovSVD(u, s, vh.T.contiguous(), steps, True, 0.0, min(w1.shape), True)
+    u, s, v = a.exact(k, seed)
+    return KrylovSVD(u, s, v, steps, True, 0.0, min(a.shape), True)

@@ -1,0 +1,140 @@
+"""``row_sharded_svd`` (paramgeom.linalg.distributed) on gloo CPU ranks against the
+one-process ``randomized_svd`` and a float64 SVD oracle.
+
+The sharded path runs the one-process method (block Krylov of ``power_iters + 1`` blocks,
+one-sided extraction) on rows split over ranks, so their figures agree to rounding whatever
+the spectrum. The updates here are gapless (Gaussian: ``s_16 / s_17 - 1`` of a few 1e-3),
+where two different methods give visibly different answers: the plain power iterations the
+sharded path ran before 2026-12-07 gave ``s_1`` 1.4-2.2% away from the one-process value
+and Sim_K 0.76-0.86 between the two vector sets. Rows are split unevenly, one rank holding
+none."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+from gloo import run_ranks
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import torch, torch.distributed as dist, torch.multiprocessing as mp
+    warnings.simplefilter("ignore")
+
+    def pair(m, n, dtype, seed):
+        g = torch.Generator().manual_seed(seed)
+        w0 = torch.randn(m, n, generator=g, dtype=torch.float64)
+        w1 = w0 + 0.1 * torch.randn(m, n, generator=g, dtype=torch.float64)
+        return w0.to(dtype), w1.to(dtype)
+
+    def split(m, world):
+        # uneven, the first rank empty when there are three
+        if world == 3:
+            a = m // 3
+            return [0, a, m - a]
+        return [m // 2 + 1, m - m // 2 - 1]
+
+    def run(rank, world, store, out):
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=world)
+        from paramgeom.linalg import randomized_svd
+        from paramgeom.linalg.distributed import row_sharded_svd
+        cases = [  # m, n, dtype, k, power_iters, exact_threshold
+            (300, 200, "bfloat16", 16, 2, 0),
+            (200, 300, "bfloat16", 16, 2, 0),
+            (260, 240, "float64", 16, 1, 0),
+            (260, 240, "float64", 8, None, 0),
+            (150, 120, "float64", 16, 2, 0),    # the basis passes half: exact handover
+            (90, 60, "float64", 5, 2, 64),      # exact: right Gram
+            (50, 80, "float64", 5, 2, 64),      # exact: full range (n > m)
+        ]
+        res = []
+        for i, (m, n, dt, k, q, thr) in enumerate(cases):
+            w0, w1 = pair(m, n, getattr(torch, dt), 10 + i)
+            counts = split(m, world)
+            lo = sum(counts[:rank])
+            sl = slice(lo, lo + counts[rank])
+            s, v = row_sharded_svd(w0[sl], w1[sl], k, m, None, power_iters=q,
+                                   exact_threshold=thr, seed=3)
+            _, s1, vh1 = randomized_svd(w0, w1, k, power_iters=q, exact_threshold=thr, seed=3)
+            so = torch.linalg.svdvals(w1.double() - w0.double())[:k]
+            res.append({"s": s.tolist(), "v": v.tolist(), "s1": s1.tolist(),
+                        "v1": vh1.T.tolist(), "oracle": so.tolist(), "case": [m, n, dt, k]})
+        errors = []
+        for m, n, thr in ((40, 30, 0), (200, 150, 0), (50, 80, 64), (40, 30, 0)):
+            bad0, bad1 = pair(m, n, torch.float32, 1)
+            bad1[m - 5, 3] = float("nan")  # on the last rank only
+            counts = split(m, world)
+            lo = sum(counts[:rank])
+            rows = slice(lo, lo + counts[rank])
+            if len(errors) == 3:  # rows that do not add up to m
+                bad1, m = bad0 + 1, m + 1
+            try:
+                row_sharded_svd(bad0[rows], bad1[rows], 4, m, None, exact_threshold=thr)
+                errors.append(None)
+            except ValueError as e:
+                errors.append(str(e))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"cases": res, "errors": errors}, f)
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        world = int(sys.argv[3])
+        mp.spawn(run, args=(world, sys.argv[1], sys.argv[2]), nprocs=world)
+    """
+)
+
+
+def _sim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Sim_K = ||A^T B||_F^2 / K of two orthonormal n x K bases."""
+    return float(torch.linalg.matrix_norm(a.T @ b) ** 2 / a.shape[1])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_svd_equals_the_one_process_method(tmp_path, world):
+    run_ranks(SCRIPT, tmp_path, str(tmp_path / "out"), str(world))
+    got = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(world)]
+    for r in range(1, world):
+        assert got[r]["cases"] == got[0]["cases"]  # every rank: the same values and vectors
+    for case in got[0]["cases"]:
+        s, s1, so = (torch.tensor(case[x], dtype=torch.float64) for x in ("s", "s1", "oracle"))
+        v, v1 = (torch.tensor(case[x], dtype=torch.float64) for x in ("v", "v1"))
+        k = case["case"][3]
+        # bf16 weights: fp32 kernel products (1e-7 relative each), summed in another order
+        tol = 1e-6 if case["case"][2] == "bfloat16" else 1e-11
+        assert s.shape == (k,) and v.shape[1] == k
+        assert torch.allclose(s, s1, rtol=tol, atol=0), (case["case"], (s - s1).abs().max())
+        assert _sim(v, v1) == pytest.approx(1.0, abs=tol), case["case"]
+        assert torch.allclose(v.T @ v, torch.eye(k, dtype=torch.float64), atol=1e-12)
+        # Both are the same approximation, not the oracle: a fixed depth on a gapless
+        # spectrum leaves the values up to a few % low (Ritz values never exceed the singular
+        # values); exact, handed-over and converged runs match the oracle.
+        m, n, _, _ = case["case"]
+        assert bool((s <= so * (1 + tol)).all()), case["case"]
+        if min(m, n) <= 150 or k == 8:
+            assert torch.allclose(s, so, rtol=1e-9, atol=0), case["case"]
+        else:
+            assert float(s[0]) > 0.95 * float(so[0]), case["case"]
+    for r in range(world):  # every rank raises, none hangs
+        *nonfinite, wrong_m = got[r]["errors"]
+        # exact handover (right Gram), Krylov products, exact full range (n > m)
+        assert all(e is not None and "non-finite" in e for e in nonfinite), nonfinite
+        assert wrong_m is not None and "not m = 41" in wrong_m
+
+
+def test_whole_matrix_krylov_is_block_krylov_svd():
+    """``block_krylov`` on a :class:`WholeMatrix` is ``block_krylov_svd``, bit for bit."""
+    from paramgeom.linalg.krylov import WholeMatrix, block_krylov, block_krylov_svd
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(120, 90, generator=g).bfloat16()
+    w1 = (w0.float() + 0.1 * torch.randn(120, 90, generator=g)).bfloat16()
+    start = torch.randn(90, 12, generator=g, dtype=torch.float64)
+    a = block_krylov(WholeMatrix(w0, w1), 6, start, 3, one_sided=True)
+    b = block_krylov_svd(w0, w1, 6, start, 3, one_sided=True)
+    for x, y in zip((a.U, a.S, a.V), (b.U, b.S, b.V), strict=True):
+        assert torch.equal(x, y)
+    assert (a.steps, a.dim) == (b.steps, b.dim)
