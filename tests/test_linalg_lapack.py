@@ -3,6 +3,8 @@ float64 oracle; the lock is released during the solve; bad arguments are refused
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import threading
 import time
 
@@ -11,6 +13,7 @@ import pytest
 import scipy.linalg as sl
 
 from paramgeom.linalg import _lapack
+from paramgeom.linalg._scipy_capi import _set_threads, one_blas_thread
 
 pytestmark = pytest.mark.skipif(
     not (_lapack.available(np.float32) and _lapack.available(np.float64)),
@@ -30,7 +33,9 @@ def test_subset_matches_scipy_and_oracle(dtype, n, order):
     g = _gram(n, n + 5, dtype)
     first = max(0, n - max(1, n // 3))
     w, z = _lapack.syevr(np.array(g, order=order), first, n - 1)
-    ws, zs = sl.eigh(g, subset_by_index=[first, n - 1], driver="evr")
+    # Solved on one OpenBLAS thread (another count sums in another order)
+    with one_blas_thread():
+        ws, zs = sl.eigh(g, subset_by_index=[first, n - 1], driver="evr")
     np.testing.assert_array_equal(w, ws)  # same routine, same arguments
     # Vectors up to sign, against the float64 oracle's.
     wo, zo = np.linalg.eigh(g.astype(np.float64))
@@ -101,3 +106,61 @@ def test_solves_run_side_by_side():
     # Held for the whole solve (SciPy's eigh), the lock would stop the counter until the
     # call returns: a few ticks at most. Released, it counts for the whole solve.
     assert during > 1000
+
+
+def _openblas_threads():
+    """SciPy's OpenBLAS's thread count for calls from this thread, or None."""
+    lib = ctypes.CDLL(importlib.import_module("scipy.linalg.cython_lapack").__file__)
+    fn = getattr(lib, "scipy_openblas_get_num_threads", None) or getattr(
+        lib, "openblas_get_num_threads", None
+    )
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
+@pytest.mark.skipif(_set_threads() is None, reason="no OpenBLAS thread count to set")
+def test_one_blas_thread_pins_until_the_last_leaves():
+    before = _openblas_threads()
+    if before is None:
+        pytest.skip("no OpenBLAS thread count to read")
+    seen = {}
+    inside, left = threading.Event(), threading.Event()
+
+    def other():  # a second caller of ours, entering and leaving while the first is inside
+        with one_blas_thread():
+            seen["other inside"] = _openblas_threads()
+            inside.set()
+        left.set()
+
+    with one_blas_thread():
+        seen["inside"] = _openblas_threads()
+        t = threading.Thread(target=other)
+        t.start()
+        assert inside.wait(10) and left.wait(10)
+        seen["after the other left"] = _openblas_threads()
+    t.join(10)
+    assert seen == {"inside": 1, "other inside": 1, "after the other left": 1}
+    assert _openblas_threads() == before
+
+
+def test_solves_do_not_depend_on_openblas_threads():
+    """A solve's bits are one OpenBLAS thread's whatever OPENBLAS_NUM_THREADS says (before,
+    a monitor's figures changed in the last bits with it; the command line sets 1)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np; from paramgeom.linalg import _lapack;"
+        "x = np.random.default_rng(0).standard_normal((300, 200)); g = x.T @ x;"
+        "w, z = _lapack.syevr(g.copy(), 150, 199); print(w.tobytes().hex(), z.tobytes().hex())"
+    )
+    outs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        outs.append(got.stdout)
+    assert outs[0] == outs[1]

@@ -78,14 +78,14 @@ Sharded models: a parameter that is a DTensor split by rows over a 1-D mesh (FSD
 ``fully_shard``, ``Shard(0)``) is measured where it lives: each rank keeps its rows of
 ``W_0``, computes the counts and sums of its rows (all-reduced over the mesh), and
 ``sigma_1`` and the top-K subspace come from the one-process method (block Krylov) run on
-the rows where they are, :mod:`paramgeom.linalg.distributed` (products local, only ``n x
-l`` and ``l x l`` matrices all-reduced: no rank gathers a matrix); every rank gets the same
-record, equal to the one-process monitor's on the same weights to rounding. Replicated DTensors and DDP's whole parameters
-are read as they are. Every rank must record at the same steps (the record is a
-collective). ``"project"`` and ``"perturb"`` are not available on sharded weights. Not
-supported: other placements and meshes (e.g. HSDP's 2-D mesh), ZeRO-3 flat-parameter
-placeholders, sharded 3-D expert stacks (whole stacks are watched per expert, with
-per-stack summaries: ``stack_records``).
+the rows where they are, :mod:`paramgeom.linalg.distributed` (products local, only ``n x l``
+and ``l x l`` matrices all-reduced: no rank gathers a matrix); every rank gets the same
+record, equal to the one-process monitor's on the same weights to rounding. Replicated
+DTensors and DDP's whole parameters are read as they are. Every rank must record at the same
+steps (the record is a collective). ``"project"`` and ``"perturb"`` are not available on
+sharded weights. Not supported: other placements and meshes (e.g. HSDP's 2-D mesh), ZeRO-3
+flat-parameter placeholders, sharded 3-D expert stacks (whole stacks are watched per expert,
+with per-stack summaries: ``stack_records``).
 """
 
 from __future__ import annotations

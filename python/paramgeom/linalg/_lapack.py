@@ -8,6 +8,10 @@ compiled callers); calling that pointer through :mod:`ctypes` releases the lock 
 call, and the same solves on two threads take 0.25 s. Same library, same routine, same
 arguments as ``scipy.linalg.eigh(driver="evr")``: the eigenvalues are bit-identical.
 
+The solve runs on one OpenBLAS thread
+(:func:`~paramgeom.linalg._scipy_capi.one_blas_thread`): its bits do not depend on
+``OPENBLAS_NUM_THREADS``, and OpenBLAS's spinning threads do not slow torch's.
+
 Where the pointer cannot be had (another SciPy layout, no SciPy), :func:`syevr` returns
 None and the callers use ``scipy.linalg.eigh`` (or torch) as before.
 """
@@ -18,7 +22,7 @@ import ctypes
 
 import numpy as np
 
-from paramgeom.linalg._scipy_capi import routine
+from paramgeom.linalg._scipy_capi import one_blas_thread, routine
 
 __all__ = ["syevr"]
 
@@ -93,7 +97,8 @@ def syevr(
     call()  # workspace query
     lwork[0], liwork[0] = int(work[0]), int(iwork[0])
     work, iwork = np.empty(max(1, lwork[0]), dtype), np.empty(max(1, liwork[0]), np.int32)
-    call()
+    with one_blas_thread():  # bits independent of OPENBLAS_NUM_THREADS
+        call()
     if info[0] != 0:
         raise np.linalg.LinAlgError(f"LAPACK {_NAMES[dtype]} failed (info = {int(info[0])})")
     m = int(found[0])

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from paramgeom.linalg import _ops
-from paramgeom.linalg.krylov import RESIDUAL_TOL, WholeRows, block_krylov
+from paramgeom.linalg.krylov import RESIDUAL_TOL, WholeRows, block_krylov, checked_norms
 from paramgeom.linalg.randomized_svd import (
     KRYLOV_MAX_STEPS,
     check_finite,
@@ -110,12 +110,6 @@ class RowShardedMatrix(WholeRows):
         got = _product(self.w0, self.w1, x, transpose)
         return _all_reduce(got, self.group) if transpose else got
 
-    def check_finite(self, x: torch.Tensor) -> None:
-        # Decided together: a rank that raised alone would leave the others waiting.
-        bad = torch.tensor([0.0 if bool(torch.isfinite(x).all()) else 1.0], dtype=torch.float64)
-        if float(_all_reduce(bad, self.group)) > 0:
-            raise ValueError("non-finite values (NaN/Inf) in w1 - w0; spectra are undefined")
-
     def exact(self, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact top-``k`` ``(U, S, V)``: ``V``, ``S`` as the module docstring's exact
         path, ``U`` this rank's rows of ``dW v_i / s_i`` (not re-orthonormalised)."""
@@ -137,7 +131,7 @@ def _exact_values(a: RowShardedMatrix, k: int, seed: int) -> tuple[torch.Tensor,
         return evals.flip(0)[:k].clamp_min(0.0).sqrt(), evecs.flip(1)[:, :k].contiguous()
     omega = gaussian(n, m, generator(seed), a.device)
     y = a.mul(omega)
-    a.check_finite(y)
+    checked_norms(a, y)  # every rank raises alike: a rank raising alone would hang the rest
     q, _ = a.qr(y)
     bt = a.mul(q, transpose=True)  # (Q^T dW)^T, n x m
     ub, s, _ = torch.linalg.svd(bt, full_matrices=False)

@@ -160,15 +160,21 @@ class WholeMatrix(WholeRows):
         """``A x`` (this process's rows) or ``A^T x`` (whole), float64."""
         return _ops.diff_matmul(self.w0, self.w1, x, transpose=transpose)
 
-    def check_finite(self, x: torch.Tensor) -> None:
-        """Raise (ValueError) when a product is not finite."""
-        check_finite(x, "w1 - w0")
-
     def exact(self, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact top-``k`` ``(U, S, V)`` from the Gram of the smaller side
         (``exact_svd``)."""
         u, s, vh = exact_svd(self.w0, self.w1, k, seed=seed)
         return u, s, vh.T.contiguous()
+
+
+def checked_norms(space: WholeRows, y: torch.Tensor) -> torch.Tensor:
+    """``y``'s column norms over all rows (:meth:`WholeRows.norms`); ValueError when one is
+    not finite (NaN/Inf in ``y``). Decided on the norms, which are the same wherever the rows
+    live: every rank of a sharded ``y`` raises alike, with no collective of its own."""
+    norms = space.norms(y)
+    if not bool(torch.isfinite(norms).all()):
+        raise ValueError("non-finite values (NaN/Inf) in w1 - w0; spectra are undefined")
+    return norms
 
 
 def _project_out(basis: torch.Tensor | None, y: torch.Tensor, space: WholeRows):
@@ -343,8 +349,8 @@ def block_krylov(
         # F is already reorthogonalised against V (it is needed so for the residuals).
         v_new, _ = extend_basis(V, f, gen, scale=zscale, projected=V is not None, space=cols)
         av = a.mul(v_new)
-        a.check_finite(av)
-        u_new, coef = extend_basis(U, av, gen, space=a)
+        scale = float(checked_norms(a, av).max())
+        u_new, coef = extend_basis(U, av, gen, scale=scale, space=a)
         # New block column of B = U^T A V: coefficients on the old U, and on the new block.
         # The new block row under the old columns is zero: A V_old lies in span(U_old).
         top = coef if coef is not None else av.new_zeros(0, b)
@@ -353,7 +359,7 @@ def block_krylov(
         V = v_new if V is None else torch.cat([V, v_new], dim=1)
         U = u_new if U is None else torch.cat([U, u_new], dim=1)
         z = a.mul(u_new, transpose=True)
-        a.check_finite(z)
+        check_finite(z, "w1 - w0")  # whole (all-reduced) wherever the rows live
         zscale = float(torch.linalg.vector_norm(z, dim=0).max())
         f, c = _project_out(V, z, cols)
         if V.shape[1] >= k:
