@@ -82,7 +82,7 @@ def batched_principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     m = a.mT @ b
     cos = torch.linalg.svdvals(m).clamp(0.0, 1.0)  # descending
     # Via the R factor: same values, and independent of the thread count (see subspaces.py).
-    sin = torch.linalg.svdvals(torch.linalg.qr(b - a @ m).R).clamp(0.0, 1.0).flip(-1)
+    sin = torch.linalg.svdvals(torch.linalg.qr(b - a @ m, mode="r").R).clamp(0.0, 1.0).flip(-1)
     angles = torch.where(cos * cos >= 0.5, torch.arcsin(sin), torch.arccos(cos))
     return torch.sort(angles, dim=-1).values
 

@@ -202,8 +202,9 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor, k: int | None = None) -> 
     cos = torch.linalg.svdvals(m).clamp(0.0, 1.0)  # descending -> angles ascending
     # Singular values of the small R factor (the same as of the tall residual): LAPACK's
     # SVD of a tall matrix varies in the last bit with the thread count, its QR does not,
-    # and reports must not depend on how many threads (or torchrun ranks) ran them.
-    sin = torch.linalg.svdvals(torch.linalg.qr(b - a @ m).R).clamp(0.0, 1.0).flip(0)
+    # and reports must not depend on how many threads (or torchrun ranks) ran them. R alone
+    # (mode "r"): the same R, without forming Q (0.04 s against 0.13 s at 6880 x 320).
+    sin = torch.linalg.svdvals(torch.linalg.qr(b - a @ m, mode="r").R).clamp(0.0, 1.0).flip(0)
     angles = torch.where(cos * cos >= 0.5, torch.arcsin(sin), torch.arccos(cos))
     angles = torch.sort(angles).values
     deg = torch.rad2deg(angles)
