@@ -226,11 +226,14 @@ def deflated(g: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return g - (g @ basis) @ basis.T
 
 
-def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch.Tensor:
+def top_window(
+    g: torch.Tensor, width: int, *, symmetric: bool = False, overwrite: bool = False
+) -> torch.Tensor:
     """An orthonormal float64 basis ``(n, width)`` of the eigenvectors of the ``width``
     largest eigenvalues of the symmetric ``g``, from a float32 reduction of its symmetric
     part (LAPACK's ``syevr`` on CPU, ``eigh`` elsewhere), re-orthonormalised in float64.
-    ``symmetric=True`` says ``g`` is exactly symmetric.
+    ``symmetric=True`` says ``g`` is exactly symmetric; ``overwrite=True`` that the caller
+    no longer needs it (a float32 ``g`` is then solved in its own memory, not a copy).
 
     It is the first half of a float32-then-Rayleigh-Ritz solve: the basis carries float32
     errors of about ``eps32 * ||G|| / (lambda_i - lambda_{width+1})`` per direction, which a
@@ -244,7 +247,7 @@ def top_window(g: torch.Tensor, width: int, *, symmetric: bool = False) -> torch
     if eigh is None:
         vecs = torch.linalg.eigh(a).eigenvectors[:, n - width :]
     else:
-        vecs = _syevr_top(a, width, g)[1]
+        vecs = _syevr_top(a, width, a if overwrite else g)[1]
     return orthonormalise_near(vecs.to(torch.float64))
 
 
