@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from paramgeom.linalg import _ops
-from paramgeom.linalg.krylov import RESIDUAL_TOL, WholeRows, block_krylov, checked_norms
+from paramgeom.linalg.krylov import RESIDUAL_TOL, WholeRows, block_krylov, check_norms
 from paramgeom.linalg.randomized_svd import (
     KRYLOV_MAX_STEPS,
     check_finite,
@@ -97,6 +97,16 @@ class RowShardedMatrix(WholeRows):
     def norms(self, y: torch.Tensor) -> torch.Tensor:
         return _all_reduce((y * y).sum(dim=0), self.group).sqrt()
 
+    def dot_norms(self, a: torch.Tensor | None, y: torch.Tensor):
+        sq = (y * y).sum(dim=0, keepdim=True)
+        both = _all_reduce(sq if a is None else torch.cat([a.T @ y, sq]), self.group)
+        return (None if a is None else both[:-1]), both[-1].sqrt()
+
+    def mul_t_dot(self, u: torch.Tensor, y: torch.Tensor):
+        n = self.shape[1]
+        both = _all_reduce(torch.cat([_product(self.w0, self.w1, u, True), u.T @ y]), self.group)
+        return both[:n], both[n:]
+
     def qr(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return tsqr(y, self.group)
 
@@ -131,7 +141,7 @@ def _exact_values(a: RowShardedMatrix, k: int, seed: int) -> tuple[torch.Tensor,
         return evals.flip(0)[:k].clamp_min(0.0).sqrt(), evecs.flip(1)[:, :k].contiguous()
     omega = gaussian(n, m, generator(seed), a.device)
     y = a.mul(omega)
-    checked_norms(a, y)  # every rank raises alike: a rank raising alone would hang the rest
+    check_norms(a.norms(y))  # every rank raises alike: one raising alone would hang the rest
     q, _ = a.qr(y)
     bt = a.mul(q, transpose=True)  # (Q^T dW)^T, n x m
     ub, s, _ = torch.linalg.svd(bt, full_matrices=False)

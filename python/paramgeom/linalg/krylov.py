@@ -138,6 +138,13 @@ class WholeRows:
         """Column norms over every row."""
         return torch.linalg.vector_norm(y, dim=0)
 
+    def dot_norms(
+        self, a: torch.Tensor | None, y: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(a^T y, y's column norms)`` over every row (None for ``a=None``): one reduction
+        where the rows are split."""
+        return (None if a is None else self.dot(a, y)), self.norms(y)
+
     def qr(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reduced QR: this process's rows of ``Q`` and the whole ``R``."""
         return torch.linalg.qr(y)
@@ -160,6 +167,10 @@ class WholeMatrix(WholeRows):
         """``A x`` (this process's rows) or ``A^T x`` (whole), float64."""
         return _ops.diff_matmul(self.w0, self.w1, x, transpose=transpose)
 
+    def mul_t_dot(self, u: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A^T u, u^T y)`` over every row: one reduction where the rows are split."""
+        return self.mul(u, transpose=True), self.dot(u, y)
+
     def exact(self, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact top-``k`` ``(U, S, V)`` from the Gram of the smaller side
         (``exact_svd``)."""
@@ -167,22 +178,24 @@ class WholeMatrix(WholeRows):
         return u, s, vh.T.contiguous()
 
 
-def checked_norms(space: WholeRows, y: torch.Tensor) -> torch.Tensor:
-    """``y``'s column norms over all rows (:meth:`WholeRows.norms`); ValueError when one is
-    not finite (NaN/Inf in ``y``). Decided on the norms, which are the same wherever the rows
-    live: every rank of a sharded ``y`` raises alike, with no collective of its own."""
-    norms = space.norms(y)
+def check_norms(norms: torch.Tensor) -> torch.Tensor:
+    """``norms`` (a block's column norms over all rows) when finite; ValueError when not
+    (NaN/Inf in the block). Decided on the norms, which are the same wherever the rows live:
+    every rank of a sharded block raises alike, with no collective of its own."""
     if not bool(torch.isfinite(norms).all()):
         raise ValueError("non-finite values (NaN/Inf) in w1 - w0; spectra are undefined")
     return norms
 
 
-def _project_out(basis: torch.Tensor | None, y: torch.Tensor, space: WholeRows):
+def _project_out(
+    basis: torch.Tensor | None, y: torch.Tensor, space: WholeRows, first: torch.Tensor | None = None
+):
     """``y - basis (basis^T y)`` twice (classical Gram-Schmidt, reorthogonalised); returns the
-    remainder and the summed coefficients ``basis^T y``."""
+    remainder and the summed coefficients ``basis^T y``. ``first``: ``basis^T y`` already
+    formed."""
     if basis is None or basis.shape[1] == 0:
         return y, None
-    c = space.dot(basis, y)
+    c = space.dot(basis, y) if first is None else first
     y = y - basis @ c
     c2 = space.dot(basis, y)
     return y - basis @ c2, c + c2
@@ -210,6 +223,7 @@ def extend_basis(
     scale: float | None = None,
     projected: bool = False,
     space: WholeRows | None = None,
+    first: torch.Tensor | None = None,
 ):
     """Orthonormal ``Q`` with ``y``'s column count, orthogonal to ``basis``, whose span holds
     the part of ``span(y)`` outside ``span(basis)``.
@@ -219,8 +233,8 @@ def extend_basis(
     replaced by random orthonormal directions. ``projected``: ``y`` is already
     ``(I - basis basis^T)`` of a block whose largest column is ``scale`` (one pass is then
     repeated only for directions that shrank). ``space``: where ``y``'s rows live (default:
-    whole in this process). Returns ``(Q, C)`` with ``C = basis^T y`` (None without a basis
-    or when ``projected``).
+    whole in this process); ``first``: ``basis^T y``, already formed. Returns ``(Q, C)`` with
+    ``C = basis^T y`` (None without a basis or when ``projected``).
     """
     space = WholeRows(y.shape[0], y.device) if space is None else space
     b = y.shape[1]
@@ -228,7 +242,7 @@ def extend_basis(
         scale = float(space.norms(y).max()) if b else 0.0
     coef = None
     if not projected:
-        y, coef = _project_out(basis, y, space)
+        y, coef = _project_out(basis, y, space, first)
     q, r = space.qr(y)
     diag = torch.diagonal(r).abs()
     if scale > 0 and b and float(diag.min()) > _SHRUNK * scale:
@@ -349,23 +363,28 @@ def block_krylov(
         # F is already reorthogonalised against V (it is needed so for the residuals).
         v_new, _ = extend_basis(V, f, gen, scale=zscale, projected=V is not None, space=cols)
         av = a.mul(v_new)
-        scale = float(checked_norms(a, av).max())
-        u_new, coef = extend_basis(U, av, gen, scale=scale, space=a)
+        first, norms = a.dot_norms(U, av)
+        scale = float(check_norms(norms).max())
+        u_new, coef = extend_basis(U, av, gen, scale=scale, space=a, first=first)
         # New block column of B = U^T A V: coefficients on the old U, and on the new block.
         # The new block row under the old columns is zero: A V_old lies in span(U_old).
         top = coef if coef is not None else av.new_zeros(0, b)
-        col = torch.cat([top, a.dot(u_new, av)], dim=0)
+        z, new_block = a.mul_t_dot(u_new, av)
+        col = torch.cat([top, new_block], dim=0)
         B = torch.cat([torch.cat([B, B.new_zeros(b, d)], dim=0), col], dim=1)
         V = v_new if V is None else torch.cat([V, v_new], dim=1)
         U = u_new if U is None else torch.cat([U, u_new], dim=1)
-        z = a.mul(u_new, transpose=True)
         check_finite(z, "w1 - w0")  # whole (all-reduced) wherever the rows live
         zscale = float(torch.linalg.vector_norm(z, dim=0).max())
         f, c = _project_out(V, z, cols)
-        if V.shape[1] >= k:
+        final = steps >= max(max_steps, 1)
+        # A fixed depth (tol = 0) stops early only on a zero residual, which needs A^T U = 0
+        # (zscale 0): otherwise no Ritz problem is solved before its last step (half of a
+        # monitor record's small eigenproblems, which decide nothing).
+        if V.shape[1] >= k and (tol > 0 or final or zscale == 0):
             ritz = _ritz(B, min(k, V.shape[1]), gen)
             res = _residual(ritz, B, f, c, b)
-            if res <= tol or steps >= max(max_steps, 1):
+            if res <= tol or final:
                 s, pm, qm = ritz
                 if one_sided and res > tol:
                     s, pm, qm, V = _one_sided(B, f, V, k, gen, cols)
