@@ -14,7 +14,8 @@ Models: ``small`` is the drivers' embedded ``small`` size (hidden 256, 6 layers,
 the drivers' 15-token vocabulary, SFT-like batch of 128 sequences of 16 tokens);
 ``large`` is a synthetic Llama (hidden 1024, 4 layers, MLP 2816, vocabulary 256, 8 x 64
 tokens per step). With the monitor's defaults (K = 16, ``exact_threshold`` 64) every
-matrix of both takes the randomized range finder (p = 10, q = 2).
+matrix of both takes ``randomized_svd``'s fixed depth: block Krylov of q + 1 = 3 blocks of
+K + p = 26 columns (before 2026-12: q = 2 power iterations).
 
 Sharded (``--ranks R``, R > 1): R gloo processes on the CPU, one thread each (R x 1 threads
 against the one-process run's ``--threads``), every decoder layer and the model wrapped by
