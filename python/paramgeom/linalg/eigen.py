@@ -247,21 +247,23 @@ def top_window(
     if eigh is None:
         vecs = torch.linalg.eigh(a).eigenvectors[:, n - width :]
     else:
-        vecs = _syevr_top(a, width, a if overwrite else g)[1]
+        vecs = _syevr_top(a, width, None if overwrite else g)[1]
     return orthonormalise_near(vecs.to(torch.float64))
 
 
-def _syevr_top(a: torch.Tensor, width: int, given: torch.Tensor):
+def _syevr_top(a: torch.Tensor, width: int, given: torch.Tensor | None):
     """LAPACK's ``syevr`` for the ``width`` largest pairs of the symmetric CPU matrix ``a``,
     ascending as LAPACK returns them, as tensors: through :mod:`._lapack` without the GIL
     (SciPy's ``eigh`` where that is not available). A matrix of our own (not the caller's
-    ``given``) is solved in place (row-major memory read as Fortran's is the transpose, the
-    same symmetric matrix); the caller's is copied first."""
+    ``given``; None: nothing of the caller's to keep) is solved in place (row-major memory
+    read as Fortran's is the transpose, the same symmetric matrix); the caller's is copied
+    first."""
     n = int(a.shape[0])
     got = _lapack.syevr(_own_array(a, given), n - width, n - 1)
     if got is None:
         x = a.detach().contiguous()
-        arr = x.numpy() if x.data_ptr() == given.data_ptr() else x.numpy().T
+        theirs = given is not None and x.data_ptr() == given.data_ptr()
+        arr = x.numpy() if theirs else x.numpy().T
         got = _scipy_eigh()(
             arr, subset_by_index=[n - width, n - 1], driver="evr", check_finite=False,
             overwrite_a=True,
@@ -269,11 +271,13 @@ def _syevr_top(a: torch.Tensor, width: int, given: torch.Tensor):
     return torch.from_numpy(got[0]), torch.from_numpy(got[1])
 
 
-def _own_array(a: torch.Tensor, given: torch.Tensor):
+def _own_array(a: torch.Tensor, given: torch.Tensor | None):
     """``a`` as a NumPy array LAPACK may overwrite: its own memory when it is a matrix of
-    ours, a copy when it shares memory with the caller's ``given``."""
+    ours, a copy when it shares memory with the caller's ``given`` (None: nothing to keep)."""
     x = a.detach().contiguous()
-    shared = x.untyped_storage().data_ptr() == given.untyped_storage().data_ptr()
+    shared = given is not None and (
+        x.untyped_storage().data_ptr() == given.untyped_storage().data_ptr()
+    )
     return x.numpy().copy() if shared else x.numpy()
 
 
