@@ -26,19 +26,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does
 
 import torch  # noqa: E402
 
+from paramgeom.checkpoints.synth import SynthSpec, _add_spikes  # noqa: E402
 from paramgeom.linalg import eigen  # noqa: E402
 
 _svd = importlib.import_module("paramgeom.linalg.randomized_svd")
 
 
 def spiked(n: int, ratio: float, seed: int = 0) -> torch.Tensor:
+    """The bulk, then synth's own spikes (``--base-spikes 8 --spike-size ratio``)."""
     g = torch.Generator().manual_seed(seed)
-    bulk = torch.randn(n, n, generator=g) * 0.02
-    edge = 0.02 * 2 * n**0.5
-    u = torch.linalg.qr(torch.randn(n, 8, generator=g, dtype=torch.float64))[0]
-    v = torch.linalg.qr(torch.randn(n, 8, generator=g, dtype=torch.float64))[0]
-    s = edge * ratio * torch.linspace(1.0, 0.5, 8, dtype=torch.float64)
-    return (bulk + ((u * s) @ v.T).float()).bfloat16()
+    x = torch.randn(n, n, generator=g) * 0.02
+    _add_spikes(x, SynthSpec(base_spikes=8, spike_size=ratio), g)
+    return x.bfloat16()
 
 
 def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
