@@ -138,3 +138,133 @@ def test_whole_matrix_krylov_is_block_krylov_svd():
     for x, y in zip((a.U, a.S, a.V), (b.U, b.S, b.V), strict=True):
         assert torch.equal(x, y)
     assert (a.steps, a.dim) == (b.steps, b.dim)
+
+
+LOCKSTEP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import torch, torch.distributed as dist, torch.multiprocessing as mp
+    warnings.simplefilter("ignore")
+
+    def pair(m, n, dtype, seed):
+        g = torch.Generator().manual_seed(seed)
+        w0 = torch.randn(m, n, generator=g, dtype=torch.float64)
+        w1 = w0 + 0.1 * torch.randn(m, n, generator=g, dtype=torch.float64)
+        return w0.to(dtype), w1.to(dtype)
+
+    def split(m, world):
+        if world == 3:
+            a = m // 3
+            return [0, a, m - a]
+        return [m // 2 + 1, m - m // 2 - 1]
+
+    def run(rank, world, store, out):
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=world)
+        from paramgeom.linalg.distributed import row_sharded_svd, row_sharded_svds
+        from paramgeom.linalg.lockstep import Lockstep
+        calls = [0]
+        reduce = dist.all_reduce
+        def counted(*a, **k):
+            calls[0] += 1
+            return reduce(*a, **k)
+        dist.all_reduce = counted
+        cases = [  # m, n, dtype, k, bad: None, "nan" or "m"
+            (300, 200, "bfloat16", 16, None),
+            (200, 300, "bfloat16", 16, None),
+            (150, 120, "float64", 16, None),   # exact handover
+            (120, 90, "float32", 6, "nan"),    # NaN on the last rank: raises on all
+            (90, 60, "float64", 5, None),      # exact: right Gram
+            (60, 50, "float32", 4, "m"),       # rows that do not add up to m
+            (50, 80, "float64", 5, None),      # exact: full range (n > m)
+            (260, 240, "float64", 8, None),
+        ]
+        problems = []
+        for i, (m, n, dt, k, bad) in enumerate(cases):
+            w0, w1 = pair(m, n, getattr(torch, dt), 20 + i)
+            if bad == "nan":
+                w1[m - 3, 2] = float("nan")
+            counts = split(m, world)
+            lo = sum(counts[:rank])
+            rows = slice(lo, lo + counts[rank])
+            problems.append((w0[rows], w1[rows], k, m + 1 if bad == "m" else m))
+        opts = [dict(power_iters=2, exact_threshold=0, seed=3),
+                dict(power_iters=2, exact_threshold=100, seed=4),
+                dict(power_iters=None, exact_threshold=0, seed=5)]
+        res = []
+        for o in opts:
+            calls[0] = 0
+            together = row_sharded_svds(problems, None, **o)
+            n_together = calls[0]
+            calls[0] = 0
+            alone = []
+            for w0, w1, k, m in problems:
+                try:
+                    alone.append(row_sharded_svd(w0, w1, k, m, None, **o))
+                except ValueError as e:
+                    alone.append(e)
+            res.append({"calls": [n_together, calls[0]], "pairs": [
+                [str(a) if isinstance(a, Exception) else [a[0].tolist(), a[1].tolist()],
+                 str(b) if isinstance(b, Exception) else [b[0].tolist(), b[1].tolist()]]
+                for a, b in zip(together, alone)]})
+        # Lockstep alone: computations asking 3, 0, 5 sums, one raising after 2 (locally).
+        def comp(asks, fail=None, dtype=torch.float64):
+            def f(sum_ranks):
+                got = []
+                for j in range(asks):
+                    if j == fail:
+                        raise KeyError(f"stop {j}")
+                    x = torch.full((j + 1,), float(rank + 1), dtype=dtype) * (j + 1)
+                    y = sum_ranks(x)
+                    assert y.dtype == dtype and y.shape == x.shape
+                    got.append(y.tolist())
+                return got
+            return f
+        calls[0] = 0
+        lock = Lockstep(None)
+        out_l = lock.run([comp(3, dtype=torch.float32), comp(0), comp(5), comp(4, fail=2)])
+        lock_res = {"results": [repr(r) if isinstance(r, Exception) else r for r in out_l],
+                    "collectives": lock.collectives, "calls": calls[0]}
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"cases": res, "lockstep": lock_res}, f)
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        world = int(sys.argv[3])
+        mp.spawn(run, args=(world, sys.argv[1], sys.argv[2]), nprocs=world)
+    """
+)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_lockstep_sharded_svds_equal_one_at_a_time(tmp_path, world):
+    """``row_sharded_svds`` of eight matrices (Krylov, exact, handed over; one with NaN, one
+    with a wrong ``m``) gives each one-at-a-time ``row_sharded_svd`` result (2 ranks: bit for
+    bit; 3: to rounding, gloo sums a longer buffer in another order) and the same errors, with
+    a dozen all-reduces instead of a dozen per matrix."""
+    run_ranks(LOCKSTEP_SCRIPT, tmp_path, str(tmp_path / "out"), str(world))
+    got = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(world)]
+    for r in range(1, world):
+        assert got[r] == got[0]  # every rank: the same values, vectors and errors
+    for case in got[0]["cases"]:
+        together, alone = case["calls"]
+        assert together <= 16 and alone >= 4 * together, case["calls"]
+        print("all-reduces together / one at a time", together, alone)
+        for i, (a, b) in enumerate(case["pairs"]):
+            if isinstance(b, str):
+                assert a == b and ("non-finite" in a or "not m = 61" in a), (i, a, b)
+                continue
+            if world == 2:
+                assert a == b, i  # a + b is a + b whatever the buffer
+            else:
+                for x, y in zip(a, b, strict=True):
+                    x, y = torch.tensor(x), torch.tensor(y)
+                    assert torch.allclose(x.abs(), y.abs(), rtol=1e-9, atol=1e-12), i
+    lock = got[0]["lockstep"]
+    r = sum(range(1, world + 1))  # the sum over ranks of (rank + 1)
+    want = [[[r * (j + 1)] * (j + 1) for j in range(asks)] for asks in (3, 0, 5)]
+    assert lock["results"][:3] == want
+    assert lock["results"][3] == repr(KeyError("stop 2"))
+    # 5 rounds (the longest computation's sums); the first three hold float32 and float64
+    # tensors (one all-reduce each), the last two float64 only: 8 all-reduces.
+    assert lock["collectives"] == lock["calls"] == 8

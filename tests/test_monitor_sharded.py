@@ -125,3 +125,39 @@ def test_sharded_records_equal_the_one_process_monitor(tmp_path, exact_threshold
                 if key in c:
                     assert a[key] == b[key], key  # both ranks: the same record
                     _close(a[key], c[key], key)
+
+
+def test_lockstep_batches_cut_by_group_bytes_and_count(monkeypatch):
+    """A record's lockstep batches: whole matrices alone, runs of one group's sharded
+    matrices together up to the byte budget (whole shapes: every rank cuts alike) and the
+    count cap, in order, every matrix once."""
+    import torch
+
+    from paramgeom import monitor as mod
+
+    def watched(name, shape, group):
+        p = torch.nn.Parameter(torch.empty(shape))
+        return mod._Watched(name, p, torch.empty(0), group=group)
+
+    g1, g2 = object(), object()
+    ws = [
+        watched("a", (10, 10), g1),  # 200 bytes of bf16
+        watched("b", (10, 10), g1),
+        watched("c", (10, 20), g1),  # 400: passes the 500-byte budget with a and b
+        watched("d", (10, 10), None),  # whole: alone
+        watched("e", (10, 10), g1),
+        watched("f", (10, 10), g2),  # another group
+        watched("g", (40, 40), g2),  # alone over the budget: a batch of its own
+        watched("h", (10, 10), g2),
+    ]
+    names = lambda batches: [[w.name for w in b] for b in batches]  # noqa: E731
+    got = names(mod._lockstep_batches(ws, 500))
+    assert got == [["a", "b"], ["c"], ["d"], ["e"], ["f"], ["g"], ["h"]]
+    assert names(mod._lockstep_batches(ws, 1 << 30)) == [
+        ["a", "b", "c"], ["d"], ["e"], ["f", "g", "h"]
+    ]  # fmt: skip
+    monkeypatch.setattr(mod, "LOCKSTEP_MAX", 2)
+    assert names(mod._lockstep_batches(ws, 1 << 30)) == [
+        ["a", "b"], ["c"], ["d"], ["e"], ["f", "g"], ["h"]
+    ]  # fmt: skip
+    assert names(mod._lockstep_batches([], 500)) == []

@@ -80,7 +80,11 @@ Sharded models: a parameter that is a DTensor split by rows over a 1-D mesh (FSD
 ``sigma_1`` and the top-K subspace come from the one-process method (block Krylov) run on
 the rows where they are, :mod:`paramgeom.linalg.distributed` (products local, only ``n x l``
 and ``l x l`` matrices all-reduced: no rank gathers a matrix); every rank gets the same
-record, equal to the one-process monitor's on the same weights to rounding. Replicated
+record, equal to the one-process monitor's on the same weights to rounding. The sharded
+matrices of a record go in batches (up to :data:`LOCKSTEP_BYTES` of whole bf16 matrices):
+one all-reduce for all their counts and sums, and their SVDs in lockstep
+(:mod:`paramgeom.linalg.lockstep`: one all-reduce per round of sums, about 13 a batch instead
+of 13 a matrix). Replicated
 DTensors and DDP's whole parameters are read as they are. Every rank must record at the same
 steps (the record is a collective). ``"project"`` and ``"perturb"`` are not available on
 sharded weights. Not supported: other placements and meshes (e.g. HSDP's 2-D mesh), ZeRO-3
@@ -103,7 +107,7 @@ import torch
 from paramgeom._chunk import chunk_range
 from paramgeom.api.diff_stats import diff_stats
 from paramgeom.linalg import randomized_svd
-from paramgeom.linalg.distributed import row_sharded_svd
+from paramgeom.linalg.distributed import row_sharded_svds
 from paramgeom.metrics import sim_k
 
 __all__ = [
@@ -356,6 +360,45 @@ def _stack_row(step: int, stack: str, rows: list[tuple[dict, int, int]]) -> dict
         "sim_k": _mean(sims),
         "experts_changed": len(changed),
     }
+
+
+LOCKSTEP_BYTES = 1 << 30
+"""Most bf16 bytes (of whole matrices, ``2 m n``, summed) of the row-sharded matrices whose
+SVDs run in one lockstep batch: each holds its current values' bf16 copy (this rank's rows)
+until the batch ends. Decided on the whole shapes, so every rank cuts the batches alike."""
+
+LOCKSTEP_MAX = 256
+"""Most matrices in one lockstep batch (one thread each while the batch runs)."""
+
+
+def _lockstep_batches(watched: list[_Watched], budget: int) -> Iterable[list[_Watched]]:
+    """``watched`` in order, cut into batches: a matrix this rank holds whole alone; runs of
+    row-sharded matrices of one process group together, up to ``budget`` bf16 bytes of
+    whole matrices and :data:`LOCKSTEP_MAX` matrices (at least one)."""
+    batch: list[_Watched] = []
+    size = 0
+    for w in watched:
+        nbytes = 2 * w.shape[0] * w.shape[1]
+        if batch and (
+            w.group is None
+            or w.group is not batch[0].group
+            or size + nbytes > budget
+            or len(batch) >= LOCKSTEP_MAX
+        ):
+            yield batch
+            batch, size = [], 0
+        batch.append(w)
+        size += nbytes
+        if w.group is None:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _k(cfg: MonitorConfig, w: _Watched) -> int:
+    """K of ``w``'s top-K subspace: the configured K, at most the matrix's smaller side."""
+    return min(cfg.k, *w.shape)
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -693,8 +736,7 @@ class GeometryMonitor:
         sranks: list[float] = []
         sims: list[float] = []
         stacks: dict[str, list[tuple[dict, int, int]]] = {}
-        for w in self._watched:
-            row = self._measure(w, step)
+        for w, row in zip(self._watched, self._measure_all(step), strict=True):
             u, nn = row.pop("_unchanged"), row.pop("_numel")
             unchanged += u
             numel += nn
@@ -774,36 +816,66 @@ class GeometryMonitor:
             logger.info("paramgeom monitor: %s", self._lock_text(rec))
         return rec
 
-    def _measure(self, w: _Watched, step: int) -> dict[str, Any]:
-        cfg = self.config
+    def _measure_all(self, step: int) -> list[dict[str, Any]]:
+        """Every watched matrix's row, in order. Row-sharded matrices of one process group
+        go in batches (:func:`_lockstep_batches`): their statistics summed over the ranks by
+        one all-reduce, their SVDs with their sums coalesced (``row_sharded_svds``: about a
+        dozen all-reduces a batch instead of a dozen a matrix)."""
+        rows: list[dict[str, Any]] = []
+        for batch in _lockstep_batches(self._watched, LOCKSTEP_BYTES):
+            got = [self._stats(w) for w in batch]
+            group = batch[0].group
+            if group is not None:  # this rank's rows: the counts and sums of all ranks
+                import torch.distributed as dist
+
+                tot = torch.tensor([t for _, _, t in got], dtype=torch.float64)
+                dist.all_reduce(tot, group=group)
+                got = [(ref, cur, t) for (ref, cur, _), t in zip(got, tot.tolist(), strict=True)]
+            cfg = self.config
+            opts = dict(oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed,
+                        exact_threshold=cfg.exact_threshold)  # fmt: skip
+            wanted = [i for i, (_, _, t) in enumerate(got) if t[4] == 0 and t[2] > 0]
+            spectra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            if group is not None and wanted:
+                problems = [(got[i][0], got[i][1], _k(cfg, batch[i]), batch[i].shape[0])
+                            for i in wanted]  # fmt: skip
+                for i, r in zip(wanted, row_sharded_svds(problems, group, **opts), strict=True):
+                    if isinstance(r, Exception):
+                        raise r
+                    spectra[i] = r
+            for i in wanted if group is None else ():
+                ref, cur, _ = got[i]
+                _, s, vh = randomized_svd(ref, cur, _k(cfg, batch[i]), **opts)
+                spectra[i] = (s, vh.T.contiguous())
+            rows += [self._row(w, step, got[i][2], spectra.get(i)) for i, w in enumerate(batch)]
+        return rows
+
+    def _stats(self, w: _Watched) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """``(ref, cur, [unchanged, numel, sum dW^2, sum W_0^2, non-finite in W_1])`` of this
+        rank's part of ``w``: the bf16 reference and current values and their statistics."""
         p = w.matrix()
         ref = w.ref if w.ref.device == p.device else w.ref.to(p.device, non_blocking=True)
         # The paper's rule compares bf16 values: cast the (fp32 master) weights like the ref.
         cur = p.to(torch.bfloat16)
-        st = diff_stats(ref, cur, rel_tols=(cfg.rel_tol,), backend=cfg.backend)
-        unchanged, numel, sq, sq0 = st.n_within_rel[0], st.numel, st.sum_sq_delta, st.sum_sq_w0
-        bad = st.n_nonfinite_w1
-        if w.group is not None:  # this rank's rows: the counts and sums of all ranks
-            import torch.distributed as dist
+        st = diff_stats(ref, cur, rel_tols=(self.config.rel_tol,), backend=self.config.backend)
+        tot = [st.n_within_rel[0], st.numel, st.sum_sq_delta, st.sum_sq_w0, st.n_nonfinite_w1]
+        return ref, cur, [float(x) for x in tot]
 
-            tot = torch.tensor([unchanged, numel, sq, sq0, bad], dtype=torch.float64)
-            dist.all_reduce(tot, group=w.group)
-            unchanged, numel, bad = int(tot[0]), int(tot[1]), int(tot[4])
-            sq, sq0 = float(tot[2]), float(tot[3])
+    def _row(
+        self, w: _Watched, step: int, tot: list[float], spectrum: tuple | None
+    ) -> dict[str, Any]:
+        """``w``'s row from its statistics ``tot`` (:meth:`_stats`, over all ranks) and its
+        top-K ``(S, V)`` (None: ``dW = 0`` or non-finite); keeps V for the next Sim_K."""
+        unchanged, numel, bad = int(tot[0]), int(tot[1]), int(tot[4])
+        sq, sq0 = tot[2], tot[3]
         m, n = w.shape
-        kk = min(cfg.k, m, n)
+        kk = _k(self.config, w)
         fro = math.sqrt(sq)
         s1, srank, sim, v = 0.0, 0.0, None, None
         if bad:
             srank = math.nan  # no spectrum of a non-finite update; counted, never a crash
-        elif sq > 0:
-            opts = dict(oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed,
-                        exact_threshold=cfg.exact_threshold)  # fmt: skip
-            if w.group is not None:
-                s, v = row_sharded_svd(ref, cur, kk, m, w.group, **opts)
-            else:
-                _, s, vh = randomized_svd(ref, cur, kk, **opts)
-                v = vh.T.contiguous()
+        elif spectrum is not None:
+            s, v = spectrum
             s1 = float(s[0])
             srank = sq / s1**2 if s1 > 0 else 0.0
             if w.prev_v is not None:

@@ -12,7 +12,7 @@ products stay local and only small matrices cross ranks, so no rank ever holds t
   (:func:`paramgeom.linalg.krylov.block_krylov`, as :func:`~paramgeom.linalg.randomized_svd`
   runs it) on :class:`RowShardedMatrix`: ``dW V`` stays row-sharded like ``dW``, inner
   products over its rows are all-reduced (``b x b`` and smaller), blocks of it are
-  orthonormalised by TSQR (local Householder QR, the ``b x b`` R factors all-gathered and
+  orthonormalised by TSQR (local Householder QR, the ``b x b`` R factors gathered and
   factored again, as stable as one QR of the whole), and ``dW^T U = sum_r dW_r^T U_r`` is
   one all-reduce of ``n x b``.
 
@@ -23,15 +23,24 @@ depends on (subspaces, ``V V^T``). Before 2026-12-07 the sharded path ran plain 
 iterations where the one-process path ran block Krylov: on a gapless update (Gaussian,
 k = 16) their ``s_1`` differed by 1.4-2.2% and Sim_K between the two vector sets was
 0.76-0.86.
+
+Every collective is a sum (the ``R`` factors and the ranks' row counts are gathered as sums
+of zero-padded blocks), made by a ``sum_ranks`` function: one all-reduce each by default, or
+:func:`row_sharded_svds`' lockstep, which coalesces the sums of many matrices into one
+all-reduce per round (:mod:`paramgeom.linalg.lockstep`).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
 from paramgeom.linalg import _ops
 from paramgeom.linalg.krylov import RESIDUAL_TOL, WholeRows, block_krylov, check_norms
+from paramgeom.linalg.lockstep import Lockstep, Sum, all_reduce_sum
 from paramgeom.linalg.randomized_svd import (
     KRYLOV_MAX_STEPS,
     check_finite,
@@ -39,28 +48,24 @@ from paramgeom.linalg.randomized_svd import (
     generator,
 )
 
-__all__ = ["RowShardedMatrix", "row_sharded_svd", "tsqr"]
+__all__ = ["RowShardedMatrix", "ShardedProblem", "row_sharded_svd", "row_sharded_svds", "tsqr"]
 
 
-def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
-    dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
-    return x
-
-
-def tsqr(y: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor]:
+def tsqr(y: torch.Tensor, group, sum_ranks: Sum | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reduced QR of the row-sharded ``y`` (``m_r x l`` here): this rank's rows of ``Q`` and
     the ``l x l`` ``R`` (the same on every rank). Local reduced QR, then the QR of all ranks'
-    ``R`` factors stacked in rank order."""
+    ``R`` factors stacked in rank order (gathered as a sum of zero-padded stacks, so that
+    every collective here is a sum: ``sum_ranks`` over the ranks of ``group``, by default
+    one all-reduce)."""
+    sum_ranks = sum_ranks or functools.partial(all_reduce_sum, group=group)
     m_r, l = y.shape
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     q1, r1 = torch.linalg.qr(y, mode="reduced")  # (m_r x h), (h x l), h = min(m_r, l)
-    r_pad = torch.zeros(l, l, dtype=y.dtype, device=y.device)
-    r_pad[: r1.shape[0]] = r1
+    stacked = torch.zeros(world * l, l, dtype=y.dtype, device=y.device)
+    stacked[rank * l : rank * l + r1.shape[0]] = r1
     q_pad = torch.zeros(m_r, l, dtype=y.dtype, device=y.device)
     q_pad[:, : q1.shape[1]] = q1
-    stacked = [torch.empty_like(r_pad) for _ in range(world)]
-    dist.all_gather(stacked, r_pad, group=group)
-    q2, r2 = torch.linalg.qr(torch.cat(stacked), mode="reduced")  # (world l x l), (l x l)
+    q2, r2 = torch.linalg.qr(sum_ranks(stacked), mode="reduced")  # (world l x l), (l x l)
     return q_pad @ q2[rank * l : (rank + 1) * l], r2
 
 
@@ -80,35 +85,40 @@ class RowShardedMatrix(WholeRows):
     count, zero included), in rank order. Every method is a collective: all ranks call it
     together, in the same order."""
 
-    def __init__(self, w0: torch.Tensor, w1: torch.Tensor, m: int, group) -> None:
+    def __init__(
+        self, w0: torch.Tensor, w1: torch.Tensor, m: int, group, sum_ranks: Sum | None = None
+    ) -> None:
         super().__init__(m, w1.device)
         self.w0, self.w1, self.group = w0, w1, group
+        self.sum_ranks = sum_ranks or functools.partial(all_reduce_sum, group=group)
         self.shape = (int(m), int(w1.shape[1]))
-        counts = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(counts, torch.tensor([int(w1.shape[0])], dtype=torch.int64), group=group)
-        counts = [int(c) for c in counts]
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        # Every rank's row count, gathered as a sum (exact in float64 below 2^53 rows).
+        counts = torch.zeros(world, dtype=torch.float64, device=w1.device)
+        counts[rank] = int(w1.shape[0])
+        counts = [int(c) for c in self.sum_ranks(counts).tolist()]
         if sum(counts) != m:
             raise ValueError(f"the ranks hold {sum(counts)} rows in all, not m = {m}")
-        self.offset = sum(counts[: dist.get_rank(group)])
+        self.offset = sum(counts[:rank])
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _all_reduce(a.T @ b, self.group)
+        return self.sum_ranks(a.T @ b)
 
     def norms(self, y: torch.Tensor) -> torch.Tensor:
-        return _all_reduce((y * y).sum(dim=0), self.group).sqrt()
+        return self.sum_ranks((y * y).sum(dim=0)).sqrt()
 
     def dot_norms(self, a: torch.Tensor | None, y: torch.Tensor):
         sq = (y * y).sum(dim=0, keepdim=True)
-        both = _all_reduce(sq if a is None else torch.cat([a.T @ y, sq]), self.group)
+        both = self.sum_ranks(sq if a is None else torch.cat([a.T @ y, sq]))
         return (None if a is None else both[:-1]), both[-1].sqrt()
 
     def mul_t_dot(self, u: torch.Tensor, y: torch.Tensor):
         n = self.shape[1]
-        both = _all_reduce(torch.cat([_product(self.w0, self.w1, u, True), u.T @ y]), self.group)
+        both = self.sum_ranks(torch.cat([_product(self.w0, self.w1, u, True), u.T @ y]))
         return both[:n], both[n:]
 
     def qr(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tsqr(y, self.group)
+        return tsqr(y, self.group, self.sum_ranks)
 
     def gaussian(self, cols: int, gen: torch.Generator) -> torch.Tensor:
         # Every rank draws the whole block (the generators move in step) and keeps its rows:
@@ -118,7 +128,7 @@ class RowShardedMatrix(WholeRows):
 
     def mul(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         got = _product(self.w0, self.w1, x, transpose)
-        return _all_reduce(got, self.group) if transpose else got
+        return self.sum_ranks(got) if transpose else got
 
     def exact(self, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exact top-``k`` ``(U, S, V)``: ``V``, ``S`` as the module docstring's exact
@@ -135,7 +145,7 @@ def _exact_values(a: RowShardedMatrix, k: int, seed: int) -> tuple[torch.Tensor,
             g = _ops.gram(a.w0, a.w1, "right").to(torch.float64)
         else:
             g = torch.zeros(n, n, dtype=torch.float64, device=a.device)
-        g = _all_reduce(g, a.group)
+        g = a.sum_ranks(g)
         check_finite(g, "the Gram matrix of w1 - w0")  # all-reduced: every rank decides alike
         evals, evecs = torch.linalg.eigh(0.5 * (g + g.T))
         return evals.flip(0)[:k].clamp_min(0.0).sqrt(), evecs.flip(1)[:, :k].contiguous()
@@ -159,6 +169,7 @@ def row_sharded_svd(
     power_iters: int | None = 2,
     seed: int = 0,
     exact_threshold: int = 64,
+    sum_ranks: Sum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` singular values ``S`` (float64, descending) and right vectors ``V``
     (``n x k`` float64, orthonormal) of ``dW = W_1 - W_0`` whose ``m`` rows are split over
@@ -171,7 +182,8 @@ def row_sharded_svd(
     oversample`` seeded Gaussian columns (None: until the relative Ritz residuals of the
     top ``k`` are at most ``1e-6``), the exact path up to ``min(m, n) <= exact_threshold``
     and where the basis would pass half the space. The figures equal the one-process
-    ones to rounding."""
+    ones to rounding. ``sum_ranks``: how a tensor is summed over the ranks (default: one
+    all-reduce on ``group``; :func:`row_sharded_svds` passes its lockstep's)."""
     n = int(w1.shape[1])
     p = min(m, n)
     if not 1 <= k <= p:
@@ -180,7 +192,7 @@ def row_sharded_svd(
         raise ValueError(
             f"oversample and power_iters must be >= 0, got {oversample} and {power_iters}"
         )
-    a = RowShardedMatrix(w0, w1, m, group)
+    a = RowShardedMatrix(w0, w1, m, group, sum_ranks)
     if p <= exact_threshold:
         return _exact_values(a, k, seed)
     omega = gaussian(n, min(k + oversample, p), generator(seed), w1.device)
@@ -189,3 +201,27 @@ def row_sharded_svd(
     else:
         r = block_krylov(a, k, omega, power_iters + 1, tol=0.0, seed=seed, one_sided=True)
     return r.S.contiguous(), r.V.contiguous()
+
+
+ShardedProblem = tuple[torch.Tensor, torch.Tensor, int, int]
+"""``(w0, w1, k, m)`` of one :func:`row_sharded_svd`: this rank's rows, ``k``, all rows."""
+
+
+def row_sharded_svds(
+    problems: Sequence[ShardedProblem], group, **options
+) -> list[tuple[torch.Tensor, torch.Tensor] | Exception]:
+    """:func:`row_sharded_svd` of every ``(w0, w1, k, m)`` in ``problems`` (same
+    ``options``), their sums over the ranks coalesced: one all-reduce per round of the
+    computations still running (:class:`~paramgeom.linalg.lockstep.Lockstep`) instead of one
+    per sum, about 12 in all instead of 12 per matrix. Each result equals the one-at-a-time
+    call's (a sum of a longer buffer: on 2 ranks bit for bit); one that raised is its
+    exception in the list, on every rank alike. A collective: every rank calls it with the
+    same problems' ``k``, ``m`` and shapes' columns, in the same order."""
+    lock = Lockstep(group)
+    jobs = [functools.partial(_one_problem, problem, group, options) for problem in problems]
+    return lock.run(jobs)
+
+
+def _one_problem(problem: ShardedProblem, group, options: dict, sum_ranks: Sum):
+    w0, w1, k, m = problem
+    return row_sharded_svd(w0, w1, k, m, group, sum_ranks=sum_ranks, **options)
