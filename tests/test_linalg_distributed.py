@@ -268,3 +268,60 @@ def test_lockstep_sharded_svds_equal_one_at_a_time(tmp_path, world):
     # 5 rounds (the longest computation's sums); the first three hold float32 and float64
     # tensors (one all-reduce each), the last two float64 only: 8 all-reduces.
     assert lock["collectives"] == lock["calls"] == 8
+
+
+CUDA_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import torch, torch.distributed as dist, torch.multiprocessing as mp
+    warnings.simplefilter("ignore")
+
+    def run(rank, world, store, out):
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=world)
+        from paramgeom.linalg import randomized_svd
+        from paramgeom.linalg.distributed import row_sharded_svds
+        torch.cuda.set_device(0)
+        cases = [(300, 200, torch.bfloat16, 16), (150, 120, torch.float32, 16),
+                 (90, 60, torch.float64, 5)]
+        problems, whole = [], []
+        for i, (m, n, dt, k) in enumerate(cases):
+            g = torch.Generator().manual_seed(40 + i)
+            w0 = torch.randn(m, n, generator=g, dtype=torch.float64)
+            w1 = w0 + 0.1 * torch.randn(m, n, generator=g, dtype=torch.float64)
+            w0, w1 = w0.to(dt), w1.to(dt)
+            half = m // 2 + 1
+            rows = slice(0, half) if rank == 0 else slice(half, m)
+            problems.append((w0[rows].cuda(), w1[rows].cuda(), k, m))
+            whole.append((w0, w1, k))
+        side = torch.cuda.Stream()  # the caller's stream is a side stream: the threads use it
+        with torch.cuda.stream(side):
+            got = row_sharded_svds(problems, None, power_iters=2, exact_threshold=64, seed=3)
+        side.synchronize()
+        res = []
+        for (w0, w1, k), r in zip(whole, got):
+            assert not isinstance(r, Exception), r
+            s, v = r
+            assert s.is_cuda and v.is_cuda
+            _, s1, vh1 = randomized_svd(w0, w1, k, power_iters=2, exact_threshold=64, seed=3)
+            sim = float(torch.linalg.matrix_norm(v.cpu().T @ vh1.T) ** 2 / k)
+            res.append({"rel": float(((s.cpu() - s1).abs() / s1).max()), "sim": sim})
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(res, f)
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        mp.spawn(run, args=(2, sys.argv[1], sys.argv[2]), nprocs=2)
+    """
+)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lockstep_sharded_svds_on_cuda_tensors(tmp_path):
+    """The lockstep on CUDA tensors (two gloo ranks sharing one GPU, the caller on a side
+    stream, which its threads take): the CPU one-process figures to the kernels' rounding."""
+    run_ranks(CUDA_SCRIPT, tmp_path, str(tmp_path / "out"))
+    for r in range(2):
+        for case in json.loads((tmp_path / f"out.{r}").read_text()):
+            assert case["rel"] < 1e-5 and case["sim"] == pytest.approx(1.0, abs=1e-5), case

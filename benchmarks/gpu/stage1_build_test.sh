@@ -46,7 +46,7 @@ if [ "$usable" -ne 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
   exit 1
 fi
 
-gpu_tests="tests/test_diff_stats_cuda.py tests/test_linalg_cuda.py tests/test_diff_stats_triton.py tests/test_diff_stats_scaled.py tests/test_diff_matmul.py tests/test_gram_update.py"
+gpu_tests="tests/test_diff_stats_cuda.py tests/test_linalg_cuda.py tests/test_linalg_distributed.py tests/test_diff_stats_triton.py tests/test_diff_stats_scaled.py tests/test_diff_matmul.py tests/test_gram_update.py"
 echo "== GPU test files"
 python -m pytest -q -p no:cacheprovider $gpu_tests --junitxml "$out/tests_gpu.xml" 2>&1 \
   | tee "$out/tests_gpu.txt" | tail -5
