@@ -102,6 +102,22 @@ def test_in_order_and_side_by_side():
     assert threads_seen == [1] * 9
 
 
+def test_workers_products_have_the_bits_of_one_thread():
+    """A worker's products, also before any parallel torch op in its thread, run on one MKL
+    thread: a thread torch has not seen yet runs MKL at the process-wide count (the cores),
+    and a tall Gram's bits follow it (it failed so on the 2-core VM before workers set their
+    count: every unit's Gram differed from the one-thread result)."""
+    x = torch.randn(20000, 64, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = x.T @ x
+    finally:
+        torch.set_num_threads(before)
+    got = list(_computed(_queue(4), lambda u, _: x.T @ x, workers=2))
+    assert len(got) == 4 and all(torch.equal(r, want) for _, r in got)
+
+
 def test_one_at_a_time_keeps_torch_threads():
     before = torch.get_num_threads()
     seen = []

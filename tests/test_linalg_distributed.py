@@ -140,6 +140,23 @@ def test_whole_matrix_krylov_is_block_krylov_svd():
     assert (a.steps, a.dim) == (b.steps, b.dim)
 
 
+def test_lockstep_threads_take_the_callers_thread_count():
+    """The lockstep's threads run on the caller's torch thread count from their first op: a
+    thread torch has not seen yet runs MKL's products at the process-wide count, and a tall
+    Gram's bits follow it. No sums asked: no process group is needed."""
+    from paramgeom.linalg.lockstep import Lockstep
+
+    x = torch.randn(20000, 64, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = x.T @ x
+        got = Lockstep(None).run([lambda _: x.T @ x, lambda _: torch.get_num_threads()])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got[0], want) and got[1] == 1
+
+
 LOCKSTEP_SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings

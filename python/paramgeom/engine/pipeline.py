@@ -223,7 +223,15 @@ def _computed(
             del loaded
         return
     pending: collections.deque[tuple[Any, Future]] = collections.deque()
-    with _one_thread_each(), ThreadPoolExecutor(workers, "paramgeom-unit") as pool:
+    # Each worker sets its own count: a thread torch has not yet seen runs MKL's products at
+    # MKL's process-wide count (the cores) until its first parallel torch op, and a GEMM's
+    # bits follow MKL's thread count (measured: 1024 x 128 and 20000 x 64 Grams differ).
+    with (
+        _one_thread_each(),
+        ThreadPoolExecutor(
+            workers, "paramgeom-unit", initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool,
+    ):
         try:
             try:
                 for unit, loaded in queue:

@@ -65,16 +65,21 @@ class Lockstep:
         """Each ``computations[i](sum)`` on its own thread, ``sum(x)`` returning ``x``
         summed over the ranks; returns their results in order, an exception object in place
         of a computation that raised. Every rank of ``group`` calls this with the same
-        number of computations, in the same order. The threads take the caller's grad mode
-        and, on a GPU, its current stream."""
+        number of computations, in the same order. The threads take the caller's torch
+        thread count, grad mode and, on a GPU, its current stream."""
         n = len(computations)
         self._go = [threading.Semaphore(0) for _ in range(n)]
         self._running = [True] * n
         self._asked, self._answers = {}, {}
         results: list[Any] = [None] * n
         context = _caller_context()
+        threads = torch.get_num_threads()
 
         def body(i: int) -> None:
+            # The caller's thread count, set in this thread: a thread torch has not yet seen
+            # runs MKL's products at MKL's process-wide count (the cores) until its first
+            # parallel torch op, and a GEMM's bits follow MKL's thread count.
+            torch.set_num_threads(threads)
             self._go[i].acquire()
             try:
                 with context():
@@ -88,15 +93,15 @@ class Lockstep:
                 if nxt >= 0:
                     self._go[nxt].release()
 
-        threads = [
+        workers = [
             threading.Thread(target=body, args=(i,), name=f"paramgeom-lockstep-{i}", daemon=True)
             for i in range(n)
         ]
-        for t in threads:
+        for t in workers:
             t.start()
         if n:
             self._go[0].release()
-        for t in threads:
+        for t in workers:
             t.join()
         return results
 
