@@ -72,7 +72,8 @@ Memory: the reference costs 2 bytes per watched parameter (bf16) on ``reference_
 present, and copies one matrix at a time to the weight's device at each record). Per matrix
 the previous record's ``V`` costs ``8 n K`` bytes (float64), and a record allocates
 transiently one bf16 copy of the current matrix and the SVD's ``(m + n) (K + p)`` float64
-bases.
+bases (row-sharded matrices: those of a lockstep batch at once, this rank's rows of at most
+:data:`LOCKSTEP_BYTES` of whole bf16 matrices).
 
 Sharded models: a parameter that is a DTensor split by rows over a 1-D mesh (FSDP2's
 ``fully_shard``, ``Shard(0)``) is measured where it lives: each rank keeps its rows of
