@@ -18,7 +18,8 @@ import pytest
 import torch
 from gloo import run_ranks
 
-SCRIPT = textwrap.dedent(
+# The helpers both rank scripts share: a seeded pair, and an uneven split of its rows.
+PREAMBLE = textwrap.dedent(
     """
     import json, sys, warnings
     import torch, torch.distributed as dist, torch.multiprocessing as mp
@@ -37,9 +38,28 @@ SCRIPT = textwrap.dedent(
             return [0, a, m - a]
         return [m // 2 + 1, m - m // 2 - 1]
 
-    def run(rank, world, store, out):
+    def init(rank, world, store):
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
                                 world_size=world)
+    """
+)
+
+# Spawns the ranks of a script's run(rank, world, store, out): argv = store, out, world.
+MAIN = textwrap.dedent(
+    """
+    if __name__ == "__main__":
+        world = int(sys.argv[3])
+        mp.spawn(run, args=(world, sys.argv[1], sys.argv[2]), nprocs=world)
+    """
+)
+
+SCRIPT = (
+    PREAMBLE
+    + textwrap.dedent(
+        """
+
+    def run(rank, world, store, out):
+        init(rank, world, store)
         from paramgeom.linalg import randomized_svd
         from paramgeom.linalg.distributed import row_sharded_svd
         cases = [  # m, n, dtype, k, power_iters, exact_threshold
@@ -80,11 +100,9 @@ SCRIPT = textwrap.dedent(
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"cases": res, "errors": errors}, f)
         dist.destroy_process_group()
-
-    if __name__ == "__main__":
-        world = int(sys.argv[3])
-        mp.spawn(run, args=(world, sys.argv[1], sys.argv[2]), nprocs=world)
     """
+    )
+    + MAIN
 )
 
 
@@ -157,27 +175,13 @@ def test_lockstep_threads_take_the_callers_thread_count():
     assert torch.equal(got[0], want) and got[1] == 1
 
 
-LOCKSTEP_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, warnings
-    import torch, torch.distributed as dist, torch.multiprocessing as mp
-    warnings.simplefilter("ignore")
-
-    def pair(m, n, dtype, seed):
-        g = torch.Generator().manual_seed(seed)
-        w0 = torch.randn(m, n, generator=g, dtype=torch.float64)
-        w1 = w0 + 0.1 * torch.randn(m, n, generator=g, dtype=torch.float64)
-        return w0.to(dtype), w1.to(dtype)
-
-    def split(m, world):
-        if world == 3:
-            a = m // 3
-            return [0, a, m - a]
-        return [m // 2 + 1, m - m // 2 - 1]
+LOCKSTEP_SCRIPT = (
+    PREAMBLE
+    + textwrap.dedent(
+        """
 
     def run(rank, world, store, out):
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                                world_size=world)
+        init(rank, world, store)
         from paramgeom.linalg.distributed import row_sharded_svd, row_sharded_svds
         from paramgeom.linalg.lockstep import Lockstep
         calls = [0]
@@ -245,11 +249,9 @@ LOCKSTEP_SCRIPT = textwrap.dedent(
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"cases": res, "lockstep": lock_res}, f)
         dist.destroy_process_group()
-
-    if __name__ == "__main__":
-        world = int(sys.argv[3])
-        mp.spawn(run, args=(world, sys.argv[1], sys.argv[2]), nprocs=world)
     """
+    )
+    + MAIN
 )
 
 
@@ -287,15 +289,12 @@ def test_lockstep_sharded_svds_equal_one_at_a_time(tmp_path, world):
     assert lock["collectives"] == lock["calls"] == 8
 
 
-CUDA_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, warnings
-    import torch, torch.distributed as dist, torch.multiprocessing as mp
-    warnings.simplefilter("ignore")
-
+CUDA_SCRIPT = (
+    PREAMBLE
+    + textwrap.dedent(
+        """
     def run(rank, world, store, out):
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
-                                world_size=world)
+        init(rank, world, store)
         from paramgeom.linalg import randomized_svd
         from paramgeom.linalg.distributed import row_sharded_svds
         torch.cuda.set_device(0)
@@ -326,10 +325,9 @@ CUDA_SCRIPT = textwrap.dedent(
         with open(f"{out}.{rank}", "w") as f:
             json.dump(res, f)
         dist.destroy_process_group()
-
-    if __name__ == "__main__":
-        mp.spawn(run, args=(2, sys.argv[1], sys.argv[2]), nprocs=2)
     """
+    )
+    + MAIN
 )
 
 
@@ -338,7 +336,7 @@ CUDA_SCRIPT = textwrap.dedent(
 def test_lockstep_sharded_svds_on_cuda_tensors(tmp_path):
     """The lockstep on CUDA tensors (two gloo ranks sharing one GPU, the caller on a side
     stream, which its threads take): the CPU one-process figures to the kernels' rounding."""
-    run_ranks(CUDA_SCRIPT, tmp_path, str(tmp_path / "out"))
+    run_ranks(CUDA_SCRIPT, tmp_path, str(tmp_path / "out"), "2")
     for r in range(2):
         for case in json.loads((tmp_path / f"out.{r}").read_text()):
             assert case["rel"] < 1e-5 and case["sim"] == pytest.approx(1.0, abs=1e-5), case
