@@ -829,7 +829,9 @@ class GeometryMonitor:
             if group is not None:  # this rank's rows: the counts and sums of all ranks
                 import torch.distributed as dist
 
-                tot = torch.tensor([t for _, _, t in got], dtype=torch.float64)
+                # On the weights' device: NCCL groups reduce only device tensors.
+                tot = torch.tensor([t for _, _, t in got], dtype=torch.float64,
+                                   device=got[0][1].device)  # fmt: skip
                 dist.all_reduce(tot, group=group)
                 got = [(ref, cur, t) for (ref, cur, _), t in zip(got, tot.tolist(), strict=True)]
             cfg = self.config
