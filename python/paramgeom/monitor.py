@@ -822,6 +822,9 @@ class GeometryMonitor:
         go in batches (:func:`_lockstep_batches`): their statistics summed over the ranks by
         one all-reduce, their SVDs with their sums coalesced (``row_sharded_svds``: about a
         dozen all-reduces a batch instead of a dozen a matrix)."""
+        cfg = self.config
+        opts = dict(oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed,
+                    exact_threshold=cfg.exact_threshold)  # fmt: skip
         rows: list[dict[str, Any]] = []
         for batch in _lockstep_batches(self._watched, LOCKSTEP_BYTES):
             got = [self._stats(w) for w in batch]
@@ -834,22 +837,18 @@ class GeometryMonitor:
                                    device=got[0][1].device)  # fmt: skip
                 dist.all_reduce(tot, group=group)
                 got = [(ref, cur, t) for (ref, cur, _), t in zip(got, tot.tolist(), strict=True)]
-            cfg = self.config
-            opts = dict(oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed,
-                        exact_threshold=cfg.exact_threshold)  # fmt: skip
+            # A spectrum where dW is finite (no non-finite value in W_1) and not zero.
             wanted = [i for i, (_, _, t) in enumerate(got) if t[4] == 0 and t[2] > 0]
-            spectra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-            if group is not None and wanted:
-                problems = [(got[i][0], got[i][1], _k(cfg, batch[i]), batch[i].shape[0])
-                            for i in wanted]  # fmt: skip
-                for i, r in zip(wanted, row_sharded_svds(problems, group, **opts), strict=True):
-                    if isinstance(r, Exception):
-                        raise r
-                    spectra[i] = r
-            for i in wanted if group is None else ():
-                ref, cur, _ = got[i]
-                _, s, vh = randomized_svd(ref, cur, _k(cfg, batch[i]), **opts)
-                spectra[i] = (s, vh.T.contiguous())
+            problems = [(got[i][0], got[i][1], _k(cfg, batch[i]), batch[i].shape[0])
+                        for i in wanted]  # fmt: skip
+            if group is None:
+                found = [randomized_svd(ref, cur, k, **opts)[1:] for ref, cur, k, _ in problems]
+                found = [(s, vh.T.contiguous()) for s, vh in found]
+            else:
+                found = row_sharded_svds(problems, group, **opts)
+                if failed := next((r for r in found if isinstance(r, Exception)), None):
+                    raise failed  # every rank raises alike
+            spectra = dict(zip(wanted, found, strict=True))
             rows += [self._row(w, step, got[i][2], spectra.get(i)) for i, w in enumerate(batch)]
         return rows
 

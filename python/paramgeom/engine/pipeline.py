@@ -286,8 +286,10 @@ def _successes(pending: collections.deque[tuple[Any, Future]]):
 
 @contextlib.contextmanager
 def _one_thread_each() -> Iterator[None]:
-    """torch (and the native kernels, which take torch's thread count) on one thread in
-    every thread started inside the block; the caller's count restored after."""
+    """torch (and the native kernels, which take torch's thread count) on one thread in the
+    calling thread (the inline units) and as the count threads started inside the block take
+    at their first parallel op (the workers also set theirs when they start); the caller's
+    count restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -6,16 +6,17 @@ gloo every collective costs about half a millisecond whatever its size, and ever
 each rank wait for the slowest: measured on the 2-core VM (2 gloo ranks, 42 matrices of the
 monitor benchmark's ``small`` model), 546 collectives took 0.49-0.67 s of a 1.0 s record.
 
-:class:`Lockstep` runs the computations side by side, each on its own thread, taking turns in
-a fixed order: computation ``i`` runs until it needs a sum over ranks (:meth:`Lockstep.sum`),
-then hands over to the next one; once every computation still running has asked (or
-finished), their tensors are summed by one all-reduce of their concatenation, in index order,
-and the first one goes on. Only one computation runs at a time, so the work and its order
-are what running them one after the other would do, and a round holds the same computations
-on every rank: each computation's sequence of sums is decided by the same all-reduced values
-on every rank (what the sharded SVD already guarantees), so computation ``i``'s ``c``-th sum
-is in round ``c`` everywhere. A round's tensors of several dtypes or devices go out as one
-all-reduce per (dtype, device), in the order they first appear.
+:class:`Lockstep` runs the computations side by side, each on its own thread, taking turns
+in a fixed order: computation ``i`` runs until it needs a sum over ranks (the ``sum``
+function it is handed), then hands over to the next one; once every computation still
+running has asked (or finished), their tensors are summed by one all-reduce of their
+concatenation, in index order, and the first one goes on. Only one computation runs at a
+time, so the work and its order are what running them one after the other would do, and a
+round holds the same computations on every rank: each computation's sequence of sums is
+decided by the same all-reduced values on every rank (what the sharded SVD already
+guarantees), so computation ``i``'s ``c``-th sum is in round ``c`` everywhere. A round's
+tensors of several dtypes or devices go out as one all-reduce per (dtype, device), in the
+order they first appear.
 
 A computation that raises leaves the rounds (its error is returned in its place); every rank
 raises alike when the error comes from all-reduced values, as the sharded SVD's checks do.
