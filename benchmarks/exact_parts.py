@@ -7,6 +7,8 @@ Per ``n x n`` Gaussian bf16 pair (a 5% update), one thread, best of ``--repeats`
 - a float32 Gram by torch's GEMM (``W^T W``), rated at ``2 m n^2``;
 - the float32 window (``linalg.eigen.top_window``: LAPACK's ``ssyevr`` for the top ``n / 8
   + 16`` pairs), rated at the ``4/3 n^3`` flops of its tridiagonal reduction;
+- that reduction alone (LAPACK's blocked ``ssytrd`` through SciPy, the same Gram): the
+  share of the window that the other parts of ``ssyevr`` cannot change;
 - dW's eigenvalues (``linalg.eigen.eigenvalues_desc``), rated the same way.
 
 ``python benchmarks/exact_parts.py --sizes 1024 2048`` (prints a Markdown table; ``--json``
@@ -21,7 +23,9 @@ import json
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from scipy.linalg import lapack
 
 from paramgeom.linalg import _ops
 from paramgeom.linalg.eigen import FLOAT32_MARGIN, eigenvalues_desc, top_window
@@ -47,6 +51,8 @@ def rates(n: int, repeats: int) -> list[dict]:
     gram32 = w32.T @ w32
     width = n // 8 + FLOAT32_MARGIN
     reduction = 4 / 3 * n**3
+    # Lower triangle, column-major: what LAPACK reads; the workspace lets ssytrd block.
+    gram32_f = np.asfortranarray(gram32.numpy())
     parts = [
         ("float64 Gram of dW (syrk)", n**3, lambda: _ops.gram(w0, w1, "right")),
         ("float32 Gram (GEMM)", 2 * n**3, lambda: w32.T @ w32),
@@ -54,6 +60,11 @@ def rates(n: int, repeats: int) -> list[dict]:
             f"float32 window, top {width} (ssyevr)",
             reduction,
             lambda: top_window(gram32.clone(), width, symmetric=True, overwrite=True),
+        ),
+        (
+            "its tridiagonal reduction alone (ssytrd)",
+            reduction,
+            lambda: lapack.ssytrd(gram32_f, lower=1, lwork=64 * n),
         ),
         ("dW's eigenvalues", reduction, lambda: eigenvalues_desc(gram64, symmetric=True)),
     ]
